@@ -1,0 +1,44 @@
+# muster — developer entry points. Needs only a Rust toolchain and apt; everything else is installed by `tools`.
+#
+#   make tools      nats-server >= 2.10 (into .tools/ unless one is on PATH), rustfmt and clippy
+#   make build      every binary: muster-server, muster (CLI), muster-agent
+#   make lint       cargo fmt --check and clippy with warnings as errors
+#   make test       tools + lint + build + the whole test suite against a real nats-server
+#   make demo       nats-server, muster-server and three agents under .demo/, left running
+#   make demo-stop  stop what `make demo` started
+#   make clean      demo-stop, cargo clean, remove .demo/ (keeps the downloaded .tools/)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: tools build lint test demo demo-stop clean
+
+# rustfmt and clippy: the toolchain's default profile has both, a minimal one does not, and `lint` needs them.
+tools:
+	@scripts/install-nats.sh
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+build:
+	$(CARGO) build --workspace --bins
+
+lint: tools
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The end-to-end tests run the binaries from target/debug, which `cargo test` does not build for another package,
+# hence `build` first. MUSTER_NATS_SERVER and PATH point at the nats-server `tools` chose.
+test: tools lint build
+	nats="$$(scripts/install-nats.sh --path)"; \
+	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace
+
+demo:
+	scripts/demo.sh start
+
+demo-stop:
+	scripts/demo.sh stop
+
+clean: demo-stop
+	$(CARGO) clean
+	rm -rf .demo

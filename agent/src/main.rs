@@ -1,0 +1,140 @@
+//! `muster-agent`: parse arguments, load the config, set up tracing and signals, connect, run.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use muster_agent::config::{self, AgentConfig};
+use muster_agent::connection::{self, ConnectionEvents};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+
+/// Runtime worker threads: the agent does little concurrent work (one session, one signal task), and on a busy
+/// host it should not spread over every core.
+const WORKER_THREADS: usize = 2;
+
+/// How long shutdown waits for buffered messages to reach NATS: long enough for a healthy connection, short
+/// enough that a container stop (10 s grace by default) never has to SIGKILL the agent.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Exit code when a second signal forces an immediate exit (128 + SIGINT, the shell convention).
+const FORCED_EXIT_CODE: i32 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "muster-agent",
+    version,
+    about = "muster agent: registers this host with the muster leader over NATS and heartbeats its health",
+    after_help = config::env_help()
+)]
+struct Cli {
+    /// TOML config file; environment variables override it.
+    #[arg(long, value_name = "FILE", env = config::ENV_CONFIG_FILE)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing() {
+        eprintln!("muster-agent: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(WORKER_THREADS).enable_all().build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("muster-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() -> anyhow::Result<()> {
+    let directives = std::env::var(config::ENV_LOG).unwrap_or_else(|_| config::DEFAULT_LOG.to_owned());
+    let filter =
+        EnvFilter::try_new(&directives).with_context(|| format!("invalid {}={directives:?}", config::ENV_LOG))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; container logs and test captures get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = AgentConfig::load(cli.config.as_deref())?;
+    if let Ok(env) = config::agent_env(std::env::vars_os()) {
+        for name in config::unknown_env_vars(&env) {
+            tracing::warn!(variable = %name, "ignoring unknown MUSTER_ variable (typo?)");
+        }
+    }
+    tracing::info!(host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), "starting");
+
+    let shutdown = CancellationToken::new();
+    let exit = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // Installed before connecting: a stop during the first connection attempts must still be clean. Explicit
+    // handlers are what makes SIGTERM work at all when the agent is PID 1 in a container.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tracker.spawn({
+        let shutdown = shutdown.clone();
+        let exit = exit.clone();
+        async move {
+            let mut signals = 0;
+            loop {
+                let name = tokio::select! {
+                    () = exit.cancelled() => return,
+                    _ = sigterm.recv() => "SIGTERM",
+                    _ = sigint.recv() => "SIGINT",
+                };
+                signals += 1;
+                if signals == 1 {
+                    tracing::info!(signal = name, "shutting down (send it again to exit at once)");
+                    shutdown.cancel();
+                } else {
+                    tracing::warn!(signal = name, "second signal: exiting at once");
+                    std::process::exit(FORCED_EXIT_CODE);
+                }
+            }
+        }
+    });
+
+    let events = ConnectionEvents::new();
+    let reconnects = events.reconnects();
+    let client = connection::connect(config.nats_servers.clone(), format!("muster-agent {}", config.host_id), events)
+        .await
+        .context("cannot set up the NATS connection")?;
+
+    let result = muster_agent::run(&config, client.clone(), reconnects, shutdown.clone()).await;
+
+    shutdown.cancel();
+    // Without a connection there is nothing to flush to, and waiting would only delay the exit.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "flush on shutdown failed"),
+            Err(_) => tracing::debug!("flush on shutdown timed out"),
+        }
+    }
+    exit.cancel();
+    tracker.close();
+    tracker.wait().await;
+
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}

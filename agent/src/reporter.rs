@@ -1,0 +1,192 @@
+//! The result path: one owned task per session publishes reports through JetStream onto
+//! `muster.report.<host>` (stream `MUSTER_REPORTS`), in the order they were queued.
+//!
+//! Each report carries `Nats-Msg-Id` = [`Report::msg_id`] and is retried with the same id until JetStream acks
+//! it: a publish that timed out may still have been stored, and the stream's duplicate window then drops the
+//! retry. A report is never given up on while the agent runs; only shutdown ends the retries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, publish::PublishAck};
+use async_nats::{Client, HeaderMap, Subject};
+use muster_schemas::commands::{Report, ReportBody};
+use muster_schemas::headers::{self, MessageKind};
+use muster_schemas::limits::MAX_REPORT_BYTES;
+use muster_schemas::{encode, HostId, Subjects};
+use rand::rngs::SmallRng;
+use rand::SeedableRng as _;
+use tokio::sync::mpsc;
+
+use crate::backoff::Backoff;
+use crate::queue::TaskKey;
+use crate::session::{message_headers, SessionStats};
+
+/// Reports queued for the reporter. Progress reports are dropped when it is full (the next one carries all the
+/// output anyway); final and status reports wait. 256 is minutes of reports for a busy host and a few MiB at most.
+pub const REPORT_QUEUE: usize = 256;
+
+/// How long to wait for a JetStream ack before publishing again with the same id. A stored report is acked in
+/// milliseconds (≈0.3 ms with `sync_interval: always`); five seconds only expires when the stream is unreachable.
+pub const REPORT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Publishes one session's reports, one at a time, each until acked.
+pub struct Reporter {
+    jetstream: jetstream::Context,
+    subject: Subject,
+    host: HostId,
+    stats: Arc<SessionStats>,
+    rng: SmallRng,
+}
+
+impl Reporter {
+    /// A reporter for `host` over a shared client.
+    pub fn new(client: Client, subjects: &Subjects, host: HostId, stats: Arc<SessionStats>) -> Self {
+        let mut jetstream = jetstream::new(client);
+        jetstream.set_timeout(REPORT_ACK_TIMEOUT);
+        Self { jetstream, subject: Subject::from(subjects.report(&host)), host, stats, rng: SmallRng::from_os_rng() }
+    }
+
+    /// Publishes every report from `reports` in order until the channel is closed and drained. Dropping the
+    /// future stops it (shutdown); what is still queued is then lost, and the server re-delivers those tasks.
+    pub async fn run(mut self, mut reports: mpsc::Receiver<Report>) {
+        while let Some(report) = reports.recv().await {
+            self.publish(report).await;
+        }
+    }
+
+    async fn publish(&mut self, report: Report) {
+        let Some(body) = fit(report.clone()) else {
+            bump(&self.stats.reports_dropped);
+            tracing::error!(id = %report.msg_id(), "report over the size limit even without output; dropped");
+            return;
+        };
+        let id = report.msg_id();
+        let headers = report_headers(&report, &self.host);
+        let mut failures = 0u32;
+        loop {
+            match self.try_publish(&headers, &body, &id).await {
+                Ok(ack) => {
+                    bump(&self.stats.reports_published);
+                    tracing::trace!(%id, seq = ack.sequence, duplicate = ack.duplicate, "report stored");
+                    if failures > 0 {
+                        tracing::info!(%id, failures, "report stored after retrying");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    bump(&self.stats.report_retries);
+                    let delay = Backoff::JETSTREAM_RETRY.delay(failures, &mut self.rng);
+                    if failures == 1 {
+                        tracing::warn!(%id, error = %e, "cannot store a report; retrying with the same id");
+                    } else {
+                        tracing::debug!(%id, error = %e, failures, ?delay, "report still not stored");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_publish(&self, headers: &HeaderMap, body: &[u8], id: &str) -> Result<PublishAck, PublishError> {
+        let publish = PublishMessage::build().payload(body.to_vec().into()).headers(headers.clone()).message_id(id);
+        self.jetstream.send_publish(self.subject.clone(), publish).await?.await
+    }
+}
+
+/// The headers of a report: the common ones, plus `Muster-Task` for task reports.
+pub fn report_headers(report: &Report, host: &HostId) -> HeaderMap {
+    let mut h = message_headers(MessageKind::Report, host);
+    if let ReportBody::Task(t) = &report.body {
+        h.insert(headers::TASK, TaskKey { task: t.task, attempt: t.attempt }.to_string().as_str());
+    }
+    h
+}
+
+/// Encodes a report within `MAX_REPORT_BYTES`, shortening a task's output if it would not fit (it always fits
+/// when the output was captured with the default limit). `None` if even an empty output does not fit.
+pub fn fit(mut report: Report) -> Option<Vec<u8>> {
+    loop {
+        let body = encode(&report);
+        if body.len() <= MAX_REPORT_BYTES {
+            return Some(body);
+        }
+        let ReportBody::Task(t) = &mut report.body else { return None };
+        if t.stdout.is_empty() && t.stderr.is_empty() {
+            return None;
+        }
+        for text in [&mut t.stdout, &mut t.stderr] {
+            let mut keep = text.len() / 2;
+            while !text.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            text.truncate(keep);
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_schemas::commands::{ComponentRef, ComponentStatus, TaskPhase, TaskReport};
+    use muster_schemas::PROTOCOL_VERSION;
+
+    fn task_report(stdout: String) -> Report {
+        Report {
+            schema: PROTOCOL_VERSION,
+            host: HostId::new("web-1").unwrap(),
+            sent_at: 1,
+            body: ReportBody::Task(TaskReport {
+                task: 42,
+                attempt: 2,
+                phase: TaskPhase::Completed,
+                report_seq: 3,
+                started_at: 1,
+                finished_at: Some(2),
+                exit_code: Some(0),
+                stdout,
+                stderr: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn task_reports_name_the_task() {
+        let r = task_report(String::new());
+        let h = report_headers(&r, &r.host);
+        assert_eq!(h.get("Muster-Kind").unwrap().as_str(), "report");
+        assert_eq!(h.get("Muster-Host").unwrap().as_str(), "web-1");
+        assert_eq!(h.get("Muster-Task").unwrap().as_str(), "42-a2");
+        assert_eq!(h.get("Content-Type").unwrap().as_str(), "application/msgpack");
+        let status = Report {
+            body: ReportBody::Status {
+                statuses: vec![ComponentStatus {
+                    component: ComponentRef { service: "s".into(), component: "c".into() },
+                    running: true,
+                    auto_restarts: 0,
+                }],
+                full: true,
+                nonce: "1-1".into(),
+            },
+            ..r
+        };
+        assert!(report_headers(&status, &status.host).get("Muster-Task").is_none());
+    }
+
+    #[test]
+    fn oversized_output_is_shortened_to_fit() {
+        let r = task_report("é".repeat(MAX_REPORT_BYTES));
+        let body = fit(r).expect("fits once shortened");
+        assert!(body.len() <= MAX_REPORT_BYTES);
+        let small = task_report("ok".into());
+        assert_eq!(fit(small.clone()).unwrap(), encode(&small));
+    }
+}

@@ -1,0 +1,668 @@
+//! One host's session with the muster leader: register (with backoff), then heartbeat, re-registering whenever
+//! the server asks or NATS reconnects. The decisions live in [`crate::protocol`]; this module performs them.
+//!
+//! Alongside the protocol, a session runs its host's command path: it subscribes to `muster.cmd.<host>` before
+//! registering, hands each accepted registration to [`crate::delivery`] (components, then a catch-up from the
+//! stream, then live commands), and runs [`crate::runner::run_command_path`] concurrently. On shutdown the
+//! session returns only once the command path has finished its own shutdown (grace period included).
+//!
+//! A session only borrows a cloned [`async_nats::Client`], so many sessions (one per simulated host in
+//! `muster-agent swarm`) can share one connection, each with its own control inbox and [`Reconnects`] watcher,
+//! and each with any [`Executor`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, HeaderMap, Message, Request, RequestError, RequestErrorKind, Subject, Subscriber};
+use futures::{FutureExt as _, StreamExt as _};
+use muster_schemas::headers::{self, MessageKind};
+use muster_schemas::limits::{MAX_COMMAND_BYTES, MAX_HEARTBEAT_BYTES, MAX_REGISTER_BYTES};
+use muster_schemas::{
+    decode, encode, ErrorCode, Heartbeat, HeartbeatReply, HostId, RegisterReply, RegisterRequest, Subjects, UnixMillis,
+    PROTOCOL_VERSION,
+};
+use rand::rngs::SmallRng;
+use rand::SeedableRng as _;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::backoff::{self, Backoff, HEARTBEAT_JITTER};
+use crate::config::AgentConfig;
+use crate::connection::Reconnects;
+use crate::delivery::{Delivery, DeliveryError, Registration};
+use crate::executor::Executor;
+use crate::facts::{bound_health, FactSource};
+use crate::protocol::{transition, Effect, RetryDelay, SessionEvent, SessionState, Unanswered};
+use crate::runner::{run_command_path, CommandParams, RUNNER_INPUT_QUEUE};
+
+/// Largest control message the agent decodes. Control messages are a few hundred bytes; this bound only stops a
+/// broken or hostile peer from making the agent decode megabytes.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// Largest registration reply the agent decodes: it carries the host's component set, which a `Configure`
+/// command may carry too (up to `MAX_COMMAND_BYTES`), plus the finished sequences after the cursor.
+pub const MAX_REGISTER_REPLY_BYTES: usize = MAX_COMMAND_BYTES + 64 * 1024;
+
+/// Server and agent clocks further apart than this are logged as a warning at registration: heartbeat-loss
+/// detection and report timestamps get confusing well before a minute of skew.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// How often a session waiting for NATS re-checks the client's connection state. The connect event and the
+/// client's state are updated separately, so the session trusts neither alone; a second is short next to any
+/// outage worth waiting out.
+pub const CONNECTION_POLL: Duration = Duration::from_secs(1);
+
+/// What a session needs to know about its host.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// The host this session speaks for.
+    pub host: HostId,
+    /// Subject names (the prefix must match the server's).
+    pub subjects: Subjects,
+    /// Labels sent with each registration.
+    pub labels: BTreeMap<String, String>,
+    /// How long to wait for a registration reply.
+    pub register_timeout: Duration,
+    /// Reported in the registration (`RegisterRequest::agent_version`).
+    pub agent_version: String,
+    /// When the agent process started, reported in the registration.
+    pub agent_started_at: UnixMillis,
+    /// How commands are run.
+    pub commands: CommandParams,
+    /// Counters, shared with whoever wants to read them (the swarm sums them).
+    pub stats: Arc<SessionStats>,
+}
+
+impl SessionParams {
+    /// Parameters for the real host described by `config`, with fresh counters.
+    pub fn from_config(config: &AgentConfig, agent_started_at: UnixMillis) -> Self {
+        Self {
+            host: config.host_id.clone(),
+            subjects: Subjects::new(config.prefix.clone()),
+            labels: config.labels.clone(),
+            register_timeout: config.register_timeout,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_started_at,
+            commands: CommandParams::from_config(config),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// Counters of one session (or, shared, of many). Monotonic; read them with `load(Ordering::Relaxed)`.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Registration requests sent.
+    pub register_attempts: AtomicU64,
+    /// Registrations accepted.
+    pub registrations: AtomicU64,
+    /// Heartbeats handed to the client.
+    pub heartbeats: AtomicU64,
+    /// Heartbeats the client refused to send.
+    pub heartbeat_errors: AtomicU64,
+    /// Re-registrations asked for by the server or caused by a reconnect.
+    pub reregistrations: AtomicU64,
+    /// Control-inbox messages that could not be used (undecodable or of an unknown kind).
+    pub bad_control_messages: AtomicU64,
+    /// Events that were illegal in the session's state, or calls the action queue refused (a bug).
+    pub illegal_transitions: AtomicU64,
+    /// Valid commands received (live and read back from the stream), repeats included.
+    pub commands_received: AtomicU64,
+    /// Command messages that could not be used (undecodable, wrong version, wrong host).
+    pub bad_commands: AtomicU64,
+    /// Commands dropped as repeats of one already seen.
+    pub duplicate_commands: AtomicU64,
+    /// Tasks started.
+    pub tasks_started: AtomicU64,
+    /// Tasks ended (reported or not).
+    pub tasks_finished: AtomicU64,
+    /// Status checks started.
+    pub status_checks: AtomicU64,
+    /// Auto-restarts started.
+    pub auto_restarts: AtomicU64,
+    /// Reports stored by JetStream.
+    pub reports_published: AtomicU64,
+    /// Report publishes that failed and were retried.
+    pub report_retries: AtomicU64,
+    /// Reports given up on: progress reports skipped while the reporter was behind, and reports lost at
+    /// shutdown or past the runner's backlog limit.
+    pub reports_dropped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why a session ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The server refused the registration for a reason retrying cannot fix.
+    #[error("registration refused by the server ({code}): {message}")]
+    Refused {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The registration would exceed the protocol's size limit (too many labels).
+    #[error("registration is {len} bytes, over the {limit}-byte limit; reduce the labels")]
+    RegistrationTooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The control inbox could not be subscribed.
+    #[error("cannot subscribe to the control inbox: {0}")]
+    Subscribe(async_nats::SubscribeError),
+    /// The control inbox subscription ended: the client was closed under the session.
+    #[error("the control inbox subscription closed (NATS client shut down)")]
+    InboxClosed,
+    /// Command delivery could not start or stopped.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+}
+
+/// Runs one host's session until `shutdown` is cancelled (then `Ok`) or the server refuses the host for good.
+/// Either way it returns only after the host's command path has shut down (at most the configured shutdown
+/// grace plus a short report flush).
+///
+/// `reconnects` must be fed by the client's connection events ([`crate::connection::ConnectionEvents`]); the
+/// session waits for the first connection before registering. `executor` runs the host's commands.
+pub async fn run_session<E: Executor>(
+    client: Client,
+    params: SessionParams,
+    facts: impl FactSource,
+    executor: Arc<E>,
+    reconnects: Reconnects,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    let span = tracing::info_span!("session", host = %params.host);
+    async move {
+        let inbox_subject = Subject::from(client.new_inbox());
+        let inbox = client.subscribe(inbox_subject.clone()).await.map_err(SessionError::Subscribe)?;
+        let (runner, runner_input) = mpsc::channel(RUNNER_INPUT_QUEUE);
+        // Subscribed before the first registration: whatever the leader publishes after it arrives live.
+        let delivery =
+            Delivery::subscribe(&client, &params.subjects, params.host.clone(), runner, params.stats.clone()).await?;
+        let stop = shutdown.child_token();
+        let subjects = params.subjects.clone();
+        let commands = run_command_path(
+            executor,
+            client.clone(),
+            &subjects,
+            params.host.clone(),
+            params.agent_started_at,
+            params.commands,
+            params.stats.clone(),
+            runner_input,
+            stop.clone(),
+        );
+        let mut shell = Shell {
+            reg_subject: Subject::from(params.subjects.reg(&params.host)),
+            hb_subject: Subject::from(params.subjects.hb(&params.host)),
+            client,
+            params,
+            facts,
+            inbox,
+            inbox_subject,
+            reconnects,
+            rng: SmallRng::from_os_rng(),
+            seq: 0,
+            delivery,
+            accepted: None,
+        };
+        let protocol = async {
+            let result = shell.run(shutdown).await;
+            // A refused host stops its commands too (with the same grace as a shutdown).
+            stop.cancel();
+            result
+        };
+        let (result, ()) = tokio::join!(protocol, commands);
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The I/O shell around [`transition`].
+struct Shell<F> {
+    client: Client,
+    params: SessionParams,
+    facts: F,
+    reg_subject: Subject,
+    hb_subject: Subject,
+    /// The control inbox: heartbeats carry it as their reply subject; the server writes here only when the agent
+    /// must act.
+    inbox: Subscriber,
+    inbox_subject: Subject,
+    reconnects: Reconnects,
+    rng: SmallRng,
+    /// Heartbeat sequence number, monotonic over the session's life (across re-registrations).
+    seq: u64,
+    /// The host's command delivery, driven while registered.
+    delivery: Delivery,
+    /// What the registration just accepted says about commands, until the protocol confirms it.
+    accepted: Option<Registration>,
+}
+
+impl<F: FactSource> Shell<F> {
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
+        if !self.reconnects.connected_once() {
+            tracing::info!("waiting for the NATS connection");
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            () = self.reconnects.wait_connected() => {}
+        }
+
+        let mut state = SessionState::Registering { failures: 0 };
+        let mut register_at = Instant::now();
+        let mut next_beat = Instant::now();
+        loop {
+            let event = match &state {
+                SessionState::Registering { .. } => {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = sleep_until(register_at) => {}
+                    }
+                    if !self.connected() {
+                        // A request now would sit in the client's buffer and time out; register as soon as NATS
+                        // is back instead of after a backoff that kept growing during the outage.
+                        tracing::info!("NATS is down; registering once it is back");
+                        while !self.connected() {
+                            tokio::select! {
+                                biased;
+                                () = shutdown.cancelled() => return Ok(()),
+                                () = self.reconnects.reconnected() => {}
+                                () = tokio::time::sleep(CONNECTION_POLL) => {}
+                            }
+                        }
+                    }
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(()),
+                        event = self.register() => event?,
+                    }
+                }
+                SessionState::Heartbeating { interval, .. } => {
+                    let interval = *interval;
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = self.reconnects.reconnected() => SessionEvent::Reconnected,
+                        delivered = self.delivery.step() => {
+                            delivered?;
+                            continue;
+                        }
+                        message = self.inbox.next() => match message {
+                            Some(message) => match self.control_event(&message) {
+                                Some(event) => event,
+                                None => continue,
+                            },
+                            None => return Err(SessionError::InboxClosed),
+                        },
+                        () = sleep_until(next_beat) => {
+                            // A publish can wait on a full client buffer; shutdown must not wait with it.
+                            tokio::select! {
+                                biased;
+                                () = shutdown.cancelled() => return Ok(()),
+                                () = self.heartbeat() => {}
+                            }
+                            next_beat = Instant::now() + backoff::jitter(interval, HEARTBEAT_JITTER, &mut self.rng);
+                            continue;
+                        }
+                    }
+                }
+                SessionState::Refused { code, message } => {
+                    return Err(SessionError::Refused { code: *code, message: message.clone() })
+                }
+            };
+
+            self.log_event(&event);
+            let (next, effects) = match transition(&state, event) {
+                Ok(step) => step,
+                Err(illegal) => {
+                    bump(&self.params.stats.illegal_transitions);
+                    tracing::error!(%illegal, "ignoring an event the protocol does not allow here");
+                    continue;
+                }
+            };
+            state = next;
+            for effect in effects {
+                match effect {
+                    Effect::Register { after } => {
+                        if after == RetryDelay::Now {
+                            bump(&self.params.stats.reregistrations);
+                        }
+                        register_at = Instant::now() + self.retry_delay(after);
+                    }
+                    Effect::StartHeartbeats { interval } => {
+                        bump(&self.params.stats.registrations);
+                        if let Some(registration) = self.accepted.take() {
+                            self.delivery.registered(registration);
+                        }
+                        self.drain_stale_control_messages();
+                        // The registration just made answers any reconnect that happened while it was in flight.
+                        self.reconnects.mark_seen();
+                        tracing::debug!(?interval, "heartbeating");
+                        next_beat = Instant::now();
+                    }
+                    Effect::Refuse { code, message } => {
+                        tracing::error!(%code, server_message = %message, "the server refused this host; retrying cannot help");
+                        return Err(SessionError::Refused { code, message });
+                    }
+                }
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends one registration and classifies the outcome. Only an oversized request (a config problem) is an error.
+    async fn register(&mut self) -> Result<SessionEvent, SessionError> {
+        let facts = self.facts.facts();
+        let health = bound_health(self.facts.health());
+        let request = RegisterRequest {
+            schema: PROTOCOL_VERSION,
+            host: self.params.host.clone(),
+            facts,
+            labels: self.params.labels.clone(),
+            agent_version: self.params.agent_version.clone(),
+            agent_started_at: self.params.agent_started_at,
+            health,
+        };
+        let body = encode(&request);
+        if body.len() > MAX_REGISTER_BYTES {
+            return Err(SessionError::RegistrationTooLarge { len: body.len(), limit: MAX_REGISTER_BYTES });
+        }
+        bump(&self.params.stats.register_attempts);
+        tracing::debug!(bytes = body.len(), "registering");
+        let request = Request::new()
+            .headers(message_headers(MessageKind::Register, &self.params.host))
+            .payload(body.into())
+            .timeout(Some(self.params.register_timeout));
+        let result = self.client.send_request(self.reg_subject.clone(), request).await;
+        let (event, registration) = classify_register(result);
+        self.accepted = registration;
+        Ok(event)
+    }
+
+    async fn heartbeat(&mut self) {
+        // Heartbeats are level-triggered: one queued during an outage would arrive stale, and a long outage would
+        // fill the client's buffer with them. The reconnect re-registers and the next beat carries fresh health.
+        if !self.connected() {
+            tracing::debug!("NATS is down; skipping this heartbeat");
+            return;
+        }
+        self.seq += 1;
+        let beat = Heartbeat {
+            schema: PROTOCOL_VERSION,
+            host: self.params.host.clone(),
+            seq: self.seq,
+            sent_at: now_millis(),
+            health: bound_health(self.facts.health()),
+        };
+        let body = encode(&beat);
+        if body.len() > MAX_HEARTBEAT_BYTES {
+            // bound_health makes this unreachable for any sane host id; never send what the server must refuse.
+            bump(&self.params.stats.heartbeat_errors);
+            tracing::error!(bytes = body.len(), seq = self.seq, "heartbeat over the size limit; not sent");
+            return;
+        }
+        let headers = message_headers(MessageKind::Heartbeat, &self.params.host);
+        let sent = self
+            .client
+            .publish_with_reply_and_headers(self.hb_subject.clone(), self.inbox_subject.clone(), headers, body.into())
+            .await;
+        match sent {
+            Ok(()) => {
+                bump(&self.params.stats.heartbeats);
+                tracing::trace!(seq = self.seq, healthy = beat.health.is_healthy(), "heartbeat");
+            }
+            Err(e) => {
+                bump(&self.params.stats.heartbeat_errors);
+                tracing::warn!(error = %e, seq = self.seq, "cannot send heartbeat");
+            }
+        }
+    }
+
+    /// Turns a control-inbox message into an event; unusable messages are logged and counted.
+    fn control_event(&mut self, message: &Message) -> Option<SessionEvent> {
+        // A heartbeat nobody listened to (no leader) comes back as a "no responders" status: the registration
+        // retry and heartbeat-loss logic already cover that, so it is neither an error nor worth a warning.
+        if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            tracing::trace!("heartbeat had no responders");
+            return None;
+        }
+        match control_event(message) {
+            Ok(event) => Some(event),
+            Err(why) => {
+                bump(&self.params.stats.bad_control_messages);
+                tracing::warn!(subject = %message.subject, %why, "ignoring control message");
+                None
+            }
+        }
+    }
+
+    /// Answers to heartbeats sent before this registration are about the old registration: drop what has arrived.
+    fn drain_stale_control_messages(&mut self) {
+        while let Some(Some(message)) = self.inbox.next().now_or_never() {
+            tracing::debug!(subject = %message.subject, "dropping a control message that predates the registration");
+        }
+    }
+
+    fn retry_delay(&mut self, after: RetryDelay) -> Duration {
+        match after {
+            RetryDelay::Now => Duration::ZERO,
+            RetryDelay::Backoff { failures } => Backoff::REGISTER.delay(failures, &mut self.rng),
+            RetryDelay::ServerAsked(after) => backoff::server_retry_after(after, &mut self.rng),
+        }
+    }
+
+    fn log_event(&self, event: &SessionEvent) {
+        match event {
+            SessionEvent::RegisterAccepted { heartbeat_interval_ms, epoch } => {
+                tracing::info!(epoch, heartbeat_interval_ms, "registered");
+            }
+            SessionEvent::RegisterRejected { code, message, retry_after_ms } if code.is_retryable() => {
+                tracing::warn!(%code, server_message = %message, ?retry_after_ms, "registration rejected; will retry");
+            }
+            SessionEvent::RegisterRejected { .. } => {} // logged as an error when the session ends
+            SessionEvent::RegisterUnanswered(why) => {
+                tracing::warn!(%why, "registration unanswered; will retry")
+            }
+            SessionEvent::ReregisterRequested { reason } => {
+                tracing::info!(%reason, "the server asked this host to register again");
+            }
+            SessionEvent::HeartbeatRejected { code, message } => {
+                tracing::warn!(%code, server_message = %message, "heartbeat rejected by the server (version skew or a bug)");
+            }
+            SessionEvent::Reconnected => tracing::info!("NATS reconnected; registering again"),
+        }
+    }
+}
+
+/// The headers every agent message carries, so `nats sub` shows what it is without decoding the body.
+pub fn message_headers(kind: MessageKind, host: &HostId) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
+    h.insert(headers::KIND, kind.as_str());
+    h.insert(headers::HOST, host.as_str());
+    h.insert(headers::SCHEMA, PROTOCOL_VERSION.to_string().as_str());
+    h
+}
+
+/// What a registration request's outcome means for the protocol, and for an accepted one what it says about
+/// command delivery.
+pub fn classify_register(result: Result<Message, RequestError>) -> (SessionEvent, Option<Registration>) {
+    let message = match result {
+        Ok(message) => message,
+        Err(e) => {
+            let why = match e.kind() {
+                RequestErrorKind::TimedOut => Unanswered::TimedOut,
+                RequestErrorKind::NoResponders => Unanswered::NoResponders,
+                _ => Unanswered::Transport(e.to_string()),
+            };
+            return (SessionEvent::RegisterUnanswered(why), None);
+        }
+    };
+    if let Some(status) = message.status.filter(|s| !s.is_success()) {
+        let why = format!("NATS status {status} {}", message.description.as_deref().unwrap_or_default());
+        return (SessionEvent::RegisterUnanswered(Unanswered::BadReply(why.trim_end().to_owned())), None);
+    }
+    match decode::<RegisterReply>(&message.payload, MAX_REGISTER_REPLY_BYTES) {
+        Ok(RegisterReply::Accepted {
+            heartbeat_interval_ms,
+            epoch,
+            server_time,
+            components,
+            cursor,
+            done_after_cursor,
+        }) => {
+            let skew = Duration::from_millis(now_millis().abs_diff(server_time));
+            if skew > MAX_CLOCK_SKEW {
+                tracing::warn!(skew_secs = skew.as_secs(), "agent and server clocks differ; check NTP");
+            }
+            let registration = Registration { components, cursor, done_after_cursor };
+            (SessionEvent::RegisterAccepted { heartbeat_interval_ms, epoch }, Some(registration))
+        }
+        Ok(RegisterReply::Rejected { code, message, retry_after_ms }) => {
+            (SessionEvent::RegisterRejected { code, message, retry_after_ms }, None)
+        }
+        Err(e) => (SessionEvent::RegisterUnanswered(Unanswered::BadReply(e.to_string())), None),
+    }
+}
+
+/// What a control-inbox message asks for, or why it is unusable.
+pub fn control_event(message: &Message) -> Result<SessionEvent, String> {
+    let kind = message.headers.as_ref().and_then(|h| h.get(headers::KIND)).map(|v| v.as_str());
+    if let Some(kind) = kind.filter(|k| *k != MessageKind::HeartbeatReply.as_str()) {
+        return Err(format!("unexpected message kind {kind:?}"));
+    }
+    match decode::<HeartbeatReply>(&message.payload, MAX_REPLY_BYTES).map_err(|e| e.to_string())? {
+        HeartbeatReply::Reregister { reason } => Ok(SessionEvent::ReregisterRequested { reason }),
+        HeartbeatReply::Rejected { code, message } => Ok(SessionEvent::HeartbeatRejected { code, message }),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::StatusCode;
+    use muster_schemas::commands::{Category, ComponentSpec};
+
+    fn message(payload: Vec<u8>, kind: Option<MessageKind>) -> Message {
+        let headers = kind.map(|k| message_headers(k, &HostId::new("web-1").unwrap()));
+        Message {
+            subject: Subject::from("_INBOX.x"),
+            reply: None,
+            payload: payload.into(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_can_be_spawned() {
+        // `muster-agent swarm` spawns one session per simulated host, so the future must be Send.
+        fn assert_send<T: Send>(_: &T) {}
+        fn check(client: Client, params: SessionParams, reconnects: Reconnects) {
+            let session = run_session(
+                client,
+                params,
+                crate::facts::StaticFacts::default(),
+                Arc::new(crate::executor::ProcessExecutor),
+                reconnects,
+                CancellationToken::new(),
+            );
+            assert_send(&session);
+        }
+        let _ = check;
+    }
+
+    #[test]
+    fn headers_name_kind_host_and_schema() {
+        let h = message_headers(MessageKind::Heartbeat, &HostId::new("web-1").unwrap());
+        assert_eq!(h.get("Content-Type").unwrap().as_str(), "application/msgpack");
+        assert_eq!(h.get("Muster-Kind").unwrap().as_str(), "heartbeat");
+        assert_eq!(h.get("Muster-Host").unwrap().as_str(), "web-1");
+        assert_eq!(h.get("Muster-Schema").unwrap().as_str(), "1");
+    }
+
+    #[test]
+    fn register_outcomes_are_classified() {
+        let component = ComponentSpec {
+            service: "svc".into(),
+            component: "server".into(),
+            category: Category::Daemon,
+            status: None,
+            start: None,
+            should_run: true,
+        };
+        let accepted = RegisterReply::Accepted {
+            heartbeat_interval_ms: 2_000,
+            epoch: 9,
+            server_time: now_millis(),
+            components: vec![component.clone()],
+            cursor: 41,
+            done_after_cursor: vec![43, 47],
+        };
+        assert_eq!(
+            classify_register(Ok(message(encode(&accepted), Some(MessageKind::RegisterReply)))),
+            (
+                SessionEvent::RegisterAccepted { heartbeat_interval_ms: 2_000, epoch: 9 },
+                Some(Registration { components: vec![component], cursor: 41, done_after_cursor: vec![43, 47] })
+            )
+        );
+        let rejected =
+            RegisterReply::Rejected { code: ErrorCode::Busy, message: "full".into(), retry_after_ms: Some(700) };
+        assert_eq!(
+            classify_register(Ok(message(encode(&rejected), None))).0,
+            SessionEvent::RegisterRejected { code: ErrorCode::Busy, message: "full".into(), retry_after_ms: Some(700) }
+        );
+        assert!(matches!(
+            classify_register(Ok(message(b"\xc1".to_vec(), None))),
+            (SessionEvent::RegisterUnanswered(Unanswered::BadReply(_)), None)
+        ));
+        let timed_out = RequestError::new(RequestErrorKind::TimedOut);
+        assert_eq!(classify_register(Err(timed_out)), (SessionEvent::RegisterUnanswered(Unanswered::TimedOut), None));
+        let none = RequestError::new(RequestErrorKind::NoResponders);
+        assert_eq!(classify_register(Err(none)).0, SessionEvent::RegisterUnanswered(Unanswered::NoResponders));
+        let mut status = message(vec![], None);
+        status.status = Some(StatusCode::from_u16(503).unwrap());
+        assert!(matches!(classify_register(Ok(status)).0, SessionEvent::RegisterUnanswered(Unanswered::BadReply(_))));
+    }
+
+    #[test]
+    fn control_messages_are_classified() {
+        let rereg = HeartbeatReply::Reregister { reason: "unknown host".into() };
+        assert_eq!(
+            control_event(&message(encode(&rereg), Some(MessageKind::HeartbeatReply))),
+            Ok(SessionEvent::ReregisterRequested { reason: "unknown host".into() })
+        );
+        let rejected = HeartbeatReply::Rejected { code: ErrorCode::HostMismatch, message: "x".into() };
+        assert_eq!(
+            control_event(&message(encode(&rejected), None)),
+            Ok(SessionEvent::HeartbeatRejected { code: ErrorCode::HostMismatch, message: "x".into() })
+        );
+        assert!(control_event(&message(encode(&rereg), Some(MessageKind::Txn))).is_err());
+        assert!(control_event(&message(vec![0xc1], None)).is_err());
+        assert!(control_event(&message(vec![0; MAX_REPLY_BYTES + 1], None)).is_err());
+    }
+}

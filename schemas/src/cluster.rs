@@ -1,0 +1,420 @@
+//! What the server persists about the cluster beyond hosts: stacks, blueprints, host components, requests,
+//! stages and tasks. These are the records carried by [`crate::TxnOp`] and stored in redb.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::commands::{Category, CommandSpec, ComponentRef, RequestId, RoleCommand, TaskId};
+use crate::{HostId, UnixMillis};
+
+/// A stack: services and their components with the commands that manage them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDef {
+    /// Stack name.
+    pub name: String,
+    /// Services, in file order.
+    pub services: Vec<ServiceDef>,
+}
+
+/// A service of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDef {
+    /// Service name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Components, in file order.
+    pub components: Vec<ComponentDef>,
+}
+
+/// A component of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentDef {
+    /// Component name, unique within the stack.
+    pub name: String,
+    /// Daemon or client.
+    pub category: Category,
+    /// Commands by name: `install`, `start`, `stop`, `status`, `uninstall`, and custom ones.
+    pub commands: BTreeMap<String, CommandSpec>,
+    /// Components that must be started before this one (and stopped after it).
+    pub depends_on: Vec<String>,
+}
+
+impl StackDef {
+    /// Finds a component by name, with its service.
+    pub fn component(&self, name: &str) -> Option<(&ServiceDef, &ComponentDef)> {
+        self.services.iter().find_map(|s| s.components.iter().find(|c| c.name == name).map(|c| (s, c)))
+    }
+
+    /// Every (service, component) pair.
+    pub fn components(&self) -> impl Iterator<Item = (&ServiceDef, &ComponentDef)> {
+        self.services.iter().flat_map(|s| s.components.iter().map(move |c| (s, c)))
+    }
+}
+
+/// A stored stack version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRecord {
+    /// Version, from 1, incremented by each apply of the same name.
+    pub version: u32,
+    /// The parsed definition.
+    pub def: StackDef,
+    /// The TOML as applied.
+    pub source: String,
+    /// When.
+    pub applied_at: UnixMillis,
+}
+
+/// A blueprint: which components run on which hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueprintDef {
+    /// Blueprint name.
+    pub name: String,
+    /// The stack it maps.
+    pub stack: String,
+    /// Host groups.
+    pub host_groups: Vec<HostGroup>,
+}
+
+/// Hosts selected by id globs and/or labels, and the components they run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostGroup {
+    /// Group name.
+    pub name: String,
+    /// Host id globs (`*`, `?`); empty means any host.
+    pub hosts: Vec<String>,
+    /// Labels a host must all carry.
+    pub labels: BTreeMap<String, String>,
+    /// Component names.
+    pub components: Vec<String>,
+}
+
+/// A stored blueprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueprintRecord {
+    /// Version, from 1.
+    pub version: u32,
+    /// The parsed definition.
+    pub def: BlueprintDef,
+    /// The TOML as applied.
+    pub source: String,
+    /// When.
+    pub applied_at: UnixMillis,
+}
+
+/// Component states (REFERENCE.md, "Host-component FSM").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ComponentState {
+    /// Mapped, nothing done yet.
+    Init,
+    /// Install running.
+    Installing,
+    /// Install failed.
+    InstallFailed,
+    /// Installed, not running.
+    Installed,
+    /// Start running.
+    Starting,
+    /// Running.
+    Started,
+    /// Stop running.
+    Stopping,
+    /// Uninstall running.
+    Uninstalling,
+    /// Uninstalled.
+    Uninstalled,
+    /// Host lost; unknown until the next status report.
+    Unknown,
+    /// Disabled by the operator.
+    Disabled,
+}
+
+impl ComponentState {
+    /// The reference name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "INIT",
+            Self::Installing => "INSTALLING",
+            Self::InstallFailed => "INSTALL_FAILED",
+            Self::Installed => "INSTALLED",
+            Self::Starting => "STARTING",
+            Self::Started => "STARTED",
+            Self::Stopping => "STOPPING",
+            Self::Uninstalling => "UNINSTALLING",
+            Self::Uninstalled => "UNINSTALLED",
+            Self::Unknown => "UNKNOWN",
+            Self::Disabled => "DISABLED",
+        }
+    }
+}
+
+impl fmt::Display for ComponentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Desired states of a host component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DesiredState {
+    /// Not installed.
+    Init,
+    /// Installed, not running.
+    Installed,
+    /// Running.
+    Started,
+    /// Removed.
+    Uninstalled,
+    /// Disabled.
+    Disabled,
+}
+
+/// One component on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostComponentRecord {
+    /// The host.
+    pub host: HostId,
+    /// The component.
+    pub component: ComponentRef,
+    /// Current state.
+    pub state: ComponentState,
+    /// Desired state.
+    pub desired: DesiredState,
+    /// Stack version it was mapped from.
+    pub stack_version: u32,
+    /// When `state` last changed.
+    pub state_since: UnixMillis,
+    /// Auto-restarts the agent reported.
+    pub auto_restarts: u32,
+}
+
+impl HostComponentRecord {
+    /// The redb key: `host/service/component`.
+    pub fn key(&self) -> String {
+        host_component_key(&self.host, &self.component)
+    }
+}
+
+/// The redb key of a host component.
+pub fn host_component_key(host: &HostId, c: &ComponentRef) -> String {
+    format!("{host}/{}/{}", c.service, c.component)
+}
+
+/// Ambari's task statuses, also used for stages and requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Planned, not sent.
+    Pending,
+    /// Stored in `MUSTER_COMMANDS`, not yet reported running.
+    Queued,
+    /// Reported running.
+    InProgress,
+    /// Succeeded.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Did not finish in time (after one retry).
+    TimedOut,
+    /// Cancelled, or its request was aborted, or its host was lost.
+    Aborted,
+    /// Failed, but tolerated by the success factor / max failures.
+    SkippedFailed,
+}
+
+impl TaskStatus {
+    /// Whether nothing more will happen to it.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Queued | Self::InProgress)
+    }
+
+    /// Reference name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Queued => "QUEUED",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMEDOUT",
+            Self::Aborted => "ABORTED",
+            Self::SkippedFailed => "SKIPPED_FAILED",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One task: host × component × command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Id.
+    pub id: TaskId,
+    /// Request.
+    pub request: RequestId,
+    /// Stage index within the request.
+    pub stage: u32,
+    /// Host.
+    pub host: HostId,
+    /// Component, `None` for ad-hoc runs.
+    pub component: Option<ComponentRef>,
+    /// Verb.
+    pub command: RoleCommand,
+    /// What runs (snapshot at planning time, so a re-send runs the same thing).
+    pub spec: CommandSpec,
+    /// Status.
+    pub status: TaskStatus,
+    /// Attempts sent (0 before the first).
+    pub attempt: u32,
+    /// `MUSTER_COMMANDS` sequence of the latest attempt's command.
+    pub cmd_seq: u64,
+    /// When the latest attempt was queued.
+    pub queued_at: UnixMillis,
+    /// When the agent started it.
+    pub started_at: UnixMillis,
+    /// When it ended.
+    pub finished_at: UnixMillis,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Bounded stdout.
+    pub stdout: String,
+    /// Bounded stderr.
+    pub stderr: String,
+    /// Why it ended as it did, when not obvious (aborted, timed out, retried).
+    pub detail: String,
+}
+
+/// A stage: tasks that run together; stages run one after the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Human-readable name (e.g. "START master (batch 1/2)").
+    pub name: String,
+    /// Tasks.
+    pub tasks: Vec<TaskId>,
+    /// Status.
+    pub status: TaskStatus,
+}
+
+/// Options of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// A stage succeeds when at least this fraction of its tasks completed (Ambari's success factor).
+    pub success_factor: f64,
+    /// Failed tasks tolerated over the whole request before it is aborted (rolling restarts).
+    pub max_failures: u32,
+    /// Hosts per batch (0 = all at once).
+    pub batch: u32,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        Self { success_factor: 1.0, max_failures: 0, batch: 0 }
+    }
+}
+
+/// An operator request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Id.
+    pub id: RequestId,
+    /// What was asked, in words (e.g. "START toy on demo-*").
+    pub description: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Stages in order.
+    pub stages: Vec<StageRecord>,
+    /// Index of the stage running now (== stages.len() when done).
+    pub current_stage: u32,
+    /// Options.
+    pub options: RequestOptions,
+    /// Created.
+    pub created_at: UnixMillis,
+    /// Finished (0 while running).
+    pub finished_at: UnixMillis,
+    /// Why it ended as it did.
+    pub detail: String,
+}
+
+/// How far a host got through its commands on `muster.cmd.<host>`, so a restarted agent catches up exactly: it
+/// reads the stream after [`CommandCursor::cursor`] and skips [`CommandCursor::done`].
+///
+/// Stream sequences are global to `MUSTER_COMMANDS` (all hosts share it), so one host's sequences have gaps: the
+/// cursor is "everything up to here is finished", not a count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandCursor {
+    /// The host.
+    pub host: HostId,
+    /// Highest sequence published to the host.
+    pub high: u64,
+    /// Sequences of executions not finished yet.
+    pub pending: Vec<u64>,
+    /// Finished sequences above the cursor (finished out of order, cancels and configures).
+    pub done: Vec<u64>,
+}
+
+impl CommandCursor {
+    /// A host with no commands yet.
+    pub fn new(host: HostId) -> Self {
+        Self { host, high: 0, pending: Vec::new(), done: Vec::new() }
+    }
+
+    /// Every command up to this sequence is finished.
+    pub fn cursor(&self) -> u64 {
+        self.pending.iter().min().map_or(self.high, |p| p - 1)
+    }
+
+    /// Records a published command; executions stay pending until [`CommandCursor::finish`].
+    pub fn published(&mut self, seq: u64, execution: bool) {
+        self.high = self.high.max(seq);
+        if execution {
+            self.pending.push(seq);
+        } else {
+            self.done.push(seq);
+        }
+        self.compact();
+    }
+
+    /// Records that the execution at `seq` finished.
+    pub fn finish(&mut self, seq: u64) {
+        if let Some(i) = self.pending.iter().position(|p| *p == seq) {
+            self.pending.swap_remove(i);
+            self.done.push(seq);
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let cursor = self.cursor();
+        self.done.retain(|d| *d > cursor);
+        self.done.sort_unstable();
+        self.done.dedup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_advances_over_out_of_order_finishes() {
+        let mut c = CommandCursor::new(HostId::new("h").unwrap());
+        c.published(10, true);
+        c.published(14, false);
+        c.published(20, true);
+        assert_eq!(c.cursor(), 9);
+        c.finish(20);
+        assert_eq!((c.cursor(), c.done.clone()), (9, vec![14, 20]));
+        c.finish(10);
+        assert_eq!((c.cursor(), c.done.clone()), (20, vec![]));
+        c.finish(99);
+        assert_eq!(c.cursor(), 20);
+    }
+}

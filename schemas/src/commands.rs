@@ -1,0 +1,257 @@
+//! Commands and reports: the delivery and result paths of DESIGN.md ("Commands and results").
+//!
+//! - `muster.cmd.<host>` (stream `MUSTER_COMMANDS`): [`Command`], leader → agent. `Nats-Msg-Id` is
+//!   `t<task>-a<attempt>` for executions, `c<task>-a<attempt>` for cancels, so a re-publish by a new leader lands
+//!   once. Agents receive commands live through a core subscription and, after registering, catch up from the
+//!   stream with direct gets starting after the `cursor` the registration reply gives.
+//! - `muster.report.<host>` (stream `MUSTER_REPORTS`): [`Report`], agent → leader, published through JetStream with
+//!   `Nats-Msg-Id` = [`Report::msg_id`] and retried with the same id until acked; the leader acks only after the
+//!   transition the report caused is committed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HostId, UnixMillis};
+
+/// A task id: unique in the cluster, assigned by the leader.
+pub type TaskId = u64;
+/// A request id: unique in the cluster, assigned by the leader.
+pub type RequestId = u64;
+
+/// How to run one command on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    /// Program and arguments (a stack's `script = "..."` becomes `["/bin/sh", "-c", script]`).
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The agent kills the whole process tree after this long.
+    pub timeout_ms: u64,
+}
+
+/// The command verbs of Ambari's role commands, plus ad-hoc runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleCommand {
+    /// Install the component.
+    Install,
+    /// Start the component's daemon.
+    Start,
+    /// Stop the component's daemon.
+    Stop,
+    /// Uninstall the component.
+    Uninstall,
+    /// A custom command defined by the stack.
+    Custom(String),
+    /// An ad-hoc `muster run -- argv`.
+    Run,
+}
+
+impl fmt::Display for RoleCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Install => f.write_str("INSTALL"),
+            Self::Start => f.write_str("START"),
+            Self::Stop => f.write_str("STOP"),
+            Self::Uninstall => f.write_str("UNINSTALL"),
+            Self::Custom(c) => write!(f, "CUSTOM:{c}"),
+            Self::Run => f.write_str("RUN"),
+        }
+    }
+}
+
+/// Daemon or client (Ambari's component categories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// A long-running process with start/stop/status.
+    Daemon,
+    /// Installed files only (no process).
+    Client,
+}
+
+/// What an agent needs to know about one component mapped to its host: how to check it, how to restart it, and
+/// whether it should be running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentSpec {
+    /// Service name.
+    pub service: String,
+    /// Component name (unique within the stack).
+    pub component: String,
+    /// Daemon or client.
+    pub category: Category,
+    /// Status check: exit 0 means running, anything else means not running.
+    pub status: Option<CommandSpec>,
+    /// Start command, used by auto-restart.
+    pub start: Option<CommandSpec>,
+    /// Whether the component should be running (its desired state is STARTED): the agent auto-restarts it.
+    pub should_run: bool,
+}
+
+/// A command to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Protocol version.
+    pub schema: u16,
+    /// Target host; equals the subject's host.
+    pub host: HostId,
+    /// What to do.
+    pub body: CommandBody,
+}
+
+/// The kinds of command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandBody {
+    /// Run a task.
+    Execute(Execution),
+    /// Cancel a task: drop it if queued, kill its process tree if running.
+    Cancel {
+        /// The task.
+        task: TaskId,
+        /// The attempt to cancel.
+        attempt: u32,
+    },
+    /// The full set of components mapped to this host (replaces the previous set).
+    Configure {
+        /// The components.
+        components: Vec<ComponentSpec>,
+    },
+}
+
+/// One task to execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Task id.
+    pub task: TaskId,
+    /// Attempt number, from 1; a timed-out task is re-sent once with attempt 2.
+    pub attempt: u32,
+    /// The request it belongs to.
+    pub request: RequestId,
+    /// Service and component, `None` for ad-hoc runs. Tasks of one component run in order, one at a time.
+    pub component: Option<ComponentRef>,
+    /// The verb.
+    pub command: RoleCommand,
+    /// What to run.
+    pub spec: CommandSpec,
+}
+
+/// A (service, component) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ComponentRef {
+    /// Service.
+    pub service: String,
+    /// Component.
+    pub component: String,
+}
+
+impl fmt::Display for ComponentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.component)
+    }
+}
+
+/// A report from an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Protocol version.
+    pub schema: u16,
+    /// Reporting host; equals the subject's host.
+    pub host: HostId,
+    /// When it was sent.
+    pub sent_at: UnixMillis,
+    /// What it says.
+    pub body: ReportBody,
+}
+
+/// The kinds of report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReportBody {
+    /// Progress or result of a task.
+    Task(TaskReport),
+    /// Component statuses: all of them after registration (`full`), otherwise only changes.
+    Status {
+        /// The statuses.
+        statuses: Vec<ComponentStatus>,
+        /// Whether this is the full set (after registration) rather than changes.
+        full: bool,
+        /// Distinguishes status reports of one agent run for `Nats-Msg-Id` (agent start time + counter).
+        nonce: String,
+    },
+}
+
+/// Progress or result of one task attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Task id.
+    pub task: TaskId,
+    /// Attempt.
+    pub attempt: u32,
+    /// Where it is.
+    pub phase: TaskPhase,
+    /// Sequence of the progress report within the attempt (0 = first IN_PROGRESS), for `Nats-Msg-Id`.
+    pub report_seq: u32,
+    /// When the agent started running it (0 if never started).
+    pub started_at: UnixMillis,
+    /// When it ended (final phases only).
+    pub finished_at: Option<UnixMillis>,
+    /// Exit code (final phases, when the process exited by itself).
+    pub exit_code: Option<i32>,
+    /// Bounded stdout (head and tail kept, middle elided).
+    pub stdout: String,
+    /// Bounded stderr.
+    pub stderr: String,
+}
+
+/// Task phases an agent reports; the final ones map onto Ambari's task statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskPhase {
+    /// Running (sent at start and every few seconds with output so far).
+    InProgress,
+    /// Exited 0.
+    Completed,
+    /// Exited non-zero or could not be started.
+    Failed,
+    /// Killed (with its process tree) after its timeout.
+    TimedOut,
+    /// Cancelled on request (dropped from the queue, or killed).
+    Aborted,
+}
+
+impl TaskPhase {
+    /// Whether the phase is final.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::InProgress)
+    }
+}
+
+/// One component's observed status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// Which component.
+    pub component: ComponentRef,
+    /// Status check result: running or not.
+    pub running: bool,
+    /// Auto-restarts performed by this agent run.
+    pub auto_restarts: u32,
+}
+
+impl Report {
+    /// The `Nats-Msg-Id` of this report: the same report retried is stored once.
+    ///
+    /// A final report has its own id (`-f`), never a progress counter: an agent restarted in the middle of a task
+    /// starts counting progress reports from 0 again, and a final id that could equal an earlier progress id would
+    /// be dropped as a duplicate.
+    pub fn msg_id(&self) -> String {
+        match &self.body {
+            ReportBody::Task(t) if t.phase.is_final() => format!("r{}-a{}-f", t.task, t.attempt),
+            ReportBody::Task(t) => format!("r{}-a{}-p{}", t.task, t.attempt, t.report_seq),
+            ReportBody::Status { nonce, .. } => format!("s-{}-{nonce}", self.host),
+        }
+    }
+}

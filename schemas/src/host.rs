@@ -1,0 +1,131 @@
+//! Hosts: the facts an agent reports, the host state machine's states, and the record the server persists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HostId, UnixMillis};
+
+/// Host states, Ambari's names (see REFERENCE.md, "Host FSM").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HostState {
+    /// Known but not (or no longer) registered.
+    Init,
+    /// Registered; waiting for the first heartbeat with the host's status.
+    WaitingForHostStatusUpdates,
+    /// Heartbeating and reporting itself healthy.
+    Healthy,
+    /// Heartbeating but reporting a problem (see [`Health::problems`]).
+    Unhealthy,
+    /// No heartbeat within `interval × misses`.
+    HeartbeatLost,
+}
+
+impl HostState {
+    /// The reference name, as shown by the CLI and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "INIT",
+            Self::WaitingForHostStatusUpdates => "WAITING_FOR_HOST_STATUS_UPDATES",
+            Self::Healthy => "HEALTHY",
+            Self::Unhealthy => "UNHEALTHY",
+            Self::HeartbeatLost => "HEARTBEAT_LOST",
+        }
+    }
+
+    /// Whether the host is expected to be heartbeating (so the liveness monitor watches it).
+    pub fn expects_heartbeats(self) -> bool {
+        matches!(self, Self::WaitingForHostStatusUpdates | Self::Healthy | Self::Unhealthy)
+    }
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One mounted filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Mount point.
+    pub mount_point: String,
+    /// Filesystem type (ext4, overlay, ...).
+    pub fs_type: String,
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Bytes available to unprivileged users.
+    pub available_bytes: u64,
+}
+
+/// The hardware and OS profile an agent sends on registration (Ambari's host facts).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// The machine's own hostname (before encoding into a host id).
+    pub hostname: String,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// Total memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Available memory in bytes at registration time.
+    pub memory_available_bytes: u64,
+    /// Mounted filesystems with free space.
+    pub mounts: Vec<Mount>,
+    /// OS family/name (e.g. "Debian GNU/Linux").
+    pub os_name: String,
+    /// OS release (e.g. "12").
+    pub os_version: String,
+    /// Kernel release.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Non-loopback IP addresses.
+    pub ip_addresses: Vec<String>,
+    /// Seconds since boot.
+    pub uptime_secs: u64,
+    /// Timezone name, when the host has one configured.
+    pub timezone: String,
+}
+
+/// The health an agent reports in each heartbeat: HEALTHY vs UNHEALTHY.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Health {
+    /// Human-readable problems; empty means healthy.
+    pub problems: Vec<String>,
+}
+
+impl Health {
+    /// True when there is no problem.
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What the server persists per host (redb table `hosts`, and in the txn log as the *result* of a transition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// The host.
+    pub id: HostId,
+    /// Current host state.
+    pub state: HostState,
+    /// Facts from the latest registration.
+    pub facts: HostFacts,
+    /// Labels from the agent's config (used by blueprints and selectors).
+    pub labels: BTreeMap<String, String>,
+    /// Agent version from the latest registration.
+    pub agent_version: String,
+    /// When the agent process started (from the latest registration).
+    pub agent_started_at: UnixMillis,
+    /// When the host first registered.
+    pub first_registered_at: UnixMillis,
+    /// When the host last registered.
+    pub registered_at: UnixMillis,
+    /// How many times the host has registered.
+    pub registrations: u64,
+    /// When `state` last changed.
+    pub state_since: UnixMillis,
+    /// Problems from the heartbeat that made the host UNHEALTHY (empty otherwise).
+    pub problems: Vec<String>,
+}

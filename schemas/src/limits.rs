@@ -1,0 +1,29 @@
+//! Protocol version and size limits. Every limit is checked before decoding, so an oversized payload costs nothing.
+
+/// The protocol version this build speaks. Carried in every message body (`schema`) and in the `Muster-Schema`
+/// header; a peer speaking another version is refused with [`crate::ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest registration request: host facts with many mounts and addresses stay well under 16 KiB; 64 KiB leaves
+/// room for labels without letting one agent make the leader buffer megabytes.
+pub const MAX_REGISTER_BYTES: usize = 64 * 1024;
+
+/// Largest heartbeat. A heartbeat is a digest, a few hundred bytes; anything bigger is a bug or an attack.
+pub const MAX_HEARTBEAT_BYTES: usize = 4 * 1024;
+
+/// Largest API request (selectors and ids only).
+pub const MAX_API_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest transaction-log entry we will write: below nats-server's default `max_payload` (1 MiB) with room for
+/// headers. The proposer splits batches to stay under it.
+pub const MAX_TXN_BYTES: usize = 900 * 1024;
+
+/// Largest report: a final task report carries at most [`MAX_OUTPUT_BYTES`] of stdout and of stderr.
+pub const MAX_REPORT_BYTES: usize = 2 * MAX_OUTPUT_BYTES + 16 * 1024;
+
+/// Output kept per stream (stdout, stderr) of a task: the head and the tail, half each. Enough for a stack trace,
+/// small enough that a fan-out of 100k tasks does not store gigabytes.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Largest command message (argv, env and the component list of a Configure).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;

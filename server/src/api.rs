@@ -1,0 +1,273 @@
+//! The operator API: a NATS services-framework service named `muster` (`nats micro ls` lists it), endpoints
+//! under `<prefix>.api.*`, JSON replies (so `nats req muster.api.hosts ''` is readable as is). Read endpoints are
+//! answered from this instance's redb, so every instance can serve them; write endpoints are forwarded to
+//! `<prefix>.leader.*`, which only the leader subscribes to ([`crate::listen::leader_api`]).
+//!
+//! | endpoint | request | reply |
+//! |---|---|---|
+//! | `hosts` | empty | `[HostSummary]` |
+//! | `host`  | a host id (plain text) | `HostDetail` |
+//! | `stats` | empty | `{server_id, role, epoch, applied_seq, uptime_secs, counters}` |
+//! | `components` | empty | `[ComponentView]` |
+//! | `stacks` | empty | `[{name, version, applied_at, services: [{name, components}]}]` |
+//! | `requests` | empty | `[{id, description, status, created_at, finished_at, tasks, done}]`, newest first |
+//! | `request` | a request id | `RequestView` |
+//! | `stack.apply` | stack TOML | `{stack, version, changed, components}` (write) |
+//! | `blueprint.apply` | blueprint TOML | `{blueprint, version, mapped, request}` (write) |
+//! | `request.create` | `RequestSpec` JSON | `{request, stages, tasks, skipped_lost_hosts}` (write) |
+//! | `request.cancel` | a request id | `{request, aborted_tasks}` (write) |
+
+use async_nats::service::{self, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestView, StageView, TaskView};
+use muster_schemas::{limits, HostId, HostRecord, Subjects};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::leader::unix_millis;
+use crate::metrics::Metrics;
+use crate::status::Status;
+use crate::store::Store;
+
+/// The services-framework name.
+pub const SERVICE_NAME: &str = "muster";
+
+/// API failures at start.
+#[derive(Debug, thiserror::Error)]
+#[error("api: {0}")]
+pub struct ApiError(String);
+
+/// What the read endpoints read.
+#[derive(Clone)]
+pub struct ApiDeps {
+    /// redb.
+    pub store: Store,
+    /// Role, epoch, applied, last-seen.
+    pub status: Status,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Read endpoints.
+const READS: &[&str] = &["hosts", "host", "stats", "components", "stacks", "requests", "request"];
+/// Write endpoints (forwarded to the leader).
+const WRITES: &[&str] = &["stack.apply", "blueprint.apply", "request.create", "request.cancel"];
+/// How long a forwarded write may take (a blueprint apply plans and stores all its commands).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: Subjects,
+    deps: ApiDeps,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let err = |e: async_nats::Error| ApiError(e.to_string());
+    let svc = client
+        .service_builder()
+        .description("muster operator API")
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(err)?;
+    let group = svc.group(subjects.api_group());
+    let mut endpoints = Vec::new();
+    for name in READS.iter().chain(WRITES) {
+        let ep = group.endpoint(*name).await.map_err(err)?;
+        endpoints.push(ep.map(move |r| (*name, r)).boxed());
+    }
+    let mut requests = futures::stream::select_all(endpoints);
+    let writes = tokio_util::task::TaskTracker::new();
+    loop {
+        let (name, req) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = requests.next() => match r { Some(r) => r, None => break },
+        };
+        if WRITES.contains(&name) {
+            let (client, subject) = (client.clone(), subjects.leader_api(name));
+            writes.spawn(async move {
+                let reply = forward(&client, subject, req.message.payload.clone()).await;
+                if let Err(e) = req.respond(reply).await {
+                    warn!(error = %e, "api reply not sent");
+                }
+            });
+            continue;
+        }
+        let reply = match name {
+            "hosts" => list_hosts(&deps),
+            "host" => one_host(&deps, &req.message.payload),
+            "stats" => Ok(stats_json(&deps)),
+            "components" => components(&deps),
+            "stacks" => stacks(&deps),
+            "requests" => list_requests(&deps),
+            _ => one_request(&deps, &req.message.payload),
+        };
+        if let Err(e) = req.respond(reply.map(|v| Bytes::from(v.to_string()))).await {
+            warn!(error = %e, "api reply not sent");
+        }
+    }
+    writes.close();
+    writes.wait().await;
+    let _ = svc.stop().await;
+    Ok(())
+}
+
+/// Sends a write to the leader and relays its answer (errors included).
+async fn forward(client: &async_nats::Client, subject: String, payload: Bytes) -> Result<Bytes, service::error::Error> {
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, client.request(subject, payload)).await;
+    let msg = match answer {
+        Err(_) => return Err(api_error(504, "the leader did not answer in time")),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            return Err(api_error(503, "no leader is elected right now; retry in a moment"))
+        }
+        Ok(Err(e)) => return Err(api_error(503, format!("leader unreachable: {e}"))),
+        Ok(Ok(m)) => m,
+    };
+    if let Some(h) = &msg.headers {
+        if let Some(status) = h.get(service::NATS_SERVICE_ERROR) {
+            let code = h.get(service::NATS_SERVICE_ERROR_CODE).and_then(|c| c.as_str().parse().ok()).unwrap_or(500);
+            return Err(api_error(code, status.as_str()));
+        }
+    }
+    Ok(msg.payload)
+}
+
+type Answer = Result<serde_json::Value, service::error::Error>;
+
+fn api_error(code: usize, status: impl Into<String>) -> service::error::Error {
+    service::error::Error { status: status.into(), code }
+}
+
+fn summary(deps: &ApiDeps, r: &HostRecord, now: u64) -> HostSummary {
+    HostSummary {
+        id: r.id.to_string(),
+        state: r.state,
+        last_heartbeat_secs: deps.status.since_heartbeat(&r.id),
+        hostname: r.facts.hostname.clone(),
+        agent_version: r.agent_version.clone(),
+        state_secs: now.saturating_sub(r.state_since) as f64 / 1000.0,
+        problems: r.problems.clone(),
+    }
+}
+
+fn list_hosts(deps: &ApiDeps) -> Answer {
+    let now = unix_millis();
+    let hosts = deps.store.hosts().map_err(|e| api_error(500, e.to_string()))?;
+    let rows: Vec<HostSummary> = hosts.iter().map(|r| summary(deps, r, now)).collect();
+    serde_json::to_value(rows).map_err(|e| api_error(500, e.to_string()))
+}
+
+fn one_host(deps: &ApiDeps, payload: &[u8]) -> Answer {
+    if payload.len() > limits::MAX_API_REQUEST_BYTES {
+        return Err(api_error(413, "request too large"));
+    }
+    let raw = String::from_utf8_lossy(payload);
+    let id = HostId::new(raw.trim()).map_err(|e| api_error(400, e.to_string()))?;
+    let record = deps.store.host(&id).map_err(|e| api_error(500, e.to_string()))?;
+    let record = record.ok_or_else(|| api_error(404, format!("no host {id}")))?;
+    let detail = HostDetail { summary: summary(deps, &record, unix_millis()), record };
+    serde_json::to_value(detail).map_err(|e| api_error(500, e.to_string()))
+}
+
+fn components(deps: &ApiDeps) -> Answer {
+    let now = unix_millis();
+    let rows: Vec<ComponentView> = deps
+        .store
+        .host_components()
+        .map_err(|e| api_error(500, e.to_string()))?
+        .into_iter()
+        .map(|c| ComponentView {
+            host: c.host.to_string(),
+            service: c.component.service,
+            component: c.component.component,
+            state: c.state,
+            desired: c.desired,
+            state_secs: now.saturating_sub(c.state_since) as f64 / 1000.0,
+            auto_restarts: c.auto_restarts,
+        })
+        .collect();
+    serde_json::to_value(rows).map_err(|e| api_error(500, e.to_string()))
+}
+
+fn stacks(deps: &ApiDeps) -> Answer {
+    let stacks = deps.store.stacks().map_err(|e| api_error(500, e.to_string()))?;
+    Ok(serde_json::Value::Array(
+        stacks
+            .iter()
+            .map(|s| {
+                let services: Vec<serde_json::Value> = s
+                    .def
+                    .services
+                    .iter()
+                    .map(|svc| json!({"name": svc.name, "components": svc.components.iter().map(|c| &c.name).collect::<Vec<_>>()}))
+                    .collect();
+                json!({"name": s.def.name, "version": s.version, "applied_at": s.applied_at, "services": services})
+            })
+            .collect(),
+    ))
+}
+
+fn list_requests(deps: &ApiDeps) -> Answer {
+    let mut reqs = deps.store.requests().map_err(|e| api_error(500, e.to_string()))?;
+    reqs.reverse();
+    Ok(serde_json::Value::Array(
+        reqs.iter()
+            .map(|r| {
+                let tasks: usize = r.stages.iter().map(|s| s.tasks.len()).sum();
+                let done: usize = r.stages.iter().filter(|s| s.status.is_terminal()).map(|s| s.tasks.len()).sum();
+                json!({"id": r.id, "description": r.description, "status": r.status, "created_at": r.created_at,
+                       "finished_at": r.finished_at, "tasks": tasks, "stages_done_tasks": done, "detail": r.detail})
+            })
+            .collect(),
+    ))
+}
+
+fn one_request(deps: &ApiDeps, payload: &[u8]) -> Answer {
+    let raw = String::from_utf8_lossy(payload);
+    let id: u64 =
+        raw.trim().parse().map_err(|_| api_error(400, format!("request id must be a number, not {raw:?}")))?;
+    let r = deps.store.request(id).map_err(|e| api_error(500, e.to_string()))?;
+    let r = r.ok_or_else(|| api_error(404, format!("no request {id}")))?;
+    let mut tasks = Vec::new();
+    for tid in r.stages.iter().flat_map(|s| &s.tasks) {
+        let Some(t) = deps.store.task(*tid).map_err(|e| api_error(500, e.to_string()))? else { continue };
+        tasks.push(TaskView {
+            id: t.id,
+            stage: t.stage,
+            host: t.host.to_string(),
+            component: t.component.as_ref().map(|c| c.to_string()),
+            command: t.command.to_string(),
+            status: t.status,
+            attempt: t.attempt,
+            exit_code: t.exit_code,
+            stdout: t.stdout,
+            stderr: t.stderr,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            detail: t.detail,
+        });
+    }
+    let view = RequestView {
+        id: r.id,
+        description: r.description,
+        status: r.status,
+        created_at: r.created_at,
+        finished_at: r.finished_at,
+        detail: r.detail,
+        stages: r.stages.into_iter().map(|s| StageView { name: s.name, status: s.status, tasks: s.tasks }).collect(),
+        tasks,
+    };
+    serde_json::to_value(view).map_err(|e| api_error(500, e.to_string()))
+}
+
+fn stats_json(deps: &ApiDeps) -> serde_json::Value {
+    json!({
+        "server_id": deps.status.server_id,
+        "role": deps.status.role().as_str(),
+        "epoch": deps.status.epoch(),
+        "applied_seq": *deps.status.applied.borrow(),
+        "uptime_secs": deps.status.started.elapsed().as_secs_f64(),
+        "counters": deps.metrics.snapshot(),
+    })
+}

@@ -1,0 +1,116 @@
+//! Leader election: a lease in the KV bucket `muster-election` whose `max_age` is the lease TTL.
+//!
+//! Winning = `create("leader")` succeeding (the key is absent or expired); the KV revision of that create is the
+//! **epoch**, which only grows. The leader renews with `update(.., last_revision)` every TTL/3 and steps down the
+//! moment one renewal fails. Expiry produces no watch event, so candidates retry `create` on a timer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use muster_schemas::Subjects;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The one key in the bucket.
+const LEADER_KEY: &str = "leader";
+
+/// Election failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// The bucket could not be created or opened.
+    #[error("election bucket: {0}")]
+    Bucket(String),
+}
+
+/// Creates (or updates the TTL of) the election bucket.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ElectionError> {
+    let config = kv::Config {
+        bucket: subjects.election_bucket(),
+        description: "muster leader lease; the revision of a won lease is the epoch".into(),
+        history: 1,
+        max_age: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    js.create_or_update_key_value(config).await.map_err(|e| ElectionError::Bucket(e.to_string()))
+}
+
+/// A won lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The epoch: the KV revision at which the lease was won.
+    pub epoch: u64,
+    /// Latest revision of the key we wrote; renewals and the release update at it.
+    revision: Arc<AtomicU64>,
+}
+
+/// Who currently holds the lease, if anyone (for `not leader` errors and `muster servers`).
+pub async fn current_leader(kv: &kv::Store) -> Option<(String, u64)> {
+    let entry = kv.entry(LEADER_KEY).await.ok().flatten()?;
+    (entry.operation == kv::Operation::Put)
+        .then(|| (String::from_utf8_lossy(&entry.value).into_owned(), entry.revision))
+}
+
+/// Tries to win the lease every `retry` until it does (`Some`) or `shutdown` fires (`None`).
+pub async fn campaign(kv: &kv::Store, server_id: &str, retry: Duration, shutdown: &CancellationToken) -> Option<Lease> {
+    loop {
+        match kv.create(LEADER_KEY, Bytes::from(server_id.to_string())).await {
+            Ok(revision) => {
+                info!(epoch = revision, "won the leader lease");
+                return Some(Lease { epoch: revision, revision: Arc::new(AtomicU64::new(revision)) });
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => debug!("lease held by another instance"),
+            Err(e) => warn!(error = %e, "lease create failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Renews `lease` every `ttl / 3` until `stop` fires; on the first failed renewal cancels `deposed` and returns.
+pub async fn hold(kv: kv::Store, server_id: String, lease: Lease, ttl: Duration, deposed: CancellationToken) {
+    let period = ttl / 3;
+    loop {
+        tokio::select! {
+            _ = deposed.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let renewal = tokio::time::timeout(
+            period,
+            kv.update(LEADER_KEY, Bytes::from(server_id.clone()), lease.revision.load(Ordering::SeqCst)),
+        );
+        match renewal.await {
+            Ok(Ok(revision)) => lease.revision.store(revision, Ordering::SeqCst),
+            Ok(Err(e)) => {
+                warn!(epoch = lease.epoch, error = %e, "lease renewal failed; stepping down");
+                deposed.cancel();
+                return;
+            }
+            Err(_) => {
+                warn!(epoch = lease.epoch, "lease renewal timed out; stepping down");
+                deposed.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Releases a lease on clean shutdown so a successor need not wait for the TTL.
+pub async fn release(kv: &kv::Store, lease: &Lease) {
+    // Only delete if we still hold it: an update at our revision proves that, then the delete follows.
+    if let Ok(rev) = kv.update(LEADER_KEY, Bytes::from_static(b""), lease.revision.load(Ordering::SeqCst)).await {
+        debug!(rev, "lease released");
+        let _ = kv.delete(LEADER_KEY).await;
+    }
+}

@@ -1,0 +1,511 @@
+//! The leader's pure core: registrations, heartbeats, reports, operator calls and ticks go in; the records to write,
+//! the commands to publish and the effects to perform come out. No I/O and no clock of its own (the shell passes
+//! `now`), so it is unit-tested directly.
+//!
+//! One batch of inputs is stepped at a time. The core mutates its state directly and remembers which records it
+//! touched ([`Output::dirty`]); the shell then publishes [`Output::publish`] (commands must be stored in
+//! `MUSTER_COMMANDS` before the tasks that carry them count as QUEUED), reports each stream sequence back with
+//! [`LeaderCore::delivered`], turns the dirty keys into txn ops with [`LeaderCore::ops`], appends them, waits for its
+//! own applier, and only then performs [`Output::effects`]. If any of that fails the leader steps down and this
+//! core is dropped: the next leader starts again from the log, so the core never needs to undo anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use muster_schemas::api::RequestSpec;
+use muster_schemas::cluster::{
+    BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord,
+};
+use muster_schemas::commands::{Command, RequestId, TaskId};
+use muster_schemas::events::{ComponentChanged, HostChanged, RequestChanged, TaskChanged};
+use muster_schemas::{
+    Heartbeat, HeartbeatReply, HostId, HostRecord, HostState, RegisterReply, RegisterRequest, TxnOp, UnixMillis,
+    PROTOCOL_VERSION,
+};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::fsm::component::ComponentEvent;
+use crate::fsm::host::{transition, HostEvent};
+
+/// Something the leader must react to.
+#[derive(Debug)]
+pub enum Input {
+    /// A registration that passed Prep.
+    Register {
+        /// The request (boxed: facts are large, heartbeats are the common input).
+        req: Box<RegisterRequest>,
+        /// Where to send the reply.
+        reply: Option<String>,
+    },
+    /// A heartbeat that passed Prep.
+    Heartbeat {
+        /// The heartbeat.
+        hb: Heartbeat,
+        /// The agent's control inbox, if it gave one.
+        reply: Option<String>,
+    },
+    /// A report that passed Prep; `ack` names the JetStream message to ack once the report's effect is committed.
+    Report {
+        /// The report.
+        report: Box<muster_schemas::commands::Report>,
+        /// Shell token for the ack.
+        ack: u64,
+    },
+    /// An operator call; `token` names the caller awaiting the answer.
+    Api {
+        /// The call.
+        call: ApiCall,
+        /// Shell token for the answer.
+        token: u64,
+    },
+    /// Time passed: check liveness and task deadlines.
+    Tick,
+}
+
+/// Operator calls that change state.
+#[derive(Debug, Clone)]
+pub enum ApiCall {
+    /// Apply a stack file.
+    ApplyStack {
+        /// TOML.
+        source: String,
+    },
+    /// Apply a blueprint file.
+    ApplyBlueprint {
+        /// TOML.
+        source: String,
+    },
+    /// Start a request.
+    Request(RequestSpec),
+    /// Cancel a request.
+    Cancel {
+        /// Which.
+        request: RequestId,
+    },
+}
+
+/// An API error: services-framework code (400, 404, 409, 500) and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    /// Code.
+    pub code: usize,
+    /// Message.
+    pub message: String,
+}
+
+impl ApiFailure {
+    /// A 400.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self { code: 400, message: message.into() }
+    }
+    /// A 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { code: 404, message: message.into() }
+    }
+}
+
+/// A reply body to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// To a registration.
+    Register(RegisterReply),
+    /// To a heartbeat, on the agent's control inbox.
+    Heartbeat(HeartbeatReply),
+}
+
+/// A change-feed event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeEvent {
+    /// `events.host.<host>`.
+    Host(HostChanged),
+    /// `events.component.<host>`.
+    Component(ComponentChanged),
+    /// `events.task.<host>`.
+    Task(TaskChanged),
+    /// `events.request.<id>`.
+    Request(RequestChanged),
+}
+
+/// What the shell must do once the batch is committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a reply.
+    Reply {
+        /// Reply subject.
+        to: String,
+        /// Host the reply concerns (for the `Muster-Host` header).
+        host: HostId,
+        /// Body.
+        body: Reply,
+    },
+    /// Publish a change-feed event.
+    Event(ChangeEvent),
+    /// Bump a counter.
+    Count(&'static str),
+    /// Answer an operator call.
+    Api {
+        /// Shell token.
+        token: u64,
+        /// The answer.
+        result: Result<serde_json::Value, ApiFailure>,
+    },
+    /// Ack a consumed report (`term`: refused, never redeliver).
+    Ack {
+        /// Shell token.
+        token: u64,
+        /// Refused rather than processed.
+        term: bool,
+    },
+}
+
+/// A command to store in `MUSTER_COMMANDS` before the batch commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Target host.
+    pub host: HostId,
+    /// `Nats-Msg-Id`: a re-publish (new leader, retry) lands once.
+    pub msg_id: String,
+    /// The command.
+    pub command: Command,
+    /// The task it executes, if it is an execution.
+    pub task: Option<TaskId>,
+}
+
+/// A record touched by the batch.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dirty {
+    /// Host record.
+    Host(HostId),
+    /// Host component (key).
+    Component(String),
+    /// Stack (name).
+    Stack(String),
+    /// Blueprint (name).
+    Blueprint(String),
+    /// Request.
+    Request(RequestId),
+    /// Task.
+    Task(TaskId),
+    /// Command cursor.
+    Cursor(HostId),
+}
+
+/// Records to write, commands to publish and effects of one batch.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Records touched.
+    pub dirty: BTreeSet<Dirty>,
+    /// Commands to publish before committing.
+    pub publish: Vec<Outgoing>,
+    /// Effects to perform after committing.
+    pub effects: Vec<Effect>,
+}
+
+impl Output {
+    /// Whether the batch changes any record.
+    pub fn changes_state(&self) -> bool {
+        !self.dirty.is_empty() || !self.publish.is_empty()
+    }
+}
+
+/// Timing parameters the core needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Heartbeat interval handed to agents.
+    pub interval: Duration,
+    /// `interval × misses`: silence after which a host is HEARTBEAT_LOST.
+    pub deadline: Duration,
+    /// Added to a task's timeout before the leader gives up waiting for its report: leaves the agent time to kill
+    /// the command and report TIMEDOUT itself.
+    pub task_grace: Duration,
+}
+
+/// Everything committed, as loaded from redb when leadership starts.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Hosts.
+    pub hosts: Vec<HostRecord>,
+    /// Current stack versions.
+    pub stacks: Vec<StackRecord>,
+    /// Blueprints.
+    pub blueprints: Vec<BlueprintRecord>,
+    /// Host components.
+    pub components: Vec<HostComponentRecord>,
+    /// Requests (all; finished ones only count toward the next id).
+    pub requests: Vec<RequestRecord>,
+    /// Tasks of unfinished requests.
+    pub tasks: Vec<TaskRecord>,
+    /// Command cursors.
+    pub cursors: Vec<CommandCursor>,
+    /// Highest task id ever used.
+    pub max_task: TaskId,
+}
+
+/// The leader's view of the cluster.
+pub struct LeaderCore {
+    pub(super) epoch: u64,
+    pub(super) timing: Timing,
+    pub(super) hosts: HashMap<HostId, HostRecord>,
+    pub(super) stacks: BTreeMap<String, StackRecord>,
+    pub(super) blueprints: BTreeMap<String, BlueprintRecord>,
+    /// Host components by `host/service/component` key.
+    pub(super) components: BTreeMap<String, HostComponentRecord>,
+    /// Unfinished requests, and finished ones until their records are written.
+    pub(super) requests: BTreeMap<RequestId, RequestRecord>,
+    /// Tasks of `requests`.
+    pub(super) tasks: HashMap<TaskId, TaskRecord>,
+    pub(super) cursors: HashMap<HostId, CommandCursor>,
+    pub(super) next_request: RequestId,
+    pub(super) next_task: TaskId,
+    /// Counter making each Configure command's `Nats-Msg-Id` unique within this epoch.
+    pub(super) configure_seq: u64,
+    /// Last heartbeat or registration per host. In memory only, as in Ambari: after a restart every host gets a
+    /// fresh window from `took_over`.
+    last_seen: HashMap<HostId, Instant>,
+    /// When this leader took over: every host is granted one full detection window from here.
+    pub(super) took_over: Instant,
+    /// Wall-clock time of the takeover: task deadlines of a previous leader restart from here.
+    pub(super) took_over_wall: UnixMillis,
+}
+
+impl LeaderCore {
+    /// A core for the leader of `epoch`, starting from what is committed.
+    pub fn new(epoch: u64, timing: Timing, loaded: Loaded, now: Instant, wall: UnixMillis) -> Self {
+        let max_request = loaded.requests.iter().map(|r| r.id).max().unwrap_or(0);
+        Self {
+            epoch,
+            timing,
+            hosts: loaded.hosts.into_iter().map(|h| (h.id.clone(), h)).collect(),
+            stacks: loaded.stacks.into_iter().map(|s| (s.def.name.clone(), s)).collect(),
+            blueprints: loaded.blueprints.into_iter().map(|b| (b.def.name.clone(), b)).collect(),
+            components: loaded.components.into_iter().map(|c| (c.key(), c)).collect(),
+            requests: loaded.requests.into_iter().filter(|r| !r.status.is_terminal()).map(|r| (r.id, r)).collect(),
+            tasks: loaded.tasks.into_iter().map(|t| (t.id, t)).collect(),
+            cursors: loaded.cursors.into_iter().map(|c| (c.host.clone(), c)).collect(),
+            next_request: max_request + 1,
+            next_task: loaded.max_task + 1,
+            configure_seq: 0,
+            last_seen: HashMap::new(),
+            took_over: now,
+            took_over_wall: wall,
+        }
+    }
+
+    /// The leader's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A host's record.
+    pub fn host(&self, id: &HostId) -> Option<&HostRecord> {
+        self.hosts.get(id)
+    }
+
+    /// Number of known hosts.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Steps one input, appending to `out`.
+    pub fn step(&mut self, input: Input, now: Instant, wall: UnixMillis, out: &mut Output) {
+        match input {
+            Input::Register { req, reply } => self.register(*req, reply, now, wall, out),
+            Input::Heartbeat { hb, reply } => self.heartbeat(hb, reply, now, wall, out),
+            Input::Report { report, ack } => self.report(*report, ack, wall, out),
+            Input::Api { call, token } => {
+                let result = self.api(call, wall, out);
+                out.effects.push(Effect::Api { token, result });
+            }
+            Input::Tick => {
+                self.check_liveness(now, wall, out);
+                self.check_deadlines(wall, out);
+            }
+        }
+    }
+
+    /// Records that `outgoing` was stored at stream sequence `seq`.
+    pub fn delivered(&mut self, outgoing: &Outgoing, seq: u64, out: &mut Output) {
+        let cursor =
+            self.cursors.entry(outgoing.host.clone()).or_insert_with(|| CommandCursor::new(outgoing.host.clone()));
+        cursor.published(seq, outgoing.task.is_some());
+        out.dirty.insert(Dirty::Cursor(outgoing.host.clone()));
+        if let Some(task) = outgoing.task.and_then(|id| self.tasks.get_mut(&id)) {
+            task.cmd_seq = seq;
+            out.dirty.insert(Dirty::Task(task.id));
+        }
+    }
+
+    /// The txn ops of the dirty records, and forgets requests (and their tasks) that are finished: they are in redb.
+    pub fn ops(&mut self, dirty: &BTreeSet<Dirty>) -> Vec<TxnOp> {
+        let mut ops = Vec::with_capacity(dirty.len());
+        for d in dirty {
+            let op = match d {
+                Dirty::Host(id) => self.hosts.get(id).map(|r| TxnOp::PutHost(Box::new(r.clone()))),
+                Dirty::Component(k) => self.components.get(k).map(|r| TxnOp::PutHostComponent(Box::new(r.clone()))),
+                Dirty::Stack(n) => self.stacks.get(n).map(|r| TxnOp::PutStack(Box::new(r.clone()))),
+                Dirty::Blueprint(n) => self.blueprints.get(n).map(|r| TxnOp::PutBlueprint(Box::new(r.clone()))),
+                Dirty::Request(id) => self.requests.get(id).map(|r| TxnOp::PutRequest(Box::new(r.clone()))),
+                Dirty::Task(id) => self.tasks.get(id).map(|r| TxnOp::PutTask(Box::new(r.clone()))),
+                Dirty::Cursor(h) => self.cursors.get(h).map(|r| TxnOp::PutCursor(Box::new(r.clone()))),
+            };
+            ops.extend(op);
+        }
+        let finished: Vec<RequestId> =
+            self.requests.values().filter(|r| r.status.is_terminal()).map(|r| r.id).collect();
+        for id in finished {
+            if let Some(r) = self.requests.remove(&id) {
+                for t in r.stages.iter().flat_map(|s| &s.tasks) {
+                    self.tasks.remove(t);
+                }
+            }
+        }
+        ops
+    }
+
+    // ---- hosts -------------------------------------------------------------------------------------------------
+
+    fn register(
+        &mut self,
+        req: RegisterRequest,
+        reply: Option<String>,
+        now: Instant,
+        wall: UnixMillis,
+        out: &mut Output,
+    ) {
+        let prev = self.hosts.get(&req.host).cloned();
+        let from = prev.as_ref().map_or(HostState::Init, |r| r.state);
+        // Registration is legal in every state (the FSM resets to INIT first), so this cannot fail.
+        let to = transition(from, HostEvent::Register).unwrap_or(HostState::WaitingForHostStatusUpdates);
+        let host = req.host.clone();
+        let record = HostRecord {
+            id: req.host,
+            state: to,
+            facts: req.facts,
+            labels: req.labels,
+            agent_version: req.agent_version,
+            agent_started_at: req.agent_started_at,
+            first_registered_at: prev.as_ref().map_or(wall, |r| r.first_registered_at),
+            registered_at: wall,
+            registrations: prev.as_ref().map_or(0, |r| r.registrations) + 1,
+            state_since: wall,
+            problems: Vec::new(),
+        };
+        self.last_seen.insert(host.clone(), now);
+        out.effects.push(Effect::Event(ChangeEvent::Host(HostChanged {
+            host: host.clone(),
+            from: prev.as_ref().map(|r| r.state),
+            to,
+            at: wall,
+            reason: "registered".into(),
+        })));
+        self.put_host(record, out);
+        out.effects.push(Effect::Count("reg.accepted"));
+        // Hosts that register after a blueprint was applied are mapped now, and their gap is planned.
+        let mapped = self.map_from_blueprints(&host, wall, out);
+        if !mapped.is_empty() {
+            self.reconcile(&mapped, &format!("blueprint components on new host {host}"), wall, out);
+        }
+        if let Some(to) = reply {
+            let cursor = self.cursors.get(&host);
+            out.effects.push(Effect::Reply {
+                to,
+                host: host.clone(),
+                body: Reply::Register(RegisterReply::Accepted {
+                    heartbeat_interval_ms: self.timing.interval.as_millis() as u64,
+                    epoch: self.epoch,
+                    server_time: wall,
+                    components: self.component_specs(&host),
+                    cursor: cursor.map_or(0, |c| c.cursor()),
+                    done_after_cursor: cursor.map_or_else(Vec::new, |c| c.done.clone()),
+                }),
+            });
+        }
+    }
+
+    fn heartbeat(&mut self, hb: Heartbeat, reply: Option<String>, now: Instant, wall: UnixMillis, out: &mut Output) {
+        out.effects.push(Effect::Count("hb.received"));
+        let Some(prev) = self.hosts.get(&hb.host) else {
+            out.effects.push(Effect::Count("hb.rejected.unknown_host"));
+            reregister(reply, hb.host, "host is not registered".into(), out);
+            return;
+        };
+        let healthy = hb.health.is_healthy();
+        let to = match transition(prev.state, HostEvent::Heartbeat { healthy }) {
+            Ok(to) => to,
+            Err(e) => {
+                warn!(host = %hb.host, error = %e, "heartbeat refused");
+                out.effects.push(Effect::Count("fsm.illegal_transitions"));
+                out.effects.push(Effect::Count("hb.rejected.illegal_transition"));
+                let reason = format!("host is {}; register again", prev.state);
+                reregister(reply, hb.host, reason, out);
+                return;
+            }
+        };
+        self.last_seen.insert(hb.host.clone(), now);
+        if to == prev.state && hb.health.problems == prev.problems {
+            return;
+        }
+        let prev = prev.clone();
+        if to != prev.state {
+            out.effects.push(Effect::Event(ChangeEvent::Host(HostChanged {
+                host: hb.host.clone(),
+                from: Some(prev.state),
+                to,
+                at: wall,
+                reason: if healthy { "status received".into() } else { hb.health.problems.join("; ") },
+            })));
+        }
+        let state_since = if to == prev.state { prev.state_since } else { wall };
+        self.put_host(HostRecord { state: to, state_since, problems: hb.health.problems, ..prev }, out);
+    }
+
+    fn check_liveness(&mut self, now: Instant, wall: UnixMillis, out: &mut Output) {
+        let deadline = self.timing.deadline;
+        let grace_from = self.took_over;
+        let lost: Vec<(HostRecord, Duration)> = self
+            .hosts
+            .values()
+            .filter(|h| h.state.expects_heartbeats())
+            .filter_map(|h| {
+                let seen = self.last_seen.get(&h.id).copied().map_or(grace_from, |t| t.max(grace_from));
+                let silent = now.saturating_duration_since(seen);
+                (silent > deadline).then(|| (h.clone(), silent))
+            })
+            .collect();
+        for (prev, silent) in lost {
+            let Ok(to) = transition(prev.state, HostEvent::HeartbeatLost) else { continue };
+            out.effects.push(Effect::Count("hosts.lost"));
+            out.effects.push(Effect::Event(ChangeEvent::Host(HostChanged {
+                host: prev.id.clone(),
+                from: Some(prev.state),
+                to,
+                at: wall,
+                reason: format!("no heartbeat for {:.1} s", silent.as_secs_f64()),
+            })));
+            let id = prev.id.clone();
+            self.put_host(HostRecord { state: to, state_since: wall, problems: Vec::new(), ..prev }, out);
+            // Components of a lost host are UNKNOWN until its agent reports their status again.
+            let keys: Vec<String> = self.components.values().filter(|c| c.host == id).map(|c| c.key()).collect();
+            for k in keys {
+                let _ = self.component_event(&k, ComponentEvent::HostLost, "host lost", wall, out);
+            }
+        }
+    }
+
+    pub(super) fn put_host(&mut self, record: HostRecord, out: &mut Output) {
+        out.dirty.insert(Dirty::Host(record.id.clone()));
+        self.hosts.insert(record.id.clone(), record);
+    }
+}
+
+fn reregister(reply: Option<String>, host: HostId, reason: String, out: &mut Output) {
+    if let Some(to) = reply {
+        out.effects.push(Effect::Reply { to, host, body: Reply::Heartbeat(HeartbeatReply::Reregister { reason }) });
+    }
+}
+
+/// A command envelope for `host`.
+pub(super) fn command(host: &HostId, body: muster_schemas::commands::CommandBody) -> Command {
+    Command { schema: PROTOCOL_VERSION, host: host.clone(), body }
+}

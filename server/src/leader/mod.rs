@@ -1,0 +1,506 @@
+//! The leader role: the request chain of DESIGN.md around the pure [`core::LeaderCore`].
+//!
+//! Prep happens in the listeners ([`crate::listen`]); Propose is `core.step` over a batch of inputs, then the
+//! commands the batch sends are stored in `MUSTER_COMMANDS` (so a task is QUEUED only once its command is durable)
+//! and the records it touched are appended to the log with fencing; Sync is this instance's applier writing redb
+//! (the leader waits for it); Final is [`perform`]: replies, report acks, API answers, change events, counters.
+//! Any failure of the log or of JetStream ends the leadership: the next term starts again from the log.
+
+pub mod core;
+mod work;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv, AckKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use muster_schemas::commands::Report;
+use muster_schemas::{
+    codec, headers, limits, Heartbeat, MessageKind, RegisterRequest, Subjects, Txn, TxnOp, UnixMillis, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use self::core::{
+    ApiCall, ApiFailure, ChangeEvent, Effect, Input, LeaderCore, Loaded, Outgoing, Output, Reply, Timing,
+};
+use crate::election::{self, Lease};
+use crate::log::{self, Appender, LogError};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Inputs queued for the core. Heartbeats of 100k hosts at a 5 s interval arrive at 20k/s; this absorbs a second
+/// of them while a commit is in flight, and beyond that the NATS subscription buffer takes the backpressure.
+pub const INPUT_CAPACITY: usize = 32_768;
+/// Most inputs stepped per batch (one group commit). Bounds the latency of the first input in the batch.
+const MAX_BATCH: usize = 8_192;
+/// How long the leader waits for its own applier to apply what it appended before giving up the lease.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-txn framing overhead budget when splitting ops to fit [`limits::MAX_TXN_BYTES`].
+const TXN_OVERHEAD: usize = 256;
+/// Command publishes awaiting their JetStream ack at once (a fan-out to 100k hosts is pipelined, not serial).
+const PUBLISH_PIPELINE: usize = 2_048;
+/// How long to wait for a command's JetStream ack before retrying with the same `Nats-Msg-Id`.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per command publish before the leader steps down.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The answer to an operator call.
+pub type ApiResult = Result<serde_json::Value, ApiFailure>;
+
+/// What listeners hand the leader: an input plus what its answer needs (admission permit, message to ack, caller).
+pub enum Queued {
+    /// A registration holding an admission permit until its reply is sent.
+    Register {
+        /// The request.
+        req: Box<RegisterRequest>,
+        /// Reply subject.
+        reply: Option<String>,
+        /// Admission permit.
+        permit: OwnedSemaphorePermit,
+    },
+    /// A heartbeat.
+    Heartbeat {
+        /// The heartbeat.
+        hb: Heartbeat,
+        /// The agent's control inbox.
+        reply: Option<String>,
+    },
+    /// A report, acked once its effect is committed.
+    Report {
+        /// The report.
+        report: Box<Report>,
+        /// The JetStream message to ack (boxed: it is large, heartbeats are the common input).
+        msg: Box<jetstream::Message>,
+    },
+    /// An operator call.
+    Api {
+        /// The call.
+        call: ApiCall,
+        /// Where the answer goes.
+        respond: oneshot::Sender<ApiResult>,
+    },
+}
+
+/// Why leadership ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The log failed or fenced us.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The applier did not catch up in time.
+    #[error("own applier did not reach sequence {0} within {APPLY_TIMEOUT:?}")]
+    ApplyTimeout(u64),
+    /// A command could not be stored.
+    #[error("command publish failed: {0}")]
+    Publish(String),
+}
+
+/// Everything the leader needs.
+#[derive(Clone)]
+pub struct LeaderDeps {
+    /// NATS client (replies, events).
+    pub client: async_nats::Client,
+    /// JetStream context (log, commands, reports).
+    pub js: jetstream::Context,
+    /// Names.
+    pub subjects: Subjects,
+    /// This instance.
+    pub server_id: String,
+    /// Heartbeat timing.
+    pub timing: Timing,
+    /// redb.
+    pub store: Store,
+    /// Applier progress.
+    pub applied: watch::Receiver<u64>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Attachments of the batch being processed, by token.
+#[derive(Default)]
+struct Pending {
+    acks: HashMap<u64, Box<jetstream::Message>>,
+    apis: HashMap<u64, oneshot::Sender<ApiResult>>,
+    permits: Vec<OwnedSemaphorePermit>,
+    next: u64,
+}
+
+impl Pending {
+    fn input(&mut self, q: Queued) -> Input {
+        self.next += 1;
+        let token = self.next;
+        match q {
+            Queued::Register { req, reply, permit } => {
+                self.permits.push(permit);
+                Input::Register { req, reply }
+            }
+            Queued::Heartbeat { hb, reply } => Input::Heartbeat { hb, reply },
+            Queued::Report { report, msg } => {
+                self.acks.insert(token, msg);
+                Input::Report { report, ack: token }
+            }
+            Queued::Api { call, respond } => {
+                self.apis.insert(token, respond);
+                Input::Api { call, token }
+            }
+        }
+    }
+}
+
+/// Leads under `lease` until `deposed` fires (lease lost, shutdown) or the log fails. Inputs arrive on `inputs`;
+/// the reports consumer is started here and feeds `queue`.
+pub async fn lead(
+    deps: LeaderDeps,
+    lease: Lease,
+    kv: kv::Store,
+    queue: mpsc::Sender<Queued>,
+    mut inputs: mpsc::Receiver<Queued>,
+    deposed: CancellationToken,
+) -> Result<(), LeaderError> {
+    // Apply the log to its end before deciding anything: the core must start from the newest committed state.
+    let last = log::last_sequence(&deps.js, &deps.subjects).await?;
+    wait_applied(&deps.applied, last, &deposed).await?;
+    let loaded = load(&deps.store)?;
+    info!(
+        epoch = lease.epoch,
+        seq = last,
+        hosts = loaded.hosts.len(),
+        requests = loaded.requests.iter().filter(|r| !r.status.is_terminal()).count(),
+        "leading"
+    );
+    let mut core = LeaderCore::new(lease.epoch, deps.timing, loaded, Instant::now(), unix_millis());
+    let mut appender = Appender::new(deps.js.clone(), &deps.subjects, &deps.server_id, lease.epoch, last);
+    let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tasks = TaskTracker::new();
+    {
+        let (deps, stop) = (deps.clone(), deposed.clone());
+        tasks.spawn(async move {
+            if let Err(e) = consume_reports(&deps, queue, stop.clone()).await {
+                error!(error = %e, "report consumer failed; stepping down");
+                stop.cancel();
+            }
+        });
+    }
+
+    let result = loop {
+        let first = tokio::select! {
+            biased;
+            _ = deposed.cancelled() => break Ok(()),
+            Some(q) = inputs.recv() => Some(q),
+            _ = ticker.tick() => None,
+        };
+        let mut pending = Pending::default();
+        let mut batch: Vec<Input> = vec![first.map_or(Input::Tick, |q| pending.input(q))];
+        while batch.len() < MAX_BATCH {
+            match inputs.try_recv() {
+                Ok(q) => batch.push(pending.input(q)),
+                Err(_) => break,
+            }
+        }
+        let (now, wall) = (Instant::now(), unix_millis());
+        let mut out = Output::default();
+        for input in batch {
+            core.step(input, now, wall, &mut out);
+        }
+        if out.changes_state() {
+            if let Err(e) = commit(&deps, &mut core, &mut appender, &mut out, wall).await {
+                fail(&deps, out.effects, &mut pending).await;
+                break Err(e);
+            }
+        }
+        perform(&deps, out.effects, &mut pending).await;
+    };
+    deposed.cancel();
+    tasks.close();
+    tasks.wait().await;
+    election::release(&kv, &lease).await;
+    result
+}
+
+/// Stores the batch's commands, then appends its records and waits until this instance applied them.
+async fn commit(
+    deps: &LeaderDeps,
+    core: &mut LeaderCore,
+    appender: &mut Appender,
+    out: &mut Output,
+    wall: UnixMillis,
+) -> Result<(), LeaderError> {
+    let outgoing = std::mem::take(&mut out.publish);
+    let seqs: Vec<Result<u64, LeaderError>> = futures::stream::iter(outgoing.iter().map(|o| publish_command(deps, o)))
+        .buffered(PUBLISH_PIPELINE)
+        .collect()
+        .await;
+    for (o, seq) in outgoing.iter().zip(seqs) {
+        core.delivered(o, seq?, out);
+    }
+    deps.metrics.add("commands.published", outgoing.len() as u64);
+    let dirty = std::mem::take(&mut out.dirty);
+    let ops = core.ops(&dirty);
+    let n = propose(deps, appender, ops, wall).await?;
+    deps.metrics.add("txn.committed", n);
+    Ok(())
+}
+
+async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderError> {
+    let mut h = msg_headers(MessageKind::Command, o.host.as_str());
+    if o.task.is_some() {
+        // `t<task>-a<attempt>` → `<task>-a<attempt>`.
+        h.insert(headers::TASK, o.msg_id.trim_start_matches('t'));
+    }
+    let payload = bytes::Bytes::from(codec::encode(&o.command));
+    let subject = deps.subjects.cmd(&o.host);
+    let mut last = String::new();
+    for _ in 0..PUBLISH_ATTEMPTS {
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .headers(h.clone())
+            .message_id(&o.msg_id);
+        let ack = match deps.js.send_publish(subject.clone(), msg).await {
+            Ok(fut) => tokio::time::timeout(PUBLISH_ACK_TIMEOUT, fut).await,
+            Err(e) => Ok(Err(e)),
+        };
+        match ack {
+            Ok(Ok(ack)) => return Ok(ack.sequence),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no ack in time".into(),
+        }
+        warn!(msg_id = %o.msg_id, error = %last, "command publish failed; retrying with the same Nats-Msg-Id");
+    }
+    Err(LeaderError::Publish(last))
+}
+
+/// Appends `ops` as one or more txns (each under the size limit) and waits until this instance applied them.
+/// Returns the number of txns.
+async fn propose(
+    deps: &LeaderDeps,
+    appender: &mut Appender,
+    ops: Vec<TxnOp>,
+    wall: UnixMillis,
+) -> Result<u64, LeaderError> {
+    if ops.is_empty() {
+        return Ok(0);
+    }
+    let mut txns = Vec::new();
+    let mut current = Vec::new();
+    let mut size = TXN_OVERHEAD;
+    for op in ops {
+        let op_size = codec::encode(&op).len();
+        if !current.is_empty() && size + op_size > limits::MAX_TXN_BYTES {
+            txns.push(std::mem::take(&mut current));
+            size = TXN_OVERHEAD;
+        }
+        size += op_size;
+        current.push(op);
+    }
+    txns.push(current);
+    let n = txns.len() as u64;
+    let mut last = 0;
+    for ops in txns {
+        let txn = Txn { schema: PROTOCOL_VERSION, epoch: appender.epoch(), proposed_at: wall, ops };
+        last = appender.append(&txn).await?;
+    }
+    wait_applied(&deps.applied, last, &CancellationToken::new()).await?;
+    Ok(n)
+}
+
+async fn wait_applied(applied: &watch::Receiver<u64>, seq: u64, stop: &CancellationToken) -> Result<(), LeaderError> {
+    let mut rx = applied.clone();
+    tokio::select! {
+        r = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|a| *a >= seq)) => match r {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(LeaderError::ApplyTimeout(seq)),
+        },
+        _ = stop.cancelled() => Ok(()),
+    }
+}
+
+/// Everything the core starts from.
+fn load(store: &Store) -> Result<Loaded, StoreError> {
+    let requests = store.requests()?;
+    let mut tasks = Vec::new();
+    for r in requests.iter().filter(|r| !r.status.is_terminal()) {
+        for t in r.stages.iter().flat_map(|s| &s.tasks) {
+            tasks.extend(store.task(*t)?);
+        }
+    }
+    Ok(Loaded {
+        hosts: store.hosts()?,
+        stacks: store.stacks()?,
+        blueprints: store.blueprints()?,
+        components: store.host_components()?,
+        requests,
+        tasks,
+        cursors: store.cursors()?,
+        max_task: store.max_task_id()?,
+    })
+}
+
+/// The batch failed to commit: nobody is told it succeeded. Registrations and API calls get a retryable error;
+/// reports stay un-acked (JetStream redelivers them to the next leader).
+async fn fail(deps: &LeaderDeps, effects: Vec<Effect>, pending: &mut Pending) {
+    for e in effects {
+        match e {
+            Effect::Reply { to, host, body: Reply::Register(_) } => {
+                let body = muster_schemas::RegisterReply::Rejected {
+                    code: muster_schemas::ErrorCode::Internal,
+                    message: "the transaction log is unavailable; retry".into(),
+                    retry_after_ms: Some(1000),
+                };
+                let mut h = msg_headers(MessageKind::RegisterReply, host.as_str());
+                h.insert(headers::ERROR, muster_schemas::ErrorCode::Internal.as_str());
+                let _ = deps.client.publish_with_headers(to, h, codec::encode(&body).into()).await;
+            }
+            Effect::Api { token, .. } => {
+                if let Some(tx) = pending.apis.remove(&token) {
+                    let _ = tx.send(Err(ApiFailure { code: 503, message: "leader stepped down; retry".into() }));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Final: performs effects in order. A failed publish is logged; the state is already committed.
+async fn perform(deps: &LeaderDeps, effects: Vec<Effect>, pending: &mut Pending) {
+    for effect in effects {
+        match effect {
+            Effect::Count(name) => deps.metrics.inc(name),
+            Effect::Reply { to, host, body } => {
+                let (kind, payload, error) = match &body {
+                    Reply::Register(r) => (MessageKind::RegisterReply, codec::encode(r), register_error(r)),
+                    Reply::Heartbeat(r) => (MessageKind::HeartbeatReply, codec::encode(r), heartbeat_error(r)),
+                };
+                let mut h = msg_headers(kind, host.as_str());
+                if let Some(code) = error {
+                    h.insert(headers::ERROR, code);
+                }
+                if let Err(e) = deps.client.publish_with_headers(to, h, payload.into()).await {
+                    warn!(host = %host, error = %e, "reply not sent");
+                }
+            }
+            Effect::Ack { token, term } => {
+                if let Some(msg) = pending.acks.remove(&token) {
+                    let kind = if term { AckKind::Term } else { AckKind::Ack };
+                    if let Err(e) = msg.ack_with(kind).await {
+                        warn!(error = %e, "report ack failed (it will be redelivered and ignored)");
+                    }
+                }
+            }
+            Effect::Api { token, result } => {
+                if let Some(tx) = pending.apis.remove(&token) {
+                    let _ = tx.send(result);
+                }
+            }
+            Effect::Event(ev) => publish_event(deps, ev).await,
+        }
+    }
+    pending.permits.clear();
+}
+
+async fn publish_event(deps: &LeaderDeps, ev: ChangeEvent) {
+    let (kind, key, summary, body) = match &ev {
+        ChangeEvent::Host(e) => {
+            let from = e.from.map_or("NEW", |s| s.as_str());
+            info!(host = %e.host, from, to = %e.to, reason = %e.reason, "host state changed");
+            ("host", e.host.to_string(), format!("{from} -> {}: {}", e.to, e.reason), codec::encode(e))
+        }
+        ChangeEvent::Component(e) => {
+            info!(host = %e.host, component = %e.component, from = %e.from, to = %e.to, "component state changed");
+            (
+                "component",
+                e.host.to_string(),
+                format!("{} {} -> {}: {}", e.component, e.from, e.to, e.reason),
+                codec::encode(e),
+            )
+        }
+        ChangeEvent::Task(e) => {
+            ("task", e.host.to_string(), format!("task {} {} {}", e.task, e.what, e.status), codec::encode(e))
+        }
+        ChangeEvent::Request(e) => (
+            "request",
+            e.request.to_string(),
+            format!("request {} {} {}", e.request, e.status, e.detail),
+            codec::encode(e),
+        ),
+    };
+    let mut h = msg_headers(MessageKind::Event, &key);
+    h.insert(headers::SUMMARY, summary.as_str());
+    let subject = format!("{}.events.{kind}.{key}", deps.subjects.prefix());
+    if let Err(e) = deps.client.publish_with_headers(subject, h, body.into()).await {
+        error!(error = %e, "change event not published");
+    }
+}
+
+/// Consumes `MUSTER_REPORTS` with the leader's durable consumer; Prep-rejected reports are refused (term-acked)
+/// and counted here, the rest go to the core and are acked after commit.
+async fn consume_reports(
+    deps: &LeaderDeps,
+    queue: mpsc::Sender<Queued>,
+    stop: CancellationToken,
+) -> Result<(), LeaderError> {
+    let consumer = log::reports_consumer(&deps.js, &deps.subjects).await?;
+    let mut messages = consumer.messages().await.map_err(|e| LogError::Stream(e.to_string()))?;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => { warn!(error = %e, "report stream error"); continue }
+                None => return Err(LogError::Stream("report consumer ended".into()).into()),
+            },
+        };
+        match crate::prep::report(&deps.subjects, msg.subject.as_str(), &msg.payload) {
+            Ok(report) => {
+                if queue.send(Queued::Report { report: Box::new(report), msg: Box::new(msg) }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(r) => {
+                deps.metrics.inc(&format!("report.rejected.{}", r.code));
+                warn!(subject = %msg.subject, code = %r.code, "report rejected: {}", r.message);
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+        }
+    }
+}
+
+fn register_error(r: &muster_schemas::RegisterReply) -> Option<&'static str> {
+    match r {
+        muster_schemas::RegisterReply::Rejected { code, .. } => Some(code.as_str()),
+        muster_schemas::RegisterReply::Accepted { .. } => None,
+    }
+}
+
+fn heartbeat_error(r: &muster_schemas::HeartbeatReply) -> Option<&'static str> {
+    match r {
+        muster_schemas::HeartbeatReply::Rejected { code, .. } => Some(code.as_str()),
+        muster_schemas::HeartbeatReply::Reregister { .. } => None,
+    }
+}
+
+/// The headers every muster message carries.
+pub fn msg_headers(kind: MessageKind, host: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
+    h.insert(headers::KIND, kind.as_str());
+    h.insert(headers::HOST, host);
+    h.insert(headers::SCHEMA, PROTOCOL_VERSION.to_string().as_str());
+    h
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_millis() -> UnixMillis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,496 @@
+//! Unit tests of the pure leader core: hosts, stacks, blueprints, requests, reports, deadlines, cancellation.
+//! Each test drives [`LeaderCore`] the way the shell does (step, deliver, ops, commit) with no I/O.
+
+use std::time::Duration;
+
+use muster_schemas::api::RequestSpec;
+use muster_schemas::cluster::{ComponentState, TaskStatus};
+use muster_schemas::commands::{CommandBody, ComponentRef, ComponentStatus, Report, ReportBody, TaskPhase, TaskReport};
+use muster_schemas::{
+    Health, Heartbeat, HeartbeatReply, HostFacts, HostId, HostState, RegisterReply, RegisterRequest, PROTOCOL_VERSION,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::core::*;
+
+const SEC: Duration = Duration::from_secs(1);
+
+const STACK: &str = r#"
+name = "toy"
+[services.toy.components.master]
+category = "daemon"
+install = { script = "true" }
+start = { script = "true", timeout_secs = 5 }
+stop = { script = "true" }
+status = { script = "true" }
+[services.toy.components.worker]
+category = "daemon"
+depends_on = ["master"]
+install = { script = "true" }
+start = { script = "true", timeout_secs = 5 }
+stop = { script = "true" }
+status = { script = "true" }
+"#;
+
+const BLUEPRINT: &str = r#"
+name = "bp"
+stack = "toy"
+[host_groups.masters]
+hosts = ["h1"]
+components = ["master"]
+[host_groups.workers]
+hosts = ["h*"]
+components = ["worker"]
+"#;
+
+fn id(s: &str) -> HostId {
+    HostId::new(s).unwrap()
+}
+
+/// A core plus a fake clock and a fake stream sequence, stepping inputs as the shell would.
+struct Harness {
+    core: LeaderCore,
+    t0: Instant,
+    now: Instant,
+    wall: u64,
+    seq: u64,
+    /// Every command "published", in order.
+    sent: Vec<Outgoing>,
+    next_token: u64,
+    /// Last written status of every request.
+    written: std::collections::HashMap<u64, TaskStatus>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let t0 = Instant::now();
+        let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: 2 * SEC };
+        Self {
+            core: LeaderCore::new(7, timing, Loaded::default(), t0, 1_000),
+            t0,
+            now: t0,
+            wall: 1_000,
+            seq: 0,
+            sent: vec![],
+            next_token: 0,
+            written: Default::default(),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.wall += d.as_millis() as u64;
+    }
+
+    fn step(&mut self, input: Input) -> Output {
+        let mut out = Output::default();
+        self.core.step(input, self.now, self.wall, &mut out);
+        for o in std::mem::take(&mut out.publish) {
+            self.seq += 1;
+            self.core.delivered(&o, self.seq, &mut out);
+            self.sent.push(o);
+        }
+        for op in self.core.ops(&out.dirty) {
+            if let muster_schemas::TxnOp::PutRequest(r) = op {
+                self.written.insert(r.id, r.status);
+            }
+        }
+        out
+    }
+
+    fn register(&mut self, host: &str) -> Output {
+        self.step(Input::Register {
+            req: Box::new(RegisterRequest {
+                schema: PROTOCOL_VERSION,
+                host: id(host),
+                facts: HostFacts { cpu_count: 2, ..Default::default() },
+                labels: Default::default(),
+                agent_version: "1".into(),
+                agent_started_at: 5,
+                health: Health::default(),
+            }),
+            reply: Some("inbox".into()),
+        })
+    }
+
+    fn beat(&mut self, host: &str, problems: &[&str]) -> Output {
+        self.step(Input::Heartbeat {
+            hb: Heartbeat {
+                schema: PROTOCOL_VERSION,
+                host: id(host),
+                seq: 1,
+                sent_at: 0,
+                health: Health { problems: problems.iter().map(|s| s.to_string()).collect() },
+            },
+            reply: Some("ctl".into()),
+        })
+    }
+
+    fn api(&mut self, call: ApiCall) -> Result<Value, ApiFailure> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let out = self.step(Input::Api { call, token });
+        out.effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Api { token: t, result } if t == token => Some(result),
+                _ => None,
+            })
+            .expect("an API answer")
+    }
+
+    fn request(&mut self, action: &str, target: Option<&str>, hosts: Option<&str>) -> Result<Value, ApiFailure> {
+        self.api(ApiCall::Request(RequestSpec {
+            action: action.into(),
+            target: target.map(String::from),
+            hosts: hosts.map(String::from),
+            argv: if action == "run" { vec!["uptime".into()] } else { vec![] },
+            timeout_secs: None,
+            batch: 0,
+            max_failures: 0,
+            success_factor: None,
+        }))
+    }
+
+    fn report(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase) -> Output {
+        self.next_token += 1;
+        let report = Report {
+            schema: PROTOCOL_VERSION,
+            host: id(host),
+            sent_at: self.wall,
+            body: ReportBody::Task(TaskReport {
+                task,
+                attempt,
+                phase,
+                report_seq: 0,
+                started_at: self.wall,
+                finished_at: phase.is_final().then_some(self.wall),
+                exit_code: match phase {
+                    TaskPhase::Completed => Some(0),
+                    TaskPhase::Failed => Some(1),
+                    _ => None,
+                },
+                stdout: "out".into(),
+                stderr: String::new(),
+            }),
+        };
+        self.step(Input::Report { report: Box::new(report), ack: self.next_token })
+    }
+
+    /// Executions sent and not yet reported, as (host, task, attempt).
+    fn executions(&self) -> Vec<(String, u64, u32)> {
+        self.sent
+            .iter()
+            .filter_map(|o| match &o.command.body {
+                CommandBody::Execute(e) => Some((o.host.to_string(), e.task, e.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Completes every execution sent so far that is still open, one batch per report.
+    fn complete_all(&mut self) {
+        for (host, task, attempt) in self.executions() {
+            self.report(&host, task, attempt, TaskPhase::Completed);
+        }
+    }
+
+    fn state(&self, host: &str, comp: &str) -> ComponentState {
+        let key = muster_schemas::cluster::host_component_key(
+            &id(host),
+            &ComponentRef { service: "toy".into(), component: comp.into() },
+        );
+        self.core.components[&key].state
+    }
+
+    fn request_status(&self, r: u64) -> TaskStatus {
+        self.written[&r]
+    }
+
+    /// Sets up three healthy hosts, the toy stack and the blueprint; returns the blueprint's request id.
+    fn cluster(&mut self) -> u64 {
+        for h in ["h1", "h2", "h3"] {
+            self.register(h);
+            self.beat(h, &[]);
+        }
+        self.api(ApiCall::ApplyStack { source: STACK.into() }).unwrap();
+        let r = self.api(ApiCall::ApplyBlueprint { source: BLUEPRINT.into() }).unwrap();
+        r["request"].as_u64().expect("blueprint plans a request")
+    }
+}
+
+fn acked(out: &Output, term: bool) -> bool {
+    out.effects.iter().any(|e| matches!(e, Effect::Ack { term: t, .. } if *t == term))
+}
+
+fn counted(out: &Output, name: &str) -> bool {
+    out.effects.contains(&Effect::Count(match name {
+        "report.rejected.unknown_task" => "report.rejected.unknown_task",
+        "report.rejected.wrong_host" => "report.rejected.wrong_host",
+        "report.rejected.finished_task" => "report.rejected.finished_task",
+        "hb.rejected.unknown_host" => "hb.rejected.unknown_host",
+        "fsm.illegal_transitions" => "fsm.illegal_transitions",
+        "hosts.lost" => "hosts.lost",
+        _ => unreachable!("add {name}"),
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn register_then_heartbeat_reaches_healthy() {
+    let mut h = Harness::new();
+    let out = h.register("a");
+    assert!(out.effects.iter().any(|e| matches!(
+        e,
+        Effect::Reply {
+            body: Reply::Register(RegisterReply::Accepted { epoch: 7, heartbeat_interval_ms: 1000, .. }),
+            ..
+        }
+    )));
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::WaitingForHostStatusUpdates);
+    h.beat("a", &[]);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::Healthy);
+    h.beat("a", &["disk / 99% full"]);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::Unhealthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_and_lost_hosts_are_told_to_register() {
+    let mut h = Harness::new();
+    let out = h.beat("ghost", &[]);
+    assert!(counted(&out, "hb.rejected.unknown_host"));
+    assert!(out
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Reply { body: Reply::Heartbeat(HeartbeatReply::Reregister { .. }), .. })));
+    assert_eq!(h.core.host_count(), 0);
+
+    h.register("a");
+    h.beat("a", &[]);
+    h.advance(3 * SEC + SEC / 10);
+    assert!(counted(&h.step(Input::Tick), "hosts.lost"));
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
+    assert!(counted(&h.beat("a", &[]), "fsm.illegal_transitions"));
+    h.register("a");
+    h.beat("a", &[]);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::Healthy);
+    assert_eq!(h.core.host(&id("a")).unwrap().registrations, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_waits_one_window_after_takeover() {
+    let mut h = Harness::new();
+    h.register("a");
+    h.beat("a", &[]);
+    h.advance(3 * SEC);
+    assert!(!counted(&h.step(Input::Tick), "hosts.lost"), "not lost at exactly the deadline");
+    let rec = h.core.host(&id("a")).cloned().unwrap();
+    let t1 = h.t0 + 100 * SEC;
+    let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
+    let mut next = LeaderCore::new(8, timing, Loaded { hosts: vec![rec], ..Default::default() }, t1, 0);
+    let mut out = Output::default();
+    next.step(Input::Tick, t1 + 2 * SEC, 0, &mut out);
+    assert!(out.dirty.is_empty());
+    next.step(Input::Tick, t1 + 4 * SEC, 0, &mut out);
+    assert_eq!(out.dirty.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blueprint_installs_then_starts_in_dependency_order() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    // Stage 1: INSTALL everything (4 tasks: master on h1, worker on h1..h3).
+    assert_eq!(h.executions().len(), 4);
+    assert_eq!(h.state("h1", "master"), ComponentState::Installing);
+    let first = h.executions();
+    for (host, task, attempt) in &first {
+        h.report(host, *task, *attempt, TaskPhase::InProgress);
+    }
+    h.complete_all();
+    assert_eq!(h.state("h2", "worker"), ComponentState::Installed);
+    // Stage 2: START master only; workers wait for it.
+    let started: Vec<_> = h.executions()[4..].to_vec();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].0, "h1");
+    assert_eq!(h.state("h1", "master"), ComponentState::Starting);
+    assert_eq!(h.state("h2", "worker"), ComponentState::Installed);
+    h.report("h1", started[0].1, 1, TaskPhase::Completed);
+    // Stage 3: START worker everywhere.
+    assert_eq!(h.executions().len(), 8);
+    let workers: Vec<_> = h.executions()[5..].to_vec();
+    for (host, task, attempt) in workers {
+        h.report(&host, task, attempt, TaskPhase::Completed);
+    }
+    assert_eq!(h.request_status(r), TaskStatus::Completed);
+    assert_eq!(h.state("h3", "worker"), ComponentState::Started);
+    // The cursor moved past every finished command.
+    let c = &h.core.cursors[&id("h1")];
+    assert_eq!((c.cursor(), c.pending.len()), (c.high, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_stage_aborts_the_rest_of_the_request() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    let installs = h.executions();
+    let (host, task, _) = installs.iter().find(|(h, _, _)| h == "h1").cloned().unwrap();
+    h.report(&host, task, 1, TaskPhase::Failed);
+    for (host, task, attempt) in installs.iter().filter(|(_, t, _)| *t != task) {
+        h.report(host, *task, *attempt, TaskPhase::Completed);
+    }
+    assert_eq!(h.request_status(r), TaskStatus::Failed);
+    assert_eq!(h.executions().len(), 4, "no START was sent");
+    let req = h.core.requests.get(&r);
+    assert!(req.is_none(), "finished requests leave memory once written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_for_unknown_foreign_or_finished_tasks_change_nothing() {
+    let mut h = Harness::new();
+    h.cluster();
+    let (host, task, attempt) = h.executions()[0].clone();
+    let other = if host == "h1" { "h2" } else { "h1" };
+    let out = h.report(other, task, attempt, TaskPhase::Completed);
+    assert!(counted(&out, "report.rejected.wrong_host") && acked(&out, true) && out.dirty.is_empty());
+    let out = h.report(&host, 9_999, 1, TaskPhase::Completed);
+    assert!(counted(&out, "report.rejected.unknown_task") && out.dirty.is_empty());
+    let out = h.report(&host, task, attempt, TaskPhase::Completed);
+    assert!(acked(&out, false) && !out.dirty.is_empty());
+    let out = h.report(&host, task, attempt, TaskPhase::Completed);
+    assert!(counted(&out, "report.rejected.finished_task") && out.dirty.is_empty(), "a duplicate completes once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_hosts_get_one_retry_then_timedout() {
+    let mut h = Harness::new();
+    h.register("h1");
+    h.beat("h1", &[]);
+    let r = h.request("run", None, Some("h1")).unwrap()["request"].as_u64().unwrap();
+    assert_eq!(h.executions(), vec![("h1".into(), 1, 1)]);
+    // The run timeout is 60 s, grace 2 s; keep the host alive meanwhile.
+    for _ in 0..63 {
+        h.advance(SEC);
+        h.beat("h1", &[]);
+        h.step(Input::Tick);
+    }
+    assert_eq!(h.executions(), vec![("h1".into(), 1, 1), ("h1".into(), 1, 2)], "re-sent as attempt 2");
+    assert!(h.sent.iter().any(|o| matches!(o.command.body, CommandBody::Cancel { task: 1, attempt: 1 })));
+    // A late report of attempt 1 is stale.
+    let out = h.report("h1", 1, 1, TaskPhase::Completed);
+    assert!(out.dirty.is_empty());
+    for _ in 0..63 {
+        h.advance(SEC);
+        h.beat("h1", &[]);
+        h.step(Input::Tick);
+    }
+    assert_eq!(h.request_status(r), TaskStatus::TimedOut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_aborts_queued_and_running_tasks_and_resets_components() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    let (host, task, attempt) = h.executions()[0].clone();
+    h.report(&host, task, attempt, TaskPhase::InProgress);
+    let out = h.api(ApiCall::Cancel { request: r }).unwrap();
+    assert_eq!(out["aborted_tasks"], 8, "4 queued installs and the 4 starts of later stages");
+    assert_eq!(h.request_status(r), TaskStatus::Aborted);
+    let cancels = h.sent.iter().filter(|o| matches!(o.command.body, CommandBody::Cancel { .. })).count();
+    assert_eq!(cancels, 4, "only sent tasks are cancelled on their hosts");
+    assert_eq!(h.state("h1", "master"), ComponentState::InstallFailed, "not left INSTALLING");
+    assert!(h.api(ApiCall::Cancel { request: r }).is_err(), "already finished");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_are_refused_with_a_reason() {
+    let mut h = Harness::new();
+    h.cluster();
+    let e = h.request("start", Some("nope"), None).unwrap_err();
+    assert!(e.message.contains("unknown service or component"), "{e:?}");
+    let e = h.request("start", Some("master"), Some("zz*")).unwrap_err();
+    assert!(e.message.contains("matches no host"), "{e:?}");
+    let e = h.request("start", Some("master"), Some("h2")).unwrap_err();
+    assert!(e.message.contains("has master"), "{e:?}");
+    let e = h
+        .api(ApiCall::ApplyStack { source: "name = \"x\"\n[services.a.components.b]\ncategory = \"nope\"\n".into() })
+        .unwrap_err();
+    assert!(e.message.contains("line 3"), "{e:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_hosts_make_components_unknown_and_status_reports_restore_them() {
+    let mut h = Harness::new();
+    h.cluster();
+    h.complete_all();
+    let starts = h.executions()[4..].to_vec();
+    for (host, task, attempt) in starts {
+        h.report(&host, task, attempt, TaskPhase::Completed);
+    }
+    h.complete_all();
+    assert_eq!(h.state("h2", "worker"), ComponentState::Started);
+    for _ in 0..4 {
+        h.advance(SEC);
+        h.beat("h1", &[]);
+        h.beat("h3", &[]);
+        h.step(Input::Tick);
+    }
+    assert_eq!(h.core.host(&id("h2")).unwrap().state, HostState::HeartbeatLost);
+    assert_eq!(h.state("h2", "worker"), ComponentState::Unknown);
+    let out = h.register("h2");
+    let specs = out.effects.iter().find_map(|e| match e {
+        Effect::Reply { body: Reply::Register(RegisterReply::Accepted { components, .. }), .. } => {
+            Some(components.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(specs.unwrap().len(), 1, "the registration reply carries the host's components");
+    h.next_token += 1;
+    let status = Report {
+        schema: PROTOCOL_VERSION,
+        host: id("h2"),
+        sent_at: 0,
+        body: ReportBody::Status {
+            statuses: vec![ComponentStatus {
+                component: ComponentRef { service: "toy".into(), component: "worker".into() },
+                running: true,
+                auto_restarts: 1,
+            }],
+            full: true,
+            nonce: "1".into(),
+        },
+    };
+    h.step(Input::Report { report: Box::new(status), ack: h.next_token });
+    assert_eq!(h.state("h2", "worker"), ComponentState::Started);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_component_already_running_completes_without_a_command_and_requests_end_once() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    h.complete_all();
+    // A status check says every worker already runs before its START stage.
+    for host in ["h1", "h2", "h3"] {
+        h.next_token += 1;
+        let status = Report {
+            schema: PROTOCOL_VERSION,
+            host: id(host),
+            sent_at: 0,
+            body: ReportBody::Status {
+                statuses: vec![ComponentStatus {
+                    component: ComponentRef { service: "toy".into(), component: "worker".into() },
+                    running: true,
+                    auto_restarts: 0,
+                }],
+                full: false,
+                nonce: host.into(),
+            },
+        };
+        h.step(Input::Report { report: Box::new(status), ack: h.next_token });
+    }
+    let (host, task, attempt) = h.executions()[4].clone();
+    let out = h.report(&host, task, attempt, TaskPhase::Completed);
+    assert_eq!(h.executions().len(), 5, "no START sent to running workers");
+    assert_eq!(h.request_status(r), TaskStatus::Completed);
+    let ends = out.effects.iter().filter(|e| matches!(e, Effect::Event(ChangeEvent::Request(_)))).count();
+    assert_eq!(ends, 1, "the request ends once");
+}

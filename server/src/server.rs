@@ -1,0 +1,225 @@
+//! `run`: wires one server instance together and drives its role until shutdown.
+//!
+//! Every instance: ensures the stream and bucket, opens redb, applies the log (applier task), hears heartbeats,
+//! serves the read API. A voter also campaigns for the lease and, while it holds it, leads.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use muster_schemas::Subjects;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiDeps};
+use crate::config::{ServerConfig, ServerRole};
+use crate::election;
+use crate::leader::{self, core::Timing, LeaderDeps, INPUT_CAPACITY};
+use crate::listen;
+use crate::log::{self, LogError};
+use crate::metrics::Metrics;
+use crate::status::{Role, Status};
+use crate::store::{Store, StoreError};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The txn stream could not be set up.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The election bucket could not be set up.
+    #[error(transparent)]
+    Election(#[from] election::ElectionError),
+    /// redb could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The redb file claims more of the log than the log holds: the stream was reset or this file belongs to
+    /// another cluster. Applying on top would silently mix two histories.
+    #[error(
+        "redb file {path} has applied up to sequence {applied} but the log {stream} ends at {last}; \
+             the file belongs to another log (delete it to rebuild from this log)"
+    )]
+    AheadOfLog {
+        /// The redb file.
+        path: String,
+        /// Its applied sequence.
+        applied: u64,
+        /// The stream.
+        stream: String,
+        /// The stream's last sequence.
+        last: u64,
+    },
+}
+
+/// Runs one instance until `shutdown` fires, then stops every task it started and returns.
+pub async fn run(
+    cfg: ServerConfig,
+    client: async_nats::Client,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let subjects = Subjects::new(&cfg.prefix);
+    let js = jetstream::new(client.clone());
+    let stream = log::ensure_stream(&js, &subjects, cfg.replicas).await?;
+    log::ensure_work_streams(&js, &subjects, cfg.replicas).await?;
+    let kv = election::ensure_bucket(&js, &subjects, cfg.lease_ttl(), cfg.replicas).await?;
+    let store = Store::open(&cfg.redb_path())?;
+    let (applied_seq, epoch) = store.applied()?;
+    if applied_seq > stream.state.last_sequence {
+        return Err(ServerError::AheadOfLog {
+            path: cfg.redb_path().display().to_string(),
+            applied: applied_seq,
+            stream: subjects.txn_stream(),
+            last: stream.state.last_sequence,
+        });
+    }
+    info!(server_id = %cfg.server_id, applied_seq, log_end = stream.state.last_sequence, "starting");
+
+    let (applied_tx, applied_rx) = watch::channel(applied_seq);
+    let idle_role = if cfg.role == ServerRole::Observer { Role::Observer } else { Role::Follower };
+    let status = Status::new(cfg.server_id.clone(), idle_role, applied_rx.clone());
+    status.set_epoch(epoch);
+    let (slot_tx, slot_rx) = watch::channel(None);
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(log::run_applier(
+        js.clone(),
+        subjects.clone(),
+        store.clone(),
+        applied_tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    {
+        let hb = listen::heartbeats(
+            client.clone(),
+            subjects.clone(),
+            status.clone(),
+            metrics.clone(),
+            slot_rx,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = hb.await {
+                error!(error = %e, "heartbeat listener failed");
+            }
+        });
+    }
+    {
+        let deps = ApiDeps { store: store.clone(), status: status.clone(), metrics: metrics.clone() };
+        let api = api::serve(client.clone(), subjects.clone(), deps, shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = api.await {
+                error!(error = %e, "API failed");
+            }
+        });
+    }
+
+    if cfg.role == ServerRole::Voter {
+        let deps = LeaderDeps {
+            client: client.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            server_id: cfg.server_id.clone(),
+            timing: Timing {
+                interval: cfg.heartbeat_interval(),
+                deadline: cfg.heartbeat_deadline(),
+                task_grace: std::time::Duration::from_millis(cfg.task_grace_ms),
+            },
+            store: store.clone(),
+            applied: applied_rx,
+            metrics: metrics.clone(),
+        };
+        let admission = Arc::new(Semaphore::new(cfg.max_registrations_in_flight));
+        while let Some(lease) = election::campaign(&kv, &cfg.server_id, cfg.lease_ttl() / 4, &shutdown).await {
+            status.set_role(Role::Leader);
+            status.set_epoch(lease.epoch);
+            let deposed = shutdown.child_token();
+            let (queue, inputs) = mpsc::channel(INPUT_CAPACITY);
+            slot_tx.send_replace(Some(queue.clone()));
+            let term = TaskTracker::new();
+            term.spawn(election::hold(
+                kv.clone(),
+                cfg.server_id.clone(),
+                lease.clone(),
+                cfg.lease_ttl(),
+                deposed.clone(),
+            ));
+            {
+                let writes = listen::leader_api(client.clone(), subjects.clone(), queue.clone(), deposed.clone());
+                let stop = deposed.clone();
+                term.spawn(async move {
+                    if let Err(e) = writes.await {
+                        error!(error = %e, "write listener failed; stepping down");
+                        stop.cancel();
+                    }
+                });
+            }
+            {
+                let regs = listen::registrations(
+                    client.clone(),
+                    subjects.clone(),
+                    metrics.clone(),
+                    queue.clone(),
+                    admission.clone(),
+                    deposed.clone(),
+                );
+                let stop = deposed.clone();
+                term.spawn(async move {
+                    if let Err(e) = regs.await {
+                        error!(error = %e, "registration listener failed; stepping down");
+                        stop.cancel();
+                    }
+                });
+            }
+            let result = leader::lead(deps.clone(), lease, kv.clone(), queue, inputs, deposed.clone()).await;
+            slot_tx.send_replace(None);
+            deposed.cancel();
+            term.close();
+            term.wait().await;
+            status.set_role(Role::Follower);
+            match result {
+                Ok(()) if shutdown.is_cancelled() => break,
+                Ok(()) => warn!("lost the leader lease; following"),
+                Err(e) => warn!(error = %e, "stepped down"),
+            }
+            metrics.inc("leader.step_downs");
+        }
+    } else {
+        shutdown.cancelled().await;
+    }
+    drop(slot_tx);
+    tasks.close();
+    tasks.wait().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Connects to NATS with muster's options: retry on first connect, a large subscription buffer (heartbeat bursts
+/// from a big fleet), and slow-consumer / disconnect events counted and logged.
+pub async fn connect(urls: &str, name: &str, metrics: Metrics) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        metrics.inc("nats.slow_consumer");
+                        warn!(sid, "slow consumer: messages dropped");
+                    }
+                    async_nats::Event::Disconnected => warn!("disconnected from NATS"),
+                    async_nats::Event::Connected => info!("connected to NATS"),
+                    other => info!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(urls)
+        .await
+}
+
+/// Per-subscription buffer. The default (65,536) drops heartbeats when 100k agents beat in a burst (DESIGN.md).
+pub const SUBSCRIPTION_CAPACITY: usize = 262_144;

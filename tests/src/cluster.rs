@@ -1,0 +1,185 @@
+//! [`Muster`]: a whole single-server deployment for one test — nats-server, muster-server and agents — with
+//! short protocol timers so liveness tests take seconds, not minutes.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use muster_schemas::api::HostSummary;
+use muster_schemas::HostState;
+
+use crate::cli::Cli;
+use crate::nats_server::NatsServer;
+use crate::paths::{workspace_bin, TestDir};
+use crate::process::Proc;
+use crate::wait::{wait_until, Check};
+
+/// Overrides the `MUSTER_LOG` filter given to the processes under test.
+pub const LOG_ENV: &str = "MUSTER_TEST_LOG";
+
+/// Debug for muster's own crates (state changes, rejections) and info for the libraries: enough to diagnose a
+/// failure from the log alone, without async-nats' per-message noise.
+const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=debug,muster_schemas=debug";
+
+/// The server's protocol timers, passed through its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// `MUSTER_HEARTBEAT_INTERVAL_MS`.
+    pub heartbeat_interval: Duration,
+    /// `MUSTER_HEARTBEAT_MISSES`.
+    pub heartbeat_misses: u32,
+    /// `MUSTER_LEASE_TTL_MS`: how long a dead leader's lease blocks its successor (or its own restart).
+    pub lease_ttl: Duration,
+}
+
+impl Timing {
+    /// 500 ms heartbeats, lost after 3 misses (1.5 s), 1 s leader lease: fast, yet slow enough that a loaded
+    /// 2-core machine running tests in parallel does not miss heartbeats.
+    pub const FAST: Self =
+        Self { heartbeat_interval: Duration::from_millis(500), heartbeat_misses: 3, lease_ttl: Duration::from_secs(1) };
+
+    /// `interval × misses`: how long after its last heartbeat a host is declared HEARTBEAT_LOST.
+    pub fn detection_window(&self) -> Duration {
+        self.heartbeat_interval * self.heartbeat_misses
+    }
+}
+
+/// One nats-server, one muster-server (`server-1`, data in `<dir>/server`) and agents named by host id.
+///
+/// Fields drop in order: agents and server are killed before nats-server, and the test directory goes last so
+/// every log can still be printed.
+#[derive(Debug)]
+pub struct Muster {
+    /// Agents by host id (`MUSTER_HOST_ID`).
+    pub agents: BTreeMap<String, Proc>,
+    /// The muster-server.
+    pub server: Proc,
+    /// The operator CLI, pointed at `nats`.
+    pub cli: Cli,
+    /// The nats-server everything talks through.
+    pub nats: NatsServer,
+    /// The timers the server was started with.
+    pub timing: Timing,
+    /// Holds the nats store, the server's data and every log.
+    pub dir: TestDir,
+}
+
+impl Muster {
+    /// Starts nats-server, muster-server and one agent per id with [`Timing::FAST`]. Does not wait for the hosts
+    /// to register: see [`Muster::wait_all`].
+    pub async fn start(agent_ids: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(Timing::FAST, agent_ids).await
+    }
+
+    /// Like [`Muster::start`] with other timers.
+    pub async fn start_with(timing: Timing, agent_ids: &[&str]) -> anyhow::Result<Self> {
+        let dir = TestDir::new()?;
+        let nats = NatsServer::start_in(&dir).await?;
+        let cli = Cli::new(nats.url())?;
+        let data_dir = dir.join("server");
+        std::fs::create_dir_all(&data_dir)?;
+        let ms = |d: Duration| d.as_millis().to_string();
+        let env: Vec<(&str, OsString)> = vec![
+            ("MUSTER_NATS_URL", nats.url().into()),
+            ("MUSTER_DATA_DIR", data_dir.into_os_string()),
+            ("MUSTER_SERVER_ID", "server-1".into()),
+            ("MUSTER_HEARTBEAT_INTERVAL_MS", ms(timing.heartbeat_interval).into()),
+            ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
+            ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
+            ("MUSTER_LOG", log_filter().into()),
+            ("RUST_BACKTRACE", "1".into()),
+        ];
+        let server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir.path())?;
+        let mut muster = Self { agents: BTreeMap::new(), server, cli, nats, timing, dir };
+        for id in agent_ids {
+            muster.spawn_agent(id)?;
+        }
+        Ok(muster)
+    }
+
+    /// Starts an agent with host id `id` (log `agent-<id>.log`).
+    pub fn spawn_agent(&mut self, id: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.agents.contains_key(id), "agent {id} already exists");
+        let env = [
+            ("MUSTER_NATS_URL", self.nats.url()),
+            ("MUSTER_HOST_ID", id.to_string()),
+            ("MUSTER_LOG", log_filter()),
+            ("RUST_BACKTRACE", "1".to_string()),
+        ];
+        let agent = Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, self.dir.path())?;
+        self.agents.insert(id.to_string(), agent);
+        Ok(())
+    }
+
+    /// The agent with host id `id`.
+    ///
+    /// # Panics
+    /// If there is no such agent (a bug in the test).
+    pub fn agent(&mut self, id: &str) -> &mut Proc {
+        self.agents.get_mut(id).unwrap_or_else(|| panic!("the test started no agent {id}"))
+    }
+
+    /// The server's data directory (`MUSTER_DATA_DIR`).
+    pub fn server_data_dir(&self) -> PathBuf {
+        self.dir.join("server")
+    }
+
+    /// The server's redb file.
+    pub fn redb_path(&self) -> PathBuf {
+        self.server_data_dir().join("muster.redb")
+    }
+
+    /// Fails with a fatal error (ending any wait) if a process the test did not stop has exited.
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        self.nats.ensure_running()?;
+        self.server.ensure_running()?;
+        for agent in self.agents.values_mut() {
+            agent.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every host in `want` is listed by `muster hosts` in its given state (other hosts may be in any
+    /// state); returns that listing.
+    pub async fn wait_for_states(
+        &mut self,
+        want: &[(&str, HostState)],
+        limit: Duration,
+    ) -> anyhow::Result<Vec<HostSummary>> {
+        let what = want.iter().map(|(id, state)| format!("{id}={state}")).collect::<Vec<_>>().join(" ");
+        wait_until(limit, &format!("`muster hosts` shows {what}"), async || {
+            self.ensure_alive()?;
+            let hosts = self.cli.hosts().await?;
+            let ok = want.iter().all(|(id, state)| hosts.iter().any(|h| h.id == *id && h.state == *state));
+            Ok(if ok { Check::Done(hosts) } else { Check::NotYet(describe(&hosts)) })
+        })
+        .await
+    }
+
+    /// Waits until every agent this test started is listed in `state`.
+    pub async fn wait_all(&mut self, state: HostState, limit: Duration) -> anyhow::Result<Vec<HostSummary>> {
+        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        let want: Vec<(&str, HostState)> = ids.iter().map(|id| (id.as_str(), state)).collect();
+        self.wait_for_states(&want, limit).await
+    }
+}
+
+/// `h1=HEALTHY(hb 0.3s) h2=INIT(hb -)`, for failure messages.
+pub fn describe(hosts: &[HostSummary]) -> String {
+    if hosts.is_empty() {
+        return "no hosts".to_string();
+    }
+    hosts
+        .iter()
+        .map(|h| {
+            let hb = h.last_heartbeat_secs.map_or("-".to_string(), |s| format!("{s:.1}s"));
+            format!("{}={}(hb {hb})", h.id, h.state)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn log_filter() -> String {
+    std::env::var(LOG_ENV).unwrap_or_else(|_| DEFAULT_LOG.to_string())
+}

@@ -1,0 +1,29 @@
+//! muster-tests: the support code end-to-end tests share. Tests start real processes — a `nats-server` on a random
+//! port with a private store, the workspace's `muster-server`, `muster-agent` and `muster` binaries — and talk to
+//! them only through NATS and the CLI, as an operator would.
+//!
+//! # Layout
+//! - [`paths`]       — where things are: workspace root, built binaries, the nats-server binary, [`TestDir`].
+//! - [`nats_server`] — [`NatsServer`]: a nats-server started from `nats/single.conf`, restartable on the same port.
+//! - [`process`]     — [`Proc`]: a child process with its output in a log file, SIGKILL / SIGTERM / restart.
+//! - [`cli`]         — [`Cli`]: runs `muster ... --json` and parses the replies into the schemas' API types.
+//! - [`wait`]        — [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
+//! - [`cluster`]     — [`Muster`]: one nats-server, one muster-server and some agents, with the fast test timing.
+//!
+//! Everything that can outlive a failed test (processes, directories) is cleaned up on Drop; when the test is
+//! panicking, Drop first prints the tail of every log and keeps the test directory (see docs/testing.md).
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod cluster;
+pub mod nats_server;
+pub mod paths;
+pub mod process;
+pub mod wait;
+
+pub use cli::{Cli, Stats};
+pub use cluster::{Muster, Timing};
+pub use nats_server::NatsServer;
+pub use paths::TestDir;
+pub use process::Proc;
+pub use wait::{fatal, wait_until, within, Check};
