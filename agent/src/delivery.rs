@@ -380,7 +380,8 @@ impl CatchUpFetch {
                     if self.failures == 1 {
                         tracing::warn!(error = %e, seq = self.next_seq, "cannot read the commands stream; retrying");
                     } else {
-                        tracing::debug!(error = %e, failures = self.failures, ?delay, "commands stream still unreadable");
+                        let failures = self.failures;
+                        tracing::debug!(error = %e, failures, ?delay, "commands stream still unreadable");
                     }
                     tokio::time::sleep(delay).await;
                 }
@@ -485,7 +486,7 @@ mod tests {
             // A cancel of another attempt, or of a task not in the batch, is kept for the runner.
             (4, cancel(2, 2)),
             (5, cancel(7, 1)),
-            // A cancel before its execution does not pair (cannot happen in order, but must not drop work).
+            // A cancel before its execution does not pair here; the runner refuses to run an attempt it saw cancelled.
             (6, cancel(3, 1)),
             (7, execute(3, 1)),
         ];

@@ -7,9 +7,9 @@
 //! - [`facts`]      — [`FactSource`]: host facts for registration and health for heartbeats (sysinfo or static).
 //! - [`protocol`]   — the pure registration/heartbeat state machine: `transition(&state, event) -> (state, effects)`.
 //! - [`session`]    — [`run_session`]: the I/O shell that performs the protocol's effects and runs the command path.
-//! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor, dedup ([`delivery::SeenSet`]).
+//! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor, dedup.
 //! - [`queue`]      — the pure action queue: per-component FIFO lanes under a global concurrency limit, cancel.
-//! - [`runner`]     — the command path's shell: queue → executor → reports; status checks; auto-restart; shutdown grace.
+//! - [`runner`]     — the command path's shell: queue → executor → reports, status checks, auto-restart, shutdown.
 //! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree.
 //! - [`output`]     — bounded head-and-tail capture of a command's stdout and stderr.
 //! - [`status`]     — the pure component status book: which statuses changed since last reported.

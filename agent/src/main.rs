@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
-/// Runtime worker threads: the agent does little concurrent work (one session, one signal task), and on a busy
-/// host it should not spread over every core.
+/// Runtime worker threads: the agent does little concurrent work (one session, a few commands' pipes, one signal
+/// task), and on a busy host it should not spread over every core.
 const WORKER_THREADS: usize = 2;
 
 /// How long shutdown waits for buffered messages to reach NATS: long enough for a healthy connection, short
@@ -29,7 +29,7 @@ const FORCED_EXIT_CODE: i32 = 130;
 #[command(
     name = "muster-agent",
     version,
-    about = "muster agent: registers this host with the muster leader over NATS and heartbeats its health",
+    about = "muster agent: registers this host with the muster leader over NATS, heartbeats, runs its commands",
     after_help = config::env_help()
 )]
 struct Cli {

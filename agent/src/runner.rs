@@ -24,7 +24,7 @@ use muster_schemas::commands::{
     RoleCommand, TaskPhase, TaskReport,
 };
 use muster_schemas::limits::MAX_OUTPUT_BYTES;
-use muster_schemas::{HostId, Subjects, UnixMillis, PROTOCOL_VERSION};
+use muster_schemas::{HostId, UnixMillis, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
@@ -38,7 +38,7 @@ use crate::output::OutputCapture;
 use crate::queue::{ActionQueue, Cancelled, JobId, TaskKey};
 use crate::recovery::{Refusal, RestartLimiter, RestartLimits};
 use crate::reporter::{Reporter, REPORT_QUEUE};
-use crate::session::{now_millis, SessionStats};
+use crate::session::{now_millis, SessionParams, SessionStats};
 use crate::status::StatusBook;
 
 /// Default commands running at once (over all components).
@@ -131,21 +131,18 @@ pub enum RunnerInput {
 
 /// Runs one session's command path until `stop` is cancelled and the shutdown is complete: the runner fed by
 /// `input`, and the reporter publishing over `client`.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_command_path<E: Executor>(
     executor: Arc<E>,
     client: Client,
-    subjects: &Subjects,
-    host: HostId,
-    agent_started_at: UnixMillis,
-    params: CommandParams,
-    stats: Arc<SessionStats>,
+    session: &SessionParams,
     input: mpsc::Receiver<RunnerInput>,
     stop: CancellationToken,
 ) {
+    let params = session.commands;
+    let stats = session.stats.clone();
     let (reports, queued) = mpsc::channel(REPORT_QUEUE);
-    let reporter = Reporter::new(client, subjects, host.clone(), stats.clone());
-    let runner = Runner::new(executor, host, agent_started_at, params, stats, reports);
+    let reporter = Reporter::new(client, &session.subjects, session.host.clone(), stats.clone());
+    let runner = Runner::new(executor, session.host.clone(), session.agent_started_at, params, stats, reports);
     let reporting = async {
         tokio::select! {
             () = reporter.run(queued) => {}
@@ -164,7 +161,7 @@ enum Work {
     /// A task from the server.
     Task(Execution),
     /// The agent's own restart of a component that should run (not reported as a task).
-    AutoStart(CommandSpec),
+    AutoStart(ComponentRef, CommandSpec),
 }
 
 /// What a spawned future is, keyed by its tokio task id so a panicking one is still accounted for.
@@ -331,6 +328,13 @@ impl<E: Executor> Runner<E> {
                     tracing::debug!(task = %key, "dropping a repeated command");
                     return;
                 }
+                if self.seen.contains(CommandKey::Cancel(key)) {
+                    // Its cancel came first (an execution re-published after the cancel, e.g. by a new leader
+                    // redoing effects): the server does not want this attempt to run.
+                    tracing::info!(task = %key, "execution arrived after its cancel; not running it");
+                    self.push_report(aborted_before_start(&self.host, key));
+                    return;
+                }
                 tracing::debug!(task = %key, command = %execution.command, component = ?execution.component, "queued");
                 let lane = execution.component.clone();
                 if let Err(e) = self.queue.push(lane, Some(key), Work::Task(execution)) {
@@ -416,8 +420,8 @@ impl<E: Executor> Runner<E> {
                     let run = run_task(executor, execution, context, abort.clone(), force_stop).instrument(span);
                     (self.jobs.spawn(run), spawned)
                 }
-                Work::AutoStart(spec) => {
-                    let Some(component) = job.lane else { continue };
+                Work::AutoStart(component, mut spec) => {
+                    with_muster_env(&mut spec, &self.host, Some(&component), None);
                     let output = OutputCapture::new(STATUS_OUTPUT_BYTES);
                     let run = {
                         let abort = abort.clone();
@@ -530,15 +534,23 @@ impl<E: Executor> Runner<E> {
         }
     }
 
-    /// Starts the status check of `component`, if it has one. A round check counts toward the current round.
+    /// Starts the status check of `component`, if it has one (and not during shutdown). A round check counts
+    /// toward the current round.
     fn check(&mut self, component: &ComponentRef, in_round: bool) {
+        if self.shutting_down {
+            if in_round {
+                self.round_check_done();
+            }
+            return;
+        }
         let spec = self.components.get(component).and_then(|c| c.status.clone());
-        let Some(spec) = spec.filter(|_| !self.shutting_down) else {
+        let Some(mut spec) = spec else {
             if in_round {
                 self.round_check_done();
             }
             return;
         };
+        with_muster_env(&mut spec, &self.host, Some(component), None);
         let generation = self.generation.get(component).copied().unwrap_or(0);
         let executor = self.executor.clone();
         let slots = self.check_slots.clone();
@@ -593,9 +605,11 @@ impl<E: Executor> Runner<E> {
         match limiter.acquire(Instant::now()) {
             Ok(()) => {
                 bump(&self.stats.auto_restarts);
-                tracing::warn!(%component, auto_restarts = limiter.lifetime(), "component should run but is not running; restarting it");
+                let auto_restarts = limiter.lifetime();
+                tracing::warn!(%component, auto_restarts, "component should run but is not running; restarting it");
                 self.refusal_logged.remove(component);
-                if let Err(e) = self.queue.push(Some(component.clone()), None, Work::AutoStart(start)) {
+                let work = Work::AutoStart(component.clone(), start);
+                if let Err(e) = self.queue.push(Some(component.clone()), None, work) {
                     tracing::error!(error = %e, "cannot queue an auto-restart");
                 }
             }
@@ -667,7 +681,7 @@ impl<E: Executor> Runner<E> {
                     forced = true;
                     let running = self.queue.running_len();
                     if running > 0 {
-                        tracing::warn!(running, "shutdown grace is over: killing running commands without a report (the server re-delivers them)");
+                        tracing::warn!(running, "shutdown grace is over: killing commands, unreported (re-delivered)");
                     }
                     self.force_stop.cancel();
                 }
@@ -678,6 +692,23 @@ impl<E: Executor> Runner<E> {
                 break;
             }
         }
+    }
+}
+
+/// Adds what every command may need to know about where it runs: `MUSTER_HOST` (several agents on one machine keep
+/// separate state with it), `MUSTER_SERVICE`/`MUSTER_COMPONENT` and, for tasks, `MUSTER_TASK`. The stack's own env
+/// wins on a clash.
+fn with_muster_env(spec: &mut CommandSpec, host: &HostId, component: Option<&ComponentRef>, task: Option<u64>) {
+    let mut vars = vec![("MUSTER_HOST", host.to_string())];
+    if let Some(c) = component {
+        vars.push(("MUSTER_SERVICE", c.service.clone()));
+        vars.push(("MUSTER_COMPONENT", c.component.clone()));
+    }
+    if let Some(t) = task {
+        vars.push(("MUSTER_TASK", t.to_string()));
+    }
+    for (k, v) in vars {
+        spec.env.entry(k.to_string()).or_insert(v);
     }
 }
 
@@ -698,7 +729,9 @@ async fn run_task<E: Executor>(
     context.progress(key, seq, started_at, &output);
 
     let timeout_ms = execution.spec.timeout_ms;
-    let run = executor.execute(execution.spec, abort, output.clone());
+    let mut spec = execution.spec;
+    with_muster_env(&mut spec, &context.host, execution.component.as_ref(), Some(execution.task));
+    let run = executor.execute(spec, abort, output.clone());
     tokio::pin!(run);
     let interval = context.progress_interval;
     let mut tick = interval_at(Instant::now() + interval, interval);
@@ -1126,6 +1159,18 @@ mod tests {
         assert_eq!((t.task, t.phase), (1, TaskPhase::Aborted));
         assert!(t.stderr.contains("cancelled"));
         assert_eq!(h.fake.started(), ["block"], "the cancelled task never ran");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_execution_after_its_cancel_is_aborted_not_run() {
+        let mut h = start(params());
+        h.live(CommandBody::Cancel { task: 1, attempt: 1 }).await;
+        h.live(execute(1, None, "ok")).await;
+        let t = h.task().await;
+        assert_eq!((t.task, t.phase, t.started_at), (1, TaskPhase::Aborted, 0));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(h.fake.started().is_empty());
         h.stop().await;
     }
 

@@ -190,18 +190,8 @@ pub async fn run_session<E: Executor>(
         let delivery =
             Delivery::subscribe(&client, &params.subjects, params.host.clone(), runner, params.stats.clone()).await?;
         let stop = shutdown.child_token();
-        let subjects = params.subjects.clone();
-        let commands = run_command_path(
-            executor,
-            client.clone(),
-            &subjects,
-            params.host.clone(),
-            params.agent_started_at,
-            params.commands,
-            params.stats.clone(),
-            runner_input,
-            stop.clone(),
-        );
+        let command_params = params.clone();
+        let commands = run_command_path(executor, client.clone(), &command_params, runner_input, stop.clone());
         let mut shell = Shell {
             reg_subject: Subject::from(params.subjects.reg(&params.host)),
             hb_subject: Subject::from(params.subjects.hb(&params.host)),

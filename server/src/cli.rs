@@ -258,6 +258,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                             writeln!(out, "  {c:<36} {n}")?;
                         }
                     } else {
+                        let val = val.as_str().map_or_else(|| val.to_string(), String::from);
                         writeln!(out, "{k:<12} {val}")?;
                     }
                 }

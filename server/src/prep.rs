@@ -71,7 +71,7 @@ fn prep<T: DeserializeOwned>(
     if Some(&body_host) != subject_host.as_ref() {
         return Err(reject(
             ErrorCode::HostMismatch,
-            format!("subject names host {token:?} but the body names {body_host:?}"),
+            format!("subject names host {token:?} but the body names {:?}", body_host.as_str()),
         ));
     }
     let msg: T = codec::decode(payload, limit).map_err(|e| reject(ErrorCode::Malformed, e.to_string()))?;

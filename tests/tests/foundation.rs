@@ -487,3 +487,15 @@ async fn agent_exits_zero_promptly_on_sigterm_while_it_cannot_register() {
     let status = m.agent("h1").terminate(SIGTERM_EXIT).await.unwrap();
     assert!(status.success(), "agent exited with {status} on SIGTERM");
 }
+
+#[tokio::test]
+async fn agent_exits_zero_promptly_on_sigterm_while_nats_is_down() {
+    let mut m = Muster::start(&["h1"]).await.unwrap();
+    m.wait_all(HostState::Healthy, STARTUP).await.unwrap();
+    m.nats.kill().unwrap();
+    // Let the agent notice the lost connection and start reconnecting; as above, nothing observable to wait for.
+    tokio::time::sleep(m.timing.heartbeat_interval * 2).await;
+    m.agent("h1").ensure_running().unwrap();
+    let status = m.agent("h1").terminate(SIGTERM_EXIT).await.unwrap();
+    assert!(status.success(), "agent exited with {status} on SIGTERM");
+}

@@ -27,6 +27,9 @@ fn settings_help() -> String {
     s
 }
 
+/// Longest wait for buffered publishes on exit.
+const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -52,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(130);
     });
     muster_server::server::run(cfg, client.clone(), metrics, shutdown).await?;
-    client.flush().await.ok();
+    // With NATS unreachable a flush waits for a reconnect that may never come; what is unsent is not ours to keep
+    // (every acknowledged write is already in JetStream).
+    let _ = tokio::time::timeout(FLUSH_ON_EXIT, client.flush()).await;
     Ok(())
 }

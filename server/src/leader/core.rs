@@ -375,8 +375,28 @@ impl LeaderCore {
     ) {
         let prev = self.hosts.get(&req.host).cloned();
         let from = prev.as_ref().map_or(HostState::Init, |r| r.state);
-        // Registration is legal in every state (the FSM resets to INIT first), so this cannot fail.
-        let to = transition(from, HostEvent::Register).unwrap_or(HostState::WaitingForHostStatusUpdates);
+        let to = match transition(from, HostEvent::Register) {
+            Ok(to) => to,
+            // Registration is legal in every state (the FSM resets to INIT first); should the table ever change,
+            // the refusal is counted and answered, never skipped silently.
+            Err(e) => {
+                warn!(host = %req.host, error = %e, "registration refused");
+                out.effects.push(Effect::Count("fsm.illegal_transitions"));
+                out.effects.push(Effect::Count("reg.rejected.illegal_transition"));
+                if let Some(to) = reply {
+                    out.effects.push(Effect::Reply {
+                        to,
+                        host: req.host.clone(),
+                        body: Reply::Register(RegisterReply::Rejected {
+                            code: muster_schemas::ErrorCode::IllegalTransition,
+                            message: e.to_string(),
+                            retry_after_ms: Some(1000),
+                        }),
+                    });
+                }
+                return;
+            }
+        };
         let host = req.host.clone();
         let record = HostRecord {
             id: req.host,
