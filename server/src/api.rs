@@ -5,6 +5,7 @@
 //!
 //! | endpoint | request | reply |
 //! |---|---|---|
+//! | `summary` | empty | `{hosts, hosts_by_state, components, components_by_state, requests_by_status, applied_seq}` |
 //! | `hosts` | empty | `[HostSummary]` |
 //! | `host`  | a host id (plain text) | `HostDetail` |
 //! | `stats` | empty | `{server_id, role, epoch, applied_seq, uptime_secs, counters}` |
@@ -51,7 +52,7 @@ pub struct ApiDeps {
 }
 
 /// Read endpoints.
-const READS: &[&str] = &["hosts", "host", "stats", "components", "stacks", "requests", "request"];
+const READS: &[&str] = &["summary", "hosts", "host", "stats", "components", "stacks", "requests", "request"];
 /// Write endpoints (forwarded to the leader).
 const WRITES: &[&str] = &["stack.apply", "blueprint.apply", "request.create", "request.cancel"];
 /// How long a forwarded write may take (a blueprint apply plans and stores all its commands).
@@ -95,6 +96,7 @@ pub async fn serve(
             continue;
         }
         let reply = match name {
+            "summary" => summary_counts(&deps),
             "hosts" => list_hosts(&deps),
             "host" => one_host(&deps, &req.message.payload),
             "stats" => Ok(stats_json(&deps)),
@@ -168,6 +170,27 @@ fn one_host(deps: &ApiDeps, payload: &[u8]) -> Answer {
     let record = record.ok_or_else(|| api_error(404, format!("no host {id}")))?;
     let detail = HostDetail { summary: summary(deps, &record, unix_millis()), record };
     serde_json::to_value(detail).map_err(|e| api_error(500, e.to_string()))
+}
+
+/// Counts only, cheap at any fleet size: hosts and components by state, requests by status.
+fn summary_counts(deps: &ApiDeps) -> Answer {
+    let e = |e: crate::store::StoreError| api_error(500, e.to_string());
+    let mut hosts: std::collections::BTreeMap<&str, u64> = Default::default();
+    let all = deps.store.hosts().map_err(e)?;
+    for h in &all {
+        *hosts.entry(h.state.as_str()).or_default() += 1;
+    }
+    let mut comps: std::collections::BTreeMap<&str, u64> = Default::default();
+    let hc = deps.store.host_components().map_err(e)?;
+    for c in &hc {
+        *comps.entry(c.state.as_str()).or_default() += 1;
+    }
+    let mut reqs: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in deps.store.requests().map_err(e)? {
+        *reqs.entry(r.status.as_str()).or_default() += 1;
+    }
+    Ok(json!({"hosts": all.len(), "hosts_by_state": hosts, "components": hc.len(), "components_by_state": comps,
+              "requests_by_status": reqs, "applied_seq": *deps.status.applied.borrow()}))
 }
 
 fn components(deps: &ApiDeps) -> Answer {

@@ -292,6 +292,16 @@ impl LeaderCore {
         }
     }
 
+    /// Redoes what a previous leader committed but may not have performed: tasks still PENDING in a stage that is
+    /// already IN_PROGRESS (it died between storing their commands and committing) are dispatched again — the same
+    /// `Nats-Msg-Id` makes a command it did store land once — and requests whose stage had ended move on.
+    pub fn take_over(&mut self, wall: UnixMillis, out: &mut Output) {
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.resume(id, wall, out);
+        }
+    }
+
     /// The leader's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

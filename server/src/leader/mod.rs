@@ -192,6 +192,14 @@ pub async fn lead(
         });
     }
 
+    let mut redo = Output::default();
+    core.take_over(unix_millis(), &mut redo);
+    if redo.changes_state() {
+        let wall = unix_millis();
+        commit(&deps, &mut core, &mut appender, &mut redo, wall).await?;
+        perform(&deps, redo.effects, &mut Pending::default()).await;
+    }
+
     let result = loop {
         let first = tokio::select! {
             biased;

@@ -494,3 +494,35 @@ async fn a_component_already_running_completes_without_a_command_and_requests_en
     let ends = out.effects.iter().filter(|e| matches!(e, Effect::Event(ChangeEvent::Request(_)))).count();
     assert_eq!(ends, 1, "the request ends once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_redoes_dispatches_that_were_not_committed() {
+    let mut h = Harness::new();
+    h.cluster();
+    // The old leader "died" after moving stage 1 to IN_PROGRESS but before its tasks were recorded as sent.
+    let mut loaded = Loaded { hosts: h.core.hosts.values().cloned().collect(), ..Default::default() };
+    loaded.stacks = h.core.stacks.values().cloned().collect();
+    loaded.components = h.core.components.values().cloned().collect();
+    loaded.requests = h.core.requests.values().cloned().collect();
+    loaded.tasks = h
+        .core
+        .tasks
+        .values()
+        .cloned()
+        .map(|mut t| {
+            t.status = TaskStatus::Pending;
+            t.attempt = 0;
+            t
+        })
+        .collect();
+    loaded.max_task = 8;
+    for c in &mut loaded.components {
+        c.state = ComponentState::Init;
+    }
+    let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
+    let mut next = LeaderCore::new(9, timing, loaded, h.now, h.wall);
+    let mut out = Output::default();
+    next.take_over(h.wall, &mut out);
+    let ids: Vec<String> = out.publish.iter().map(|o| o.msg_id.clone()).collect();
+    assert_eq!(ids, ["t1-a1", "t2-a1", "t3-a1", "t4-a1"], "the same ids as the first leader used");
+}

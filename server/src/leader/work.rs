@@ -428,6 +428,26 @@ impl LeaderCore {
         id
     }
 
+    /// Re-dispatches the PENDING tasks of a request's running stage, then moves it on.
+    pub(super) fn resume(&mut self, id: RequestId, wall: UnixMillis, out: &mut Output) {
+        let Some(req) = self.requests.get(&id) else { return };
+        let Some(stage) = req.stages.get(req.current_stage as usize) else {
+            return self.advance(id, wall, out);
+        };
+        if stage.status == TaskStatus::InProgress {
+            let pending: Vec<TaskId> = stage
+                .tasks
+                .iter()
+                .copied()
+                .filter(|t| self.tasks.get(t).is_some_and(|t| t.status == TaskStatus::Pending))
+                .collect();
+            for t in pending {
+                self.dispatch(t, wall, out);
+            }
+        }
+        self.advance(id, wall, out);
+    }
+
     /// Moves a request on as far as it can go: dispatches its current stage, judges finished stages.
     fn advance(&mut self, id: RequestId, wall: UnixMillis, out: &mut Output) {
         loop {
