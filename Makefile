@@ -4,8 +4,8 @@
 #   make build      every binary: muster-server, muster (CLI), muster-agent
 #   make lint       cargo fmt --check and clippy with warnings as errors
 #   make test       tools + lint + build + the whole test suite against a real nats-server
-#   make demo       nats-server, muster-server and three agents under .demo/, left running
-#   make demo-stop  stop what `make demo` started
+#   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
+#   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
 #   make clean      demo-stop, cargo clean, remove .demo/ (keeps the downloaded .tools/)
 
 SHELL := /bin/bash

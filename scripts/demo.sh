@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A running muster to look at: one nats-server (nats/single.conf, 127.0.0.1:4222, monitoring :8222), one
-# muster-server and three agents (demo-1..3), all under .demo/ (logs, pid files, JetStream store, redb file).
+# muster-server and three agents (demo-1..3), all under .demo/ (logs, pid files, JetStream store, redb file), with
+# the toy stack of docs/examples deployed on them (its daemons keep their files in .demo/toy/<host>/).
 #
-#   scripts/demo.sh start   # (make demo) install nats-server if needed, build, start, wait until all HEALTHY
-#   scripts/demo.sh stop    # (make demo-stop) stop every process named by a pid file in .demo/
+#   scripts/demo.sh start   # (make demo) install nats-server if needed, build, start, wait until all HEALTHY,
+#                           # apply the toy stack and blueprint, run a command on every host
+#   scripts/demo.sh stop    # (make demo-stop) stop the agents, the toy daemons, the server and nats-server
 #
 # The processes are left running after `start`; their state survives a stop/start (delete .demo/ to reset).
 set -euo pipefail
@@ -13,6 +15,12 @@ DEMO="$ROOT/.demo"
 BIN="$ROOT/target/debug"
 NATS_URL="nats://127.0.0.1:4222"
 AGENTS=(demo-1 demo-2 demo-3)
+# Where the toy daemons keep their files. Given to the agents as TOY_DIR, so every process they start (the toy
+# daemons, running commands) carries the exact entry TOY_DIR=<this path>: that is how `stop` finds them, and only them.
+TOY_DIR="$DEMO/toy"
+# Faster than the agents' defaults (10 s, 5 min), so a daemon killed by hand is noticed and restarted while you watch.
+STATUS_INTERVAL_MS=2000
+AUTO_RESTART_MIN_GAP_MS=10000
 # How long the hosts may take to become HEALTHY before the demo gives up: registration takes milliseconds, but the
 # first heartbeat follows after one interval (3 s by default) and agents back off while the server takes the lease.
 HEALTHY_TIMEOUT_SECS=60
@@ -61,27 +69,58 @@ launch() {
     echo $! >"$DEMO/$name.pid"
 }
 
+# Stops the process named by pid file $1 (SIGTERM, SIGKILL after STOP_TIMEOUT_SECS) and removes the file.
+stop_pidfile() {
+    local f="$1" pid waited
+    if alive "$f"; then
+        pid="$(cat "$f")"
+        kill -TERM "$pid" 2>/dev/null || true
+        waited=0
+        while kill -0 "$pid" 2>/dev/null && ((waited < STOP_TIMEOUT_SECS * 10)); do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$(basename "$f" .pid) (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_SECS}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        log "stopped $(basename "$f" .pid) (pid $pid)"
+    fi
+    rm -f "$f"
+}
+
+# Stops every process the demo's agents started (toy daemons, commands still running): the live processes whose
+# environment holds exactly TOY_DIR=$TOY_DIR. Daemons outlive their agent by design, so no pid file of ours names
+# them all. Zombies are skipped: they are dead already, waiting for init to reap them.
+stop_toy() {
+    local env pid n=0
+    for env in /proc/[0-9]*/environ; do
+        pid="${env#/proc/}"
+        pid="${pid%/environ}"
+        [[ "$pid" != "$$" ]] || continue
+        grep -qxzF "TOY_DIR=$TOY_DIR" "$env" 2>/dev/null || continue
+        ! grep -q zombie "/proc/$pid/status" 2>/dev/null || continue
+        if kill -TERM "$pid" 2>/dev/null; then
+            n=$((n + 1))
+        fi
+    done
+    ((n == 0)) || log "stopped $n toy process(es)"
+}
+
 stop() {
-    local f pid waited any=0
-    # Agents first, then the server, then NATS: nothing is left talking to a stopped peer for long.
-    for f in "$DEMO"/agent-*.pid "$DEMO"/muster-server.pid "$DEMO"/nats-server.pid; do
+    local f any=0
+    # Agents first (they would restart the toy daemons), then the daemons, the server, and NATS last: nothing is
+    # left talking to a stopped peer for long.
+    for f in "$DEMO"/agent-*.pid; do
         [[ -e "$f" ]] || continue
         any=1
-        if alive "$f"; then
-            pid="$(cat "$f")"
-            kill -TERM "$pid" 2>/dev/null || true
-            waited=0
-            while kill -0 "$pid" 2>/dev/null && ((waited < STOP_TIMEOUT_SECS * 10)); do
-                sleep 0.1
-                waited=$((waited + 1))
-            done
-            if kill -0 "$pid" 2>/dev/null; then
-                log "$(basename "$f" .pid) (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_SECS}s; killing it"
-                kill -KILL "$pid" 2>/dev/null || true
-            fi
-            log "stopped $(basename "$f" .pid) (pid $pid)"
-        fi
-        rm -f "$f"
+        stop_pidfile "$f"
+    done
+    stop_toy
+    for f in "$DEMO"/muster-server.pid "$DEMO"/nats-server.pid; do
+        [[ -e "$f" ]] || continue
+        any=1
+        stop_pidfile "$f"
     done
     ((any)) || log "nothing to stop"
 }
@@ -103,6 +142,13 @@ healthy_count() {
     echo "$n"
 }
 
+# Prints "$ target/debug/muster ARGS" and runs it from the workspace root (so the example paths resolve).
+show() {
+    echo
+    echo "\$ target/debug/muster $*"
+    (cd "$ROOT" && "$BIN/muster" --nats "$NATS_URL" "$@")
+}
+
 start() {
     mkdir -p "$DEMO"
     local f
@@ -113,17 +159,20 @@ start() {
         fi
         rm -f "$f"
     done
-    if port_open 4222; then
-        log "error: something already listens on 127.0.0.1:4222 (another nats-server?); stop it first"
-        exit 1
-    fi
+    local port
+    for port in 4222 8222; do
+        if port_open "$port"; then
+            log "error: something already listens on 127.0.0.1:$port (another nats-server?); stop it first"
+            exit 1
+        fi
+    done
 
     local nats
     nats="$("$ROOT/scripts/install-nats.sh" --path)"
     log "building (cargo build --workspace --bins)"
     (cd "$ROOT" && cargo build --workspace --bins --quiet)
 
-    mkdir -p "$DEMO/nats" "$DEMO/server"
+    mkdir -p "$DEMO/nats" "$DEMO/server" "$TOY_DIR"
     log "starting nats-server ($nats)"
     launch nats-server env MUSTER_NATS_STORE_DIR="$DEMO/nats" "$nats" -c "$ROOT/nats/single.conf"
     local i
@@ -141,7 +190,8 @@ start() {
     for id in "${AGENTS[@]}"; do
         log "starting muster-agent $id"
         launch "agent-$id" env NO_COLOR=1 MUSTER_NATS_URL="$NATS_URL" MUSTER_HOST_ID="$id" \
-            MUSTER_LOG="${MUSTER_LOG:-info}" "$BIN/muster-agent"
+            MUSTER_STATUS_INTERVAL_MS="$STATUS_INTERVAL_MS" MUSTER_AUTO_RESTART_MIN_GAP_MS="$AUTO_RESTART_MIN_GAP_MS" \
+            TOY_DIR="$TOY_DIR" MUSTER_LOG="${MUSTER_LOG:-info}" "$BIN/muster-agent"
     done
 
     log "waiting until ${#AGENTS[@]} hosts are HEALTHY (up to ${HEALTHY_TIMEOUT_SECS}s)"
@@ -156,26 +206,37 @@ start() {
     done
     ((n == ${#AGENTS[@]})) || die "only $n of ${#AGENTS[@]} hosts HEALTHY after ${HEALTHY_TIMEOUT_SECS}s"
 
-    echo
-    echo "\$ target/debug/muster hosts"
-    "$BIN/muster" --nats "$NATS_URL" hosts
-    echo
-    echo "\$ target/debug/muster host demo-1"
-    "$BIN/muster" --nats "$NATS_URL" host demo-1
+    show hosts
+    show host demo-1
+    show stack apply docs/examples/toy-stack.toml || die "the toy stack was refused"
+    # Follows the request that installs and starts the toy service, a progress bar per stage; exits non-zero unless
+    # the request COMPLETED.
+    show blueprint apply docs/examples/toy-blueprint.toml || die "the toy blueprint's request did not complete"
+    show components
+    show run --hosts 'demo-*' -- uname -a || die "'muster run' on every host did not complete"
     cat <<EOF
 
 The demo is running (logs and pid files in .demo/; NATS at $NATS_URL, monitoring at http://127.0.0.1:8222).
 Look around:
-  target/debug/muster hosts                 # every host and its state
-  target/debug/muster host demo-2           # one host with all its facts
-  target/debug/muster stats                 # the leader's counters
-  kill \$(cat .demo/agent-demo-3.pid)        # then watch demo-3 become HEARTBEAT_LOST
+  target/debug/muster hosts                         # every host and its state
+  target/debug/muster host demo-2                   # one host with all its facts
+  target/debug/muster components                    # the toy components: state, desired state, auto-restarts
+  target/debug/muster restart toy --batch 1         # a rolling restart, one host at a time
+  target/debug/muster requests                      # every request, newest first
+  target/debug/muster request 1 --watch             # follow a request (any id from 'muster requests')
+  target/debug/muster run --hosts 'demo-*' --detach -- sleep 60    # then: target/debug/muster cancel <id>
+  kill \$(cat .demo/toy/demo-2/worker.pid)           # the agent notices within ${STATUS_INTERVAL_MS} ms and restarts it
+  target/debug/muster stats                         # the leader's counters
+  kill \$(cat .demo/agent-demo-3.pid)                # then watch demo-3 become HEARTBEAT_LOST
   tail -f .demo/muster-server.log
 With the nats CLI (more in docs/protocol.md):
   nats micro info muster
-  nats sub 'muster.events.>'
-  nats sub 'muster.hb.*' --translate 'target/debug/muster decode'
+  nats sub 'muster.events.>'                                            # host, component, task, request changes
+  nats sub 'muster.cmd.*' --translate 'target/debug/muster decode'      # commands to the agents
+  nats sub 'muster.report.*' --translate 'target/debug/muster decode'   # the agents' reports
+  nats stream view MUSTER_COMMANDS --translate 'target/debug/muster decode'
   nats stream view MUSTER_TXN --translate 'target/debug/muster decode'
+  nats sub 'muster.hb.*' --translate 'target/debug/muster decode'
   nats kv get muster-election leader
 Stop it all with: make demo-stop
 EOF

@@ -12,8 +12,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use async_nats::jetstream;
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
-use async_nats::{Client, HeaderMap, Subscriber};
+use async_nats::HeaderMap;
 use futures::StreamExt as _;
 use muster_schemas::commands::{Command, CommandBody, ComponentSpec};
 use muster_schemas::headers::{self, MessageKind};
@@ -24,6 +25,7 @@ use rand::SeedableRng as _;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
+use crate::feed::Feed;
 use crate::queue::TaskKey;
 use crate::runner::RunnerInput;
 use crate::session::SessionStats;
@@ -236,7 +238,7 @@ struct CatchUpFetch {
 pub struct Delivery {
     host: HostId,
     subject: String,
-    live: Subscriber,
+    live: Feed,
     stream: Stream<()>,
     runner: mpsc::Sender<RunnerInput>,
     phase: Phase,
@@ -245,23 +247,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Subscribes to the host's command subject. Call before the first registration, so nothing published after
-    /// it is missed.
-    pub async fn subscribe(
-        client: &Client,
+    /// Delivery for `host` from `live` (the host's command subject, subscribed before the first registration so
+    /// nothing published after it is missed) and, for catch-ups, the commands stream through `jetstream`.
+    pub async fn new(
+        jetstream: jetstream::Context,
         subjects: &Subjects,
         host: HostId,
+        live: Feed,
         runner: mpsc::Sender<RunnerInput>,
         stats: Arc<SessionStats>,
     ) -> Result<Self, DeliveryError> {
         let subject = subjects.cmd(&host);
         // No info request: the stream is the server's (it may not exist yet), and all the agent sends it are
         // direct gets.
-        let stream = async_nats::jetstream::new(client.clone())
-            .get_stream_no_info(subjects.commands_stream())
-            .await
-            .map_err(DeliveryError::Stream)?;
-        let live = client.subscribe(subject.clone()).await.map_err(DeliveryError::Subscribe)?;
+        let stream = jetstream.get_stream_no_info(subjects.commands_stream()).await.map_err(DeliveryError::Stream)?;
         Ok(Self {
             host,
             subject,

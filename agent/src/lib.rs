@@ -8,6 +8,7 @@
 //! - [`protocol`]   — the pure registration/heartbeat state machine: `transition(&state, event) -> (state, effects)`.
 //! - [`session`]    — [`run_session`]: the I/O shell that performs the protocol's effects and runs the command path.
 //! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor, dedup.
+//! - [`feed`]       — [`feed::Feed`]: a session's inbound messages, from its own subscription or a routed mailbox.
 //! - [`queue`]      — the pure action queue: per-component FIFO lanes under a global concurrency limit, cancel.
 //! - [`runner`]     — the command path's shell: queue → executor → reports, status checks, auto-restart, shutdown.
 //! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree.
@@ -17,9 +18,10 @@
 //! - [`reporter`]   — reports out: JetStream publish with `Nats-Msg-Id`, retried with the same id until acked.
 //! - [`backoff`]    — exponential backoff with full jitter, and heartbeat jitter.
 //! - [`connection`] — NATS connect options and [`Reconnects`], the reconnect signal sessions watch.
+//! - [`swarm`]      — `muster-agent swarm`: many simulated hosts in one process over shared connections.
 //!
 //! The binary (`src/main.rs`) parses arguments, loads the config, sets up tracing and signals, connects, and
-//! calls [`run`].
+//! calls [`run`] (or [`swarm::run_swarm`] for `muster-agent swarm`).
 #![deny(missing_docs)]
 
 pub mod backoff;
@@ -28,6 +30,7 @@ pub mod connection;
 pub mod delivery;
 pub mod executor;
 pub mod facts;
+pub mod feed;
 pub mod output;
 pub mod protocol;
 pub mod queue;
@@ -36,6 +39,7 @@ pub mod reporter;
 pub mod runner;
 pub mod session;
 pub mod status;
+pub mod swarm;
 
 use std::sync::Arc;
 
@@ -46,7 +50,7 @@ pub use config::AgentConfig;
 pub use connection::{ConnectionEvents, Reconnects};
 pub use executor::{Executor, ProcessExecutor};
 pub use facts::{FactSource, StaticFacts, SystemFacts};
-pub use session::{run_session, SessionError, SessionParams, SessionStats};
+pub use session::{run_session, run_session_with, SessionError, SessionIo, SessionParams, SessionStats};
 
 /// Why the agent stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
 //! `muster-agent`: parse arguments, load the config, set up tracing and signals, connect, run.
+//! `muster-agent swarm --count N`: the same, for N simulated hosts in this process (load tests).
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -6,9 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use muster_agent::config::{self, AgentConfig};
 use muster_agent::connection::{self, ConnectionEvents};
+use muster_agent::swarm::{self, SwarmParams};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +27,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Exit code when a second signal forces an immediate exit (128 + SIGINT, the shell convention).
 const FORCED_EXIT_CODE: i32 = 130;
 
+/// Log filter of `muster-agent swarm` when `MUSTER_LOG` is unset: a hundred thousand hosts logging each
+/// registration (or each `busy` retry of a storm) would drown the summary lines, so only errors and the swarm's
+/// own warnings.
+const SWARM_DEFAULT_LOG: &str = "error,muster_agent::swarm=warn";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "muster-agent",
@@ -34,18 +41,69 @@ const FORCED_EXIT_CODE: i32 = 130;
 )]
 struct Cli {
     /// TOML config file; environment variables override it.
-    #[arg(long, value_name = "FILE", env = config::ENV_CONFIG_FILE)]
+    #[arg(long, value_name = "FILE", env = config::ENV_CONFIG_FILE, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate many hosts in this process, for load tests: each registers, heartbeats and runs commands (the
+    /// built-ins true, false, echo, sleep) like a real agent, over a few shared NATS connections. NATS URL, prefix,
+    /// labels and timers come from the usual settings; the host id setting is ignored. Prints a summary line to
+    /// stderr every few seconds; SIGTERM stops every host and exits 0.
+    Swarm(SwarmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SwarmArgs {
+    /// Simulated hosts.
+    #[arg(long)]
+    count: usize,
+    /// NATS connections the hosts share [default: one per 5,000 hosts].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Host ids are <PREFIX>-000001, <PREFIX>-000002, ...
+    #[arg(long, value_name = "PREFIX", default_value = "swarm")]
+    id_prefix: String,
+    /// Index of the first host.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    first_index: usize,
+    /// Spread the hosts' start over this many milliseconds (0: all at once, a registration storm).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    ramp_ms: u64,
+    /// Seconds between summary lines.
+    #[arg(long, value_name = "SECS", default_value_t = swarm::DEFAULT_SUMMARY_INTERVAL.as_secs())]
+    summary_secs: u64,
+}
+
+impl SwarmArgs {
+    fn params(&self) -> SwarmParams {
+        SwarmParams {
+            count: self.count,
+            connections: self.connections,
+            id_prefix: self.id_prefix.clone(),
+            first_index: self.first_index,
+            ramp: Duration::from_millis(self.ramp_ms),
+            summary_interval: Duration::from_secs(self.summary_secs.max(1)),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing() {
+    let swarm = matches!(cli.command, Some(Command::Swarm(_)));
+    if let Err(e) = init_tracing(if swarm { SWARM_DEFAULT_LOG } else { config::DEFAULT_LOG }) {
         eprintln!("muster-agent: {e:#}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(WORKER_THREADS).enable_all().build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A swarm is a load generator and may use every core; the agent stays a small guest on its host.
+    if !swarm {
+        builder.worker_threads(WORKER_THREADS);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("muster-agent: cannot start the async runtime: {e}");
@@ -61,8 +119,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() -> anyhow::Result<()> {
-    let directives = std::env::var(config::ENV_LOG).unwrap_or_else(|_| config::DEFAULT_LOG.to_owned());
+fn init_tracing(default: &str) -> anyhow::Result<()> {
+    let directives = std::env::var(config::ENV_LOG).unwrap_or_else(|_| default.to_owned());
     let filter =
         EnvFilter::try_new(&directives).with_context(|| format!("invalid {}={directives:?}", config::ENV_LOG))?;
     tracing_subscriber::fmt()
@@ -81,11 +139,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::warn!(variable = %name, "ignoring unknown MUSTER_ variable (typo?)");
         }
     }
-    tracing::info!(host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), "starting");
-
     let shutdown = CancellationToken::new();
     let exit = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(Command::Swarm(args)) = &cli.command {
+        handle_signals(&tracker, &shutdown, &exit)?;
+        let result = swarm::run_swarm(&config, args.params(), shutdown).await;
+        exit.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Ok(result?);
+    }
+    tracing::info!(host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), "starting");
+    handle_signals(&tracker, &shutdown, &exit)?;
+
+    let events = ConnectionEvents::new();
+    let reconnects = events.reconnects();
+    let client = connection::connect(config.nats_servers.clone(), format!("muster-agent {}", config.host_id), events)
+        .await
+        .context("cannot set up the NATS connection")?;
+
+    let result = muster_agent::run(&config, client.clone(), reconnects, shutdown.clone()).await;
+
+    shutdown.cancel();
+    // Without a connection there is nothing to flush to, and waiting would only delay the exit.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "flush on shutdown failed"),
+            Err(_) => tracing::debug!("flush on shutdown timed out"),
+        }
+    }
+    exit.cancel();
+    tracker.close();
+    tracker.wait().await;
+
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT cancels `shutdown`; a second exits at once; `exit` ends the watcher.
+fn handle_signals(tracker: &TaskTracker, shutdown: &CancellationToken, exit: &CancellationToken) -> anyhow::Result<()> {
     // Installed before connecting: a stop during the first connection attempts must still be clean. Explicit
     // handlers are what makes SIGTERM work at all when the agent is PID 1 in a container.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
@@ -112,29 +207,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     });
-
-    let events = ConnectionEvents::new();
-    let reconnects = events.reconnects();
-    let client = connection::connect(config.nats_servers.clone(), format!("muster-agent {}", config.host_id), events)
-        .await
-        .context("cannot set up the NATS connection")?;
-
-    let result = muster_agent::run(&config, client.clone(), reconnects, shutdown.clone()).await;
-
-    shutdown.cancel();
-    // Without a connection there is nothing to flush to, and waiting would only delay the exit.
-    if client.connection_state() == async_nats::connection::State::Connected {
-        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "flush on shutdown failed"),
-            Err(_) => tracing::debug!("flush on shutdown timed out"),
-        }
-    }
-    exit.cancel();
-    tracker.close();
-    tracker.wait().await;
-
-    result?;
-    tracing::info!("stopped");
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, publish::PublishAck};
-use async_nats::{Client, HeaderMap, Subject};
+use async_nats::{HeaderMap, Subject};
 use muster_schemas::commands::{Report, ReportBody};
 use muster_schemas::headers::{self, MessageKind};
 use muster_schemas::limits::MAX_REPORT_BYTES;
@@ -43,9 +43,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for `host` over a shared client.
-    pub fn new(client: Client, subjects: &Subjects, host: HostId, stats: Arc<SessionStats>) -> Self {
-        let mut jetstream = jetstream::new(client);
+    /// A reporter for `host` publishing through `jetstream` (a clone of a shared context is cheap; a new one
+    /// spawns an ack task).
+    pub fn new(mut jetstream: jetstream::Context, subjects: &Subjects, host: HostId, stats: Arc<SessionStats>) -> Self {
         jetstream.set_timeout(REPORT_ACK_TIMEOUT);
         Self { jetstream, subject: Subject::from(subjects.report(&host)), host, stats, rng: SmallRng::from_os_rng() }
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Client;
+use async_nats::jetstream;
 use muster_schemas::commands::{
     Command, CommandBody, CommandSpec, ComponentRef, ComponentSpec, ComponentStatus, Execution, Report, ReportBody,
     RoleCommand, TaskPhase, TaskReport,
@@ -130,10 +130,10 @@ pub enum RunnerInput {
 }
 
 /// Runs one session's command path until `stop` is cancelled and the shutdown is complete: the runner fed by
-/// `input`, and the reporter publishing over `client`.
+/// `input`, and the reporter publishing through `jetstream`.
 pub async fn run_command_path<E: Executor>(
     executor: Arc<E>,
-    client: Client,
+    jetstream: jetstream::Context,
     session: &SessionParams,
     input: mpsc::Receiver<RunnerInput>,
     stop: CancellationToken,
@@ -141,7 +141,7 @@ pub async fn run_command_path<E: Executor>(
     let params = session.commands;
     let stats = session.stats.clone();
     let (reports, queued) = mpsc::channel(REPORT_QUEUE);
-    let reporter = Reporter::new(client, &session.subjects, session.host.clone(), stats.clone());
+    let reporter = Reporter::new(jetstream, &session.subjects, session.host.clone(), stats.clone());
     let runner = Runner::new(executor, session.host.clone(), session.agent_started_at, params, stats, reports);
     let reporting = async {
         tokio::select! {

@@ -7,15 +7,17 @@
 //! session returns only once the command path has finished its own shutdown (grace period included).
 //!
 //! A session only borrows a cloned [`async_nats::Client`], so many sessions (one per simulated host in
-//! `muster-agent swarm`) can share one connection, each with its own control inbox and [`Reconnects`] watcher,
-//! and each with any [`Executor`].
+//! `muster-agent swarm`) can share one connection, each with its own [`Reconnects`] watcher and any [`Executor`].
+//! Its inbound messages arrive through a [`SessionIo`]: subscriptions of its own ([`run_session`]), or mailboxes
+//! fed by shared subscriptions ([`run_session_with`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::{Client, HeaderMap, Message, Request, RequestError, RequestErrorKind, Subject, Subscriber};
+use async_nats::jetstream;
+use async_nats::{Client, HeaderMap, Message, Request, RequestError, RequestErrorKind, Subject};
 use futures::{FutureExt as _, StreamExt as _};
 use muster_schemas::headers::{self, MessageKind};
 use muster_schemas::limits::{MAX_COMMAND_BYTES, MAX_HEARTBEAT_BYTES, MAX_REGISTER_BYTES};
@@ -36,6 +38,7 @@ use crate::connection::Reconnects;
 use crate::delivery::{Delivery, DeliveryError, Registration};
 use crate::executor::Executor;
 use crate::facts::{bound_health, FactSource};
+use crate::feed::Feed;
 use crate::protocol::{transition, Effect, RetryDelay, SessionEvent, SessionState, Unanswered};
 use crate::runner::{run_command_path, CommandParams, RUNNER_INPUT_QUEUE};
 
@@ -173,6 +176,9 @@ pub enum SessionError {
 ///
 /// `reconnects` must be fed by the client's connection events ([`crate::connection::ConnectionEvents`]); the
 /// session waits for the first connection before registering. `executor` runs the host's commands.
+///
+/// The session subscribes to its own control inbox and command subject ([`SessionIo::subscribe`]); to share
+/// subscriptions among many sessions, use [`run_session_with`].
 pub async fn run_session<E: Executor>(
     client: Client,
     params: SessionParams,
@@ -182,16 +188,71 @@ pub async fn run_session<E: Executor>(
     shutdown: CancellationToken,
 ) -> Result<(), SessionError> {
     let span = tracing::info_span!("session", host = %params.host);
-    async move {
+    let io = SessionIo::subscribe(&client, &params.subjects, &params.host).instrument(span).await?;
+    run_session_with(io, params, facts, executor, reconnects, shutdown).await
+}
+
+/// What a session talks through: the client it publishes on, a JetStream context, and its two inbound feeds.
+///
+/// The real agent subscribes both feeds itself ([`SessionIo::subscribe`]); `muster-agent swarm` routes them from
+/// shared wildcard subscriptions into [`crate::feed::Mailbox`]es and shares one JetStream context per connection.
+/// Either way the subjects on the wire are the same.
+#[derive(Debug)]
+pub struct SessionIo {
+    /// Publishes registrations, heartbeats and reports; its connection state gates heartbeats.
+    pub client: Client,
+    /// Reports and catch-up reads. A context runs an ack task of its own, so sessions share one.
+    pub jetstream: jetstream::Context,
+    /// The control inbox's subject, sent as the reply subject of every heartbeat.
+    pub inbox_subject: Subject,
+    /// Messages to the control inbox.
+    pub inbox: Feed,
+    /// Messages on `<prefix>.cmd.<host>`. Must be live before the first registration, so nothing published after
+    /// it is missed.
+    pub commands: Feed,
+}
+
+impl SessionIo {
+    /// A fresh control inbox and command subscription of one host's own, on `client`.
+    pub async fn subscribe(client: &Client, subjects: &Subjects, host: &HostId) -> Result<Self, SessionError> {
         let inbox_subject = Subject::from(client.new_inbox());
         let inbox = client.subscribe(inbox_subject.clone()).await.map_err(SessionError::Subscribe)?;
+        let commands = client.subscribe(subjects.cmd(host)).await.map_err(DeliveryError::Subscribe)?;
+        Ok(Self {
+            client: client.clone(),
+            jetstream: jetstream::new(client.clone()),
+            inbox_subject,
+            inbox: Feed::Subscription(inbox),
+            commands: Feed::Subscription(commands),
+        })
+    }
+}
+
+/// [`run_session`] over inbound feeds and a JetStream context the caller provides.
+pub async fn run_session_with<E: Executor>(
+    io: SessionIo,
+    params: SessionParams,
+    facts: impl FactSource,
+    executor: Arc<E>,
+    reconnects: Reconnects,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError> {
+    let span = tracing::info_span!("session", host = %params.host);
+    async move {
+        let SessionIo { client, jetstream, inbox_subject, inbox, commands } = io;
         let (runner, runner_input) = mpsc::channel(RUNNER_INPUT_QUEUE);
-        // Subscribed before the first registration: whatever the leader publishes after it arrives live.
-        let delivery =
-            Delivery::subscribe(&client, &params.subjects, params.host.clone(), runner, params.stats.clone()).await?;
+        let delivery = Delivery::new(
+            jetstream.clone(),
+            &params.subjects,
+            params.host.clone(),
+            commands,
+            runner,
+            params.stats.clone(),
+        )
+        .await?;
         let stop = shutdown.child_token();
         let command_params = params.clone();
-        let commands = run_command_path(executor, client.clone(), &command_params, runner_input, stop.clone());
+        let commands = run_command_path(executor, jetstream, &command_params, runner_input, stop.clone());
         let mut shell = Shell {
             reg_subject: Subject::from(params.subjects.reg(&params.host)),
             hb_subject: Subject::from(params.subjects.hb(&params.host)),
@@ -228,7 +289,7 @@ struct Shell<F> {
     hb_subject: Subject,
     /// The control inbox: heartbeats carry it as their reply subject; the server writes here only when the agent
     /// must act.
-    inbox: Subscriber,
+    inbox: Feed,
     inbox_subject: Subject,
     reconnects: Reconnects,
     rng: SmallRng,
@@ -654,5 +715,56 @@ mod tests {
         assert!(control_event(&message(encode(&rereg), Some(MessageKind::Txn))).is_err());
         assert!(control_event(&message(vec![0xc1], None)).is_err());
         assert!(control_event(&message(vec![0; MAX_REPLY_BYTES + 1], None)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    #[tokio::test]
+    async fn probe_sizes() {
+        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect("nats://127.0.0.1:1").await.unwrap();
+        let host = HostId::new("h-1").unwrap();
+        let subjects = Subjects::new("muster");
+        let params = SessionParams {
+            host: host.clone(), subjects: subjects.clone(), labels: Default::default(), register_timeout: Duration::from_secs(1),
+            agent_version: "x".into(), agent_started_at: 0, commands: Default::default(), stats: Default::default(),
+        };
+        let js = jetstream::new(client.clone());
+        let (_m, rx) = crate::feed::mailbox(4);
+        let (_m2, rx2) = crate::feed::mailbox(4);
+        let io = SessionIo { client: client.clone(), jetstream: js.clone(), inbox_subject: "x".into(), inbox: Feed::Mailbox(rx), commands: Feed::Mailbox(rx2) };
+        let events = crate::connection::ConnectionEvents::new();
+        let f = run_session_with(io, params.clone(), crate::facts::StaticFacts::default(), Arc::new(crate::swarm::SwarmExecutor), events.reconnects(), CancellationToken::new());
+        eprintln!("run_session_with {}", std::mem::size_of_val(&f));
+        let (tx, rxi) = mpsc::channel(4);
+        let f2 = run_command_path(Arc::new(crate::swarm::SwarmExecutor), js.clone(), &params, rxi, CancellationToken::new());
+        eprintln!("run_command_path {}", std::mem::size_of_val(&f2));
+        let (rtx, _rrx) = mpsc::channel(4);
+        let runner = crate::runner::Runner::new(Arc::new(crate::swarm::SwarmExecutor), host.clone(), 0, Default::default(), Default::default(), rtx);
+        eprintln!("Runner {}", std::mem::size_of_val(&runner));
+        let (_itx, irx) = mpsc::channel(4);
+        let f3 = runner.run(irx, CancellationToken::new());
+        eprintln!("Runner::run {}", std::mem::size_of_val(&f3));
+        let rep = crate::reporter::Reporter::new(js.clone(), &subjects, host.clone(), Default::default());
+        eprintln!("Reporter {}", std::mem::size_of_val(&rep));
+        let (_q, qrx) = mpsc::channel(4);
+        let f4 = rep.run(qrx);
+        eprintln!("Reporter::run {}", std::mem::size_of_val(&f4));
+        let (_m3, rx3) = crate::feed::mailbox(4);
+        let mut d = Delivery::new(js.clone(), &subjects, host.clone(), Feed::Mailbox(rx3), tx, Default::default()).await.unwrap();
+        eprintln!("Delivery {}", std::mem::size_of_val(&d));
+        { let f5 = d.step(); eprintln!("Delivery::step {}", std::mem::size_of_val(&f5)); }
+        let (_m4, rx4) = crate::feed::mailbox(4);
+        let (_m5, rx5) = crate::feed::mailbox(4);
+        let mut shell = Shell { client: client.clone(), params: params.clone(), facts: crate::facts::StaticFacts::default(), reg_subject: "a".into(), hb_subject: "b".into(),
+            inbox: Feed::Mailbox(rx4), inbox_subject: "c".into(), reconnects: events.reconnects(), rng: SmallRng::from_os_rng(), seq: 0,
+            delivery: Delivery::new(js.clone(), &subjects, host.clone(), Feed::Mailbox(rx5), mpsc::channel(4).0, Default::default()).await.unwrap(), accepted: None };
+        eprintln!("Shell {}", std::mem::size_of_val(&shell));
+        { let f6 = shell.register(); eprintln!("register {}", std::mem::size_of_val(&f6)); }
+        { let f7 = shell.heartbeat(); eprintln!("heartbeat {}", std::mem::size_of_val(&f7)); }
+        let f8 = shell.run(CancellationToken::new());
+        eprintln!("Shell::run {}", std::mem::size_of_val(&f8));
+        eprintln!("jetstream ctx {} client {} stream {}", std::mem::size_of_val(&js), std::mem::size_of_val(&client), 0);
     }
 }

@@ -20,6 +20,9 @@ pub const EPOCH: &str = "Muster-Epoch";
 pub const TASK: &str = "Muster-Task";
 /// One-line human summary of an event (e.g. `HEALTHY -> HEARTBEAT_LOST`).
 pub const SUMMARY: &str = "Muster-Summary";
+/// On an API read: answer only once this instance has applied the log up to this sequence (read your writes; a
+/// write's answer carries the `seq` it committed at).
+pub const MIN_SEQ: &str = "Muster-Min-Seq";
 /// Error code on an error reply (see [`crate::ErrorCode`]); absent on success.
 pub const ERROR: &str = "Muster-Error";
 

@@ -74,6 +74,10 @@ impl Subjects {
     pub fn leader_api(&self, endpoint: &str) -> String {
         format!("{}.leader.{endpoint}", self.prefix)
     }
+    /// `<prefix>.servers`: every instance answers (no queue group) with its status, for `muster servers`.
+    pub fn servers(&self) -> String {
+        format!("{}.servers", self.prefix)
+    }
     /// `<prefix>.api`: the services-framework group of the operator API.
     pub fn api_group(&self) -> String {
         format!("{}.api", self.prefix)
@@ -101,6 +105,10 @@ impl Subjects {
     /// Stream holding reports.
     pub fn reports_stream(&self) -> String {
         format!("{}_REPORTS", self.stream_stem())
+    }
+    /// Object store holding state snapshots.
+    pub fn snapshot_bucket(&self) -> String {
+        format!("{}-snapshots", self.prefix.replace('.', "-"))
     }
     /// KV bucket holding the leader lease.
     pub fn election_bucket(&self) -> String {

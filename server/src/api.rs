@@ -17,6 +17,10 @@
 //! | `blueprint.apply` | blueprint TOML | `{blueprint, version, mapped, request}` (write) |
 //! | `request.create` | `RequestSpec` JSON | `{request, stages, tasks, skipped_lost_hosts}` (write) |
 //! | `request.cancel` | a request id | `{request, aborted_tasks}` (write) |
+//!
+//! Every read accepts a `Muster-Min-Seq` header (answer once this instance applied that log sequence; writes answer
+//! with the `seq` they committed at). Besides the service, every instance answers `<prefix>.servers` (no queue
+//! group) with its role, epoch, applied sequence, lag and state digest, for `muster servers`.
 
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
@@ -49,6 +53,8 @@ pub struct ApiDeps {
     pub status: Status,
     /// Counters.
     pub metrics: Metrics,
+    /// JetStream (the log's end, for lag).
+    pub js: async_nats::jetstream::Context,
 }
 
 /// Read endpoints.
@@ -79,11 +85,22 @@ pub async fn serve(
         endpoints.push(ep.map(move |r| (*name, r)).boxed());
     }
     let mut requests = futures::stream::select_all(endpoints);
+    // Not part of the service's queue group: every instance answers, so `muster servers` sees them all.
+    let mut status_asks = client.subscribe(subjects.servers()).await.map_err(|e| ApiError(e.to_string()))?;
     let writes = tokio_util::task::TaskTracker::new();
     loop {
         let (name, req) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = requests.next() => match r { Some(r) => r, None => break },
+            Some(ask) = status_asks.next() => {
+                let (deps, client, subjects) = (deps.clone(), client.clone(), subjects.clone());
+                writes.spawn(async move {
+                    let Some(reply) = ask.reply else { return };
+                    let body = server_status(&deps, &subjects).await.to_string();
+                    let _ = client.publish(reply, body.into()).await;
+                });
+                continue;
+            }
         };
         if WRITES.contains(&name) {
             let (client, subject) = (client.clone(), subjects.leader_api(name));
@@ -95,16 +112,31 @@ pub async fn serve(
             });
             continue;
         }
-        let reply = match name {
-            "summary" => summary_counts(&deps),
-            "hosts" => list_hosts(&deps),
-            "host" => one_host(&deps, &req.message.payload),
-            "stats" => Ok(stats_json(&deps)),
-            "components" => components(&deps),
-            "stacks" => stacks(&deps),
-            "requests" => list_requests(&deps),
-            _ => one_request(&deps, &req.message.payload),
-        };
+        let min_seq = req
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(muster_schemas::headers::MIN_SEQ))
+            .map(|v| v.as_str().parse::<u64>());
+        if let Some(min_seq) = min_seq {
+            // Read-your-writes: answer once this instance has applied the caller's write (in its own task, so a
+            // lagging instance does not hold up other reads).
+            let deps = deps.clone();
+            writes.spawn(async move {
+                let reply = match min_seq {
+                    Err(_) => Err(api_error(400, "Muster-Min-Seq must be a number")),
+                    Ok(seq) => match caught_up(&deps, seq).await {
+                        Ok(()) => read(&deps, name, &req.message.payload),
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = req.respond(reply.map(|v| Bytes::from(v.to_string()))).await {
+                    warn!(error = %e, "api reply not sent");
+                }
+            });
+            continue;
+        }
+        let reply = read(&deps, name, &req.message.payload);
         if let Err(e) = req.respond(reply.map(|v| Bytes::from(v.to_string()))).await {
             warn!(error = %e, "api reply not sent");
         }
@@ -113,6 +145,32 @@ pub async fn serve(
     writes.wait().await;
     let _ = svc.stop().await;
     Ok(())
+}
+
+/// How long a read waits for this instance to apply the sequence the caller asked for.
+const MIN_SEQ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn caught_up(deps: &ApiDeps, seq: u64) -> Result<(), service::error::Error> {
+    let mut rx = deps.status.applied.clone();
+    let reached = matches!(tokio::time::timeout(MIN_SEQ_WAIT, rx.wait_for(|a| *a >= seq)).await, Ok(Ok(_)));
+    if reached {
+        return Ok(());
+    }
+    let at = *deps.status.applied.borrow();
+    Err(api_error(503, format!("this instance has applied up to {at} and has not reached {seq} in time")))
+}
+
+fn read(deps: &ApiDeps, name: &str, payload: &[u8]) -> Answer {
+    match name {
+        "summary" => summary_counts(deps),
+        "hosts" => list_hosts(deps),
+        "host" => one_host(deps, payload),
+        "stats" => Ok(stats_json(deps)),
+        "components" => components(deps),
+        "stacks" => stacks(deps),
+        "requests" => list_requests(deps),
+        _ => one_request(deps, payload),
+    }
 }
 
 /// Sends a write to the leader and relays its answer (errors included).
@@ -284,11 +342,36 @@ fn one_request(deps: &ApiDeps, payload: &[u8]) -> Answer {
     serde_json::to_value(view).map_err(|e| api_error(500, e.to_string()))
 }
 
+/// This instance for `muster servers`: role, epoch, how far it applied the log and how far behind it is, uptime,
+/// and the state digest (equal on replicas that applied the same log).
+async fn server_status(deps: &ApiDeps, subjects: &Subjects) -> serde_json::Value {
+    let applied = *deps.status.applied.borrow();
+    // The epoch this instance has applied (a follower learns it from the log, not from leading).
+    let epoch = deps.store.applied().map_or(deps.status.epoch(), |(_, e)| e.max(deps.status.epoch()));
+    let log_end = match deps.js.get_stream(subjects.txn_stream()).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).ok(),
+        Err(_) => None,
+    };
+    let store = deps.store.clone();
+    let digest = tokio::task::spawn_blocking(move || store.digest()).await.ok().and_then(|d| d.ok());
+    json!({
+        "id": deps.status.server_id,
+        "role": deps.status.role().as_str(),
+        "epoch": epoch,
+        "applied_seq": applied,
+        "log_end": log_end,
+        "lag": log_end.map(|e| e.saturating_sub(applied)),
+        "uptime_secs": deps.status.started.elapsed().as_secs_f64(),
+        "digest": digest,
+    })
+}
+
 fn stats_json(deps: &ApiDeps) -> serde_json::Value {
+    let epoch = deps.store.applied().map_or(deps.status.epoch(), |(_, e)| e.max(deps.status.epoch()));
     json!({
         "server_id": deps.status.server_id,
         "role": deps.status.role().as_str(),
-        "epoch": deps.status.epoch(),
+        "epoch": epoch,
         "applied_seq": *deps.status.applied.borrow(),
         "uptime_secs": deps.status.started.elapsed().as_secs_f64(),
         "counters": deps.metrics.snapshot(),

@@ -112,6 +112,12 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Every server instance: role, epoch, applied log sequence, lag, uptime and state digest.
+    Servers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a running request: queued tasks are dropped, running ones killed.
     Cancel {
         /// Request id.
@@ -222,7 +228,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let client = async_nats::ConnectOptions::new()
         .name("muster-cli")
-        .connect(&cli.nats)
+        .connect(
+            crate::server::server_addrs(&cli.nats)
+                .map_err(|source| CliError::Connect { url: cli.nats.clone(), source })?,
+        )
         .await
         .map_err(|source| CliError::Connect { url: cli.nats.clone(), source })?;
     let subjects = Subjects::new(&cli.prefix);
@@ -288,7 +297,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             )?;
             if let Some(id) = v["request"].as_u64() {
                 writeln!(out, "request {id} closes the gap")?;
-                return follow(&client, &subjects, id, cli.api_timeout).await;
+                return follow(&client, &subjects, id, v["seq"].as_u64(), cli.api_timeout).await;
             }
         }
         Command::Components { json } => {
@@ -360,13 +369,40 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Request { id, json, watch } => {
             if watch {
-                return follow(&client, &subjects, id, cli.api_timeout).await;
+                return follow(&client, &subjects, id, None, cli.api_timeout).await;
             }
             let v = request(&client, &subjects.api("request"), &id.to_string(), cli.api_timeout).await?;
             if json {
                 print_json(out, &v)?;
             } else {
                 print_request(out, &from_value(v)?)?;
+            }
+        }
+        Command::Servers { json } => {
+            let mut rows = servers(&client, &subjects, cli.api_timeout).await?;
+            rows.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_string());
+            if json {
+                print_json(out, &serde_json::Value::Array(rows))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<20} {:<9} {:>8} {:>10} {:>6} {:>10}  DIGEST",
+                    "ID", "ROLE", "EPOCH", "APPLIED", "LAG", "UPTIME"
+                )?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:<20} {:<9} {:>8} {:>10} {:>6} {:>10}  {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["role"].as_str().unwrap_or(""),
+                        r["epoch"].to_string(),
+                        r["applied_seq"].to_string(),
+                        r["lag"].to_string(),
+                        secs(r["uptime_secs"].as_f64()),
+                        r["digest"].as_str().unwrap_or("-")
+                    )?;
+                }
+                writeln!(out, "{} server(s)", rows.len())?;
             }
         }
         Command::Cancel { id } => {
@@ -420,21 +456,27 @@ async fn submit(
         writeln!(out, "follow it with: muster request {id} --watch")?;
         return Ok(());
     }
-    follow(client, subjects, id, timeout).await
+    follow(client, subjects, id, v["seq"].as_u64(), timeout).await
 }
 
 /// How often `--watch` polls the request.
 const WATCH_POLL: Duration = Duration::from_millis(300);
 
 /// Shows a progress bar per stage until the request ends; fails (exit 1) unless it COMPLETED.
-async fn follow(client: &async_nats::Client, subjects: &Subjects, id: u64, timeout: Duration) -> Result<(), CliError> {
+async fn follow(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    id: u64,
+    min_seq: Option<u64>,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let bars = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template("{prefix:<40} [{bar:30}] {pos}/{len} {msg}")
         .map_err(|e| CliError::Decode(e.to_string()))?
         .progress_chars("=> ");
     let mut stage_bars: Vec<indicatif::ProgressBar> = Vec::new();
     let view = loop {
-        let v = request(client, &subjects.api("request"), &id.to_string(), timeout).await?;
+        let v = request_at(client, &subjects.api("request"), &id.to_string(), timeout, min_seq).await?;
         let view: RequestView = from_value(v)?;
         if stage_bars.is_empty() {
             for s in &view.stages {
@@ -522,17 +564,69 @@ fn print_request(out: &mut impl Write, v: &RequestView) -> Result<(), CliError> 
     Ok(())
 }
 
+/// How long `muster servers` keeps collecting answers after the last one arrived.
+const SERVERS_QUIET: Duration = Duration::from_millis(300);
+
+/// Asks every instance for its status and collects the answers until none has come for a moment.
+async fn servers(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    timeout: Duration,
+) -> Result<Vec<serde_json::Value>, CliError> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.map_err(|e| CliError::Decode(e.to_string()))?;
+    client
+        .publish_with_reply(subjects.servers(), inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| CliError::Decode(e.to_string()))?;
+    let mut rows = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let wait = if rows.is_empty() {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            SERVERS_QUIET
+        };
+        match tokio::time::timeout(wait, futures::StreamExt::next(&mut sub)).await {
+            Ok(Some(m)) => rows.push(serde_json::from_slice(&m.payload).map_err(|e| CliError::Decode(e.to_string()))?),
+            _ => break,
+        }
+    }
+    if rows.is_empty() {
+        return Err(CliError::NoAnswer { subject: subjects.servers(), timeout, detail: "no server answered".into() });
+    }
+    Ok(rows)
+}
+
 async fn request(
     client: &async_nats::Client,
     subject: &str,
     body: &str,
     timeout: Duration,
 ) -> Result<serde_json::Value, CliError> {
+    request_at(client, subject, body, timeout, None).await
+}
+
+/// A request whose answer must reflect the log up to `min_seq` (read your writes on any instance).
+async fn request_at(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    timeout: Duration,
+    min_seq: Option<u64>,
+) -> Result<serde_json::Value, CliError> {
     let no_answer = |detail: String| CliError::NoAnswer { subject: subject.to_string(), timeout, detail };
-    let msg = tokio::time::timeout(timeout, client.request(subject.to_string(), body.to_string().into()))
-        .await
-        .map_err(|_| no_answer("timed out".into()))?
-        .map_err(|e| no_answer(e.to_string()))?;
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(seq) = min_seq {
+        headers.insert(muster_schemas::headers::MIN_SEQ, seq.to_string().as_str());
+    }
+    let msg = tokio::time::timeout(
+        timeout,
+        client.request_with_headers(subject.to_string(), headers, body.to_string().into()),
+    )
+    .await
+    .map_err(|_| no_answer("timed out".into()))?
+    .map_err(|e| no_answer(e.to_string()))?;
     if let Some(h) = &msg.headers {
         if let Some(status) = h.get(async_nats::service::NATS_SERVICE_ERROR) {
             let code = h.get(async_nats::service::NATS_SERVICE_ERROR_CODE).map(|c| c.to_string()).unwrap_or_default();
@@ -633,6 +727,7 @@ mod tests {
         Cli::try_parse_from(["muster", "run", "--hosts", "h1", "--", "uptime", "-p"]).unwrap();
         Cli::try_parse_from(["muster", "stack", "apply", "toy.toml"]).unwrap();
         Cli::try_parse_from(["muster", "request", "3", "--watch"]).unwrap();
+        Cli::try_parse_from(["muster", "servers", "--json"]).unwrap();
         assert!(Cli::try_parse_from(["muster", "run", "--hosts", "h1"]).is_err(), "run needs argv");
     }
 }

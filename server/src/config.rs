@@ -25,11 +25,14 @@ pub struct ServerConfig {
     pub lease_ttl_ms: u64,
     /// Registrations in flight on the leader before new ones are told to back off (`MUSTER_MAX_REGISTRATIONS_IN_FLIGHT`).
     pub max_registrations_in_flight: usize,
-    /// JetStream stream replicas (`MUSTER_REPLICAS`): 1 on a single node, 3 on a 3-node cluster.
+    /// JetStream replicas of muster's streams and buckets (`MUSTER_REPLICAS`); 0 = follow the NATS cluster: 3 when
+    /// connected to a cluster of 3 or more nodes, otherwise 1.
     pub replicas: usize,
     /// Added to a task's timeout before the leader stops waiting for its report and re-sends it
     /// (`MUSTER_TASK_GRACE_MS`).
     pub task_grace_ms: u64,
+    /// Applied log entries between snapshots; the log is trimmed behind each (`MUSTER_SNAPSHOT_EVERY`).
+    pub snapshot_every: u64,
     /// `voter` (may lead; follower otherwise) or `observer` (never campaigns) (`MUSTER_ROLE`).
     pub role: ServerRole,
 }
@@ -55,8 +58,9 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("MUSTER_HEARTBEAT_MISSES", "3", "missed intervals before a host is HEARTBEAT_LOST"),
     ("MUSTER_LEASE_TTL_MS", "2000", "leader lease TTL; bounds failover time"),
     ("MUSTER_MAX_REGISTRATIONS_IN_FLIGHT", "200", "admission limit for registrations"),
-    ("MUSTER_REPLICAS", "1", "JetStream replicas for muster's streams and buckets"),
+    ("MUSTER_REPLICAS", "0", "JetStream replicas of muster's streams and buckets; 0 = 3 on a 3+ node cluster, else 1"),
     ("MUSTER_TASK_GRACE_MS", "10000", "extra wait past a task's timeout before it is re-sent"),
+    ("MUSTER_SNAPSHOT_EVERY", "10000", "log entries between state snapshots (the log is trimmed behind each)"),
     ("MUSTER_ROLE", "voter", "voter (may lead) or observer (never campaigns)"),
     ("MUSTER_LOG", "info", "tracing filter (e.g. muster_server=debug)"),
 ];
@@ -90,9 +94,10 @@ impl ServerConfig {
             .set_default("heartbeat_misses", 3)?
             .set_default("lease_ttl_ms", 2000)?
             .set_default("max_registrations_in_flight", 200)?
-            .set_default("replicas", 1)?
+            .set_default("replicas", 0)?
             .set_default("role", "voter")?
-            .set_default("task_grace_ms", 10_000)?;
+            .set_default("task_grace_ms", 10_000)?
+            .set_default("snapshot_every", 10_000)?;
         if let Some(f) = file {
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml).required(true));
         }
@@ -115,11 +120,14 @@ impl ServerConfig {
         if self.lease_ttl_ms < 300 {
             return bad("MUSTER_LEASE_TTL_MS must be at least 300");
         }
+        if self.snapshot_every == 0 {
+            return bad("MUSTER_SNAPSHOT_EVERY must be at least 1");
+        }
         if self.max_registrations_in_flight == 0 {
             return bad("MUSTER_MAX_REGISTRATIONS_IN_FLIGHT must be at least 1");
         }
-        if !(1..=5).contains(&self.replicas) {
-            return bad("MUSTER_REPLICAS must be between 1 and 5");
+        if self.replicas > 5 {
+            return bad("MUSTER_REPLICAS must be between 0 (auto) and 5");
         }
         if self.server_id.is_empty() || self.server_id.contains(['.', '*', '>', ' ']) {
             return bad("MUSTER_SERVER_ID must be non-empty and contain no '.', '*', '>' or spaces");

@@ -5,12 +5,13 @@
 //! moment one renewal fails. Expiry produces no watch event, so candidates retry `create` on a timer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use muster_schemas::Subjects;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -51,6 +52,23 @@ pub struct Lease {
     pub epoch: u64,
     /// Latest revision of the key we wrote; renewals and the release update at it.
     revision: Arc<AtomicU64>,
+    /// Until when the lease certainly holds: the send time of the last successful write + TTL. The bucket expires
+    /// the key TTL after the server *received* that write, which is later, so this errs on the safe side. It uses
+    /// the monotonic clock, which keeps running while the process is stopped (SIGSTOP), so a leader that wakes up
+    /// after its lease ran out knows it before it writes anything.
+    valid_until: Arc<Mutex<Instant>>,
+}
+
+impl Lease {
+    /// Whether the lease certainly still holds.
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn renewed(&self, revision: u64, sent: Instant, ttl: Duration) {
+        self.revision.store(revision, Ordering::SeqCst);
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
+    }
 }
 
 /// Who currently holds the lease, if anyone (for `not leader` errors and `muster servers`).
@@ -61,12 +79,23 @@ pub async fn current_leader(kv: &kv::Store) -> Option<(String, u64)> {
 }
 
 /// Tries to win the lease every `retry` until it does (`Some`) or `shutdown` fires (`None`).
-pub async fn campaign(kv: &kv::Store, server_id: &str, retry: Duration, shutdown: &CancellationToken) -> Option<Lease> {
+pub async fn campaign(
+    kv: &kv::Store,
+    server_id: &str,
+    ttl: Duration,
+    retry: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Lease> {
     loop {
+        let sent = Instant::now();
         match kv.create(LEADER_KEY, Bytes::from(server_id.to_string())).await {
             Ok(revision) => {
                 info!(epoch = revision, "won the leader lease");
-                return Some(Lease { epoch: revision, revision: Arc::new(AtomicU64::new(revision)) });
+                return Some(Lease {
+                    epoch: revision,
+                    revision: Arc::new(AtomicU64::new(revision)),
+                    valid_until: Arc::new(Mutex::new(sent + ttl)),
+                });
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => debug!("lease held by another instance"),
             Err(e) => warn!(error = %e, "lease create failed"),
@@ -86,12 +115,13 @@ pub async fn hold(kv: kv::Store, server_id: String, lease: Lease, ttl: Duration,
             _ = deposed.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        let sent = Instant::now();
         let renewal = tokio::time::timeout(
             period,
             kv.update(LEADER_KEY, Bytes::from(server_id.clone()), lease.revision.load(Ordering::SeqCst)),
         );
         match renewal.await {
-            Ok(Ok(revision)) => lease.revision.store(revision, Ordering::SeqCst),
+            Ok(Ok(revision)) => lease.renewed(revision, sent, ttl),
             Ok(Err(e)) => {
                 warn!(epoch = lease.epoch, error = %e, "lease renewal failed; stepping down");
                 deposed.cancel();

@@ -5,6 +5,7 @@
 //! - [`server`]   — `run(config, client, metrics, shutdown)`: wires an instance and drives its role.
 //! - [`election`] — the leader lease in KV; its revision is the epoch.
 //! - [`log`]      — the txn log on JetStream: fenced appends, the applier every instance runs.
+//! - [`snapshot`] — state snapshots in the object store; the log is trimmed only behind the newest.
 //! - [`store`]    — redb: materialised state plus `applied_seq`, written only by the applier.
 //! - [`plan`]     — stage planning: dependency order, rolling batches, only the gap.
 //! - [`prep`]     — Prep: limits, version, host-id and subject checks for agent messages.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod plan;
 pub mod prep;
 pub mod server;
+pub mod snapshot;
 pub mod stack;
 pub mod status;
 pub mod store;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::election::Lease;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -40,6 +41,9 @@ pub enum LogError {
         /// The last sequence this leader believed in.
         expected: u64,
     },
+    /// The leader's lease may have expired (e.g. the process was stopped): it must not write.
+    #[error("the leader lease of epoch {0} may have expired; not writing")]
+    LeaseExpired(u64),
     /// The txn would exceed the maximum log entry size.
     #[error("txn of {0} bytes exceeds the log entry limit")]
     TooLarge(usize),
@@ -52,6 +56,17 @@ pub enum LogError {
     /// The store failed while applying.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log skipped entries this replica needs (they were trimmed behind a snapshot).
+    #[error("log gap: expected sequence {expected}, got {got}")]
+    Gap {
+        /// What came next for us.
+        expected: u64,
+        /// What the stream delivered.
+        got: u64,
+    },
+    /// A snapshot could not be loaded.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Creates or updates the txn stream. File storage, no limits (the log is trimmed only behind a snapshot), direct
@@ -163,6 +178,7 @@ pub async fn last_sequence(js: &jetstream::Context, subjects: &Subjects) -> Resu
 
 /// The leader's write handle on the log.
 pub struct Appender {
+    lease: Lease,
     js: jetstream::Context,
     subject: String,
     stream: String,
@@ -172,9 +188,11 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// An appender for a leader of `epoch` that has applied the log up to `last_seq` (its end).
-    pub fn new(js: jetstream::Context, subjects: &Subjects, server_id: &str, epoch: u64, last_seq: u64) -> Self {
+    /// An appender for the leader holding `lease` that has applied the log up to `last_seq` (its end).
+    pub fn new(js: jetstream::Context, subjects: &Subjects, server_id: &str, lease: Lease, last_seq: u64) -> Self {
+        let epoch = lease.epoch;
         Self {
+            lease,
             js,
             subject: subjects.txn(),
             stream: subjects.txn_stream(),
@@ -189,8 +207,16 @@ impl Appender {
         self.epoch
     }
 
+    /// The last sequence this leader appended (or started from).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// Appends `txn` right after the last known sequence and returns its sequence.
     pub async fn append(&mut self, txn: &Txn) -> Result<u64, LogError> {
+        if !self.lease.is_valid() {
+            return Err(LogError::LeaseExpired(self.epoch));
+        }
         let body = codec::encode(txn);
         if body.len() > limits::MAX_TXN_BYTES {
             return Err(LogError::TooLarge(body.len()));
@@ -278,9 +304,30 @@ async fn apply_stream(
     applied: &watch::Sender<u64>,
     metrics: &Metrics,
 ) -> Result<(), LogError> {
-    let (from, _) = store.applied()?;
+    let (mut from, _) = store.applied()?;
+    let mut stream = js.get_stream(subjects.txn_stream()).await.map_err(|e| LogError::Stream(e.to_string()))?;
+    let first = stream.info().await.map_err(|e| LogError::Stream(e.to_string()))?.state.first_sequence;
+    if first > from + 1 {
+        // What we need next was trimmed behind a snapshot: load it, then apply the log after it.
+        let snap = crate::snapshot::latest(js, subjects)
+            .await?
+            .ok_or_else(|| LogError::Stream(format!("the log starts at {first} but no snapshot exists")))?;
+        if snap.seq + 1 < first {
+            return Err(LogError::Stream(format!(
+                "the newest snapshot ends at {} but the log starts at {first}",
+                snap.seq
+            )));
+        }
+        if snap.seq > from {
+            let st = store.clone();
+            let seq = snap.seq;
+            tokio::task::spawn_blocking(move || st.restore(&snap)).await.map_err(StoreError::from)??;
+            metrics.inc("snapshot.restored");
+            info!(seq, "state restored from snapshot");
+            from = seq;
+        }
+    }
     applied.send_replace(from);
-    let stream = js.get_stream_no_info(subjects.txn_stream()).await.map_err(|e| LogError::Stream(e.to_string()))?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from + 1 },
@@ -292,12 +339,26 @@ async fn apply_stream(
     let messages = consumer.messages().await.map_err(|e| LogError::Stream(e.to_string()))?;
     info!(from = from + 1, "applying txn log");
     let mut groups = messages.ready_chunks(MAX_APPLY_GROUP);
+    let mut expected = from + 1;
     while let Some(group) = groups.next().await {
         let mut batch = Vec::with_capacity(group.len());
         let mut last_seen = None;
         for m in group {
             let m = m.map_err(|e| LogError::Stream(e.to_string()))?;
             let seq = m.info().map_err(|e| LogError::Stream(e.to_string()))?.stream_sequence;
+            if seq > expected {
+                // Trimmed under us: apply what we have, then start over (from the snapshot).
+                if let Some(last) = last_seen {
+                    let st = store.clone();
+                    tokio::task::spawn_blocking(move || st.apply(&batch, last)).await.map_err(StoreError::from)??;
+                    applied.send_replace(last);
+                }
+                return Err(LogError::Gap { expected, got: seq });
+            }
+            if seq < expected {
+                continue;
+            }
+            expected = seq + 1;
             last_seen = Some(seq);
             match codec::decode::<Txn>(&m.payload, limits::MAX_TXN_BYTES + 64 * 1024) {
                 Ok(txn) => batch.push((seq, txn)),

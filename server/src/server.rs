@@ -31,6 +31,9 @@ pub enum ServerError {
     /// The election bucket could not be set up.
     #[error(transparent)]
     Election(#[from] election::ElectionError),
+    /// The snapshot bucket could not be set up.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// redb could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -61,9 +64,31 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let subjects = Subjects::new(&cfg.prefix);
     let js = jetstream::new(client.clone());
-    let stream = log::ensure_stream(&js, &subjects, cfg.replicas).await?;
-    log::ensure_work_streams(&js, &subjects, cfg.replicas).await?;
-    let kv = election::ensure_bucket(&js, &subjects, cfg.lease_ttl(), cfg.replicas).await?;
+    let replicas = replicas_for(&cfg, &client).await;
+    info!(replicas, "JetStream replicas");
+    // Every instance sets up the same streams and buckets; in a cluster these calls race (and a replica change
+    // takes a while), so a timeout here is retried, not fatal.
+    let mut delay = SETUP_RETRY_FIRST;
+    let (stream, kv) = loop {
+        let setup = async {
+            let stream = log::ensure_stream(&js, &subjects, replicas).await?;
+            log::ensure_work_streams(&js, &subjects, replicas).await?;
+            crate::snapshot::ensure_bucket(&js, &subjects, replicas).await?;
+            let kv = election::ensure_bucket(&js, &subjects, cfg.lease_ttl(), replicas).await?;
+            Ok::<_, ServerError>((stream, kv))
+        };
+        match setup.await {
+            Ok(done) => break done,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "setting up streams and buckets failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(SETUP_RETRY_MAX);
+            }
+        }
+    };
     let store = Store::open(&cfg.redb_path())?;
     let (applied_seq, epoch) = store.applied()?;
     if applied_seq > stream.state.last_sequence {
@@ -107,7 +132,7 @@ pub async fn run(
         });
     }
     {
-        let deps = ApiDeps { store: store.clone(), status: status.clone(), metrics: metrics.clone() };
+        let deps = ApiDeps { store: store.clone(), status: status.clone(), metrics: metrics.clone(), js: js.clone() };
         let api = api::serve(client.clone(), subjects.clone(), deps, shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = api.await {
@@ -132,7 +157,9 @@ pub async fn run(
             metrics: metrics.clone(),
         };
         let admission = Arc::new(Semaphore::new(cfg.max_registrations_in_flight));
-        while let Some(lease) = election::campaign(&kv, &cfg.server_id, cfg.lease_ttl() / 4, &shutdown).await {
+        while let Some(lease) =
+            election::campaign(&kv, &cfg.server_id, cfg.lease_ttl(), cfg.lease_ttl() / 4, &shutdown).await
+        {
             status.set_role(Role::Leader);
             status.set_epoch(lease.epoch);
             let deposed = shutdown.child_token();
@@ -144,6 +171,15 @@ pub async fn run(
                 cfg.server_id.clone(),
                 lease.clone(),
                 cfg.lease_ttl(),
+                deposed.clone(),
+            ));
+            term.spawn(crate::snapshot::run_snapshotter(
+                js.clone(),
+                subjects.clone(),
+                store.clone(),
+                deps.applied.clone(),
+                cfg.snapshot_every,
+                metrics.clone(),
                 deposed.clone(),
             ));
             {
@@ -196,6 +232,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Stream replicas: the configured number, or (0 = auto) 3 on a NATS cluster of 3 or more nodes and 1 otherwise —
+/// the cluster size is what the connected server announces in its INFO (its cluster's client URLs).
+async fn replicas_for(cfg: &ServerConfig, client: &async_nats::Client) -> usize {
+    if cfg.replicas > 0 {
+        return cfg.replicas;
+    }
+    // With retry-on-connect the client may not have the server's INFO yet, and a cluster's URLs can arrive in an
+    // INFO update just after: give both a moment.
+    let deadline = tokio::time::Instant::now() + CLUSTER_INFO_WAIT;
+    loop {
+        let info = client.server_info();
+        let nodes = if info.cluster.is_some() { info.connect_urls.len().max(1) } else { 1 };
+        if nodes >= 3 {
+            return 3;
+        }
+        let known = !info.server_id.is_empty();
+        if (known && info.cluster.is_none()) || tokio::time::Instant::now() >= deadline {
+            return 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// First and longest pause between attempts to set up streams and buckets.
+const SETUP_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const SETUP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long to wait for a clustered server to announce its peers.
+const CLUSTER_INFO_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Connects to NATS with muster's options: retry on first connect, a large subscription buffer (heartbeat bursts
 /// from a big fleet), and slow-consumer / disconnect events counted and logged.
 pub async fn connect(urls: &str, name: &str, metrics: Metrics) -> Result<async_nats::Client, async_nats::ConnectError> {
@@ -217,8 +283,21 @@ pub async fn connect(urls: &str, name: &str, metrics: Metrics) -> Result<async_n
                 }
             }
         })
-        .connect(urls)
+        .connect(server_addrs(urls)?)
         .await
+}
+
+/// Parses a comma-separated list of NATS URLs (every node of a cluster, so the first connect survives one being
+/// down).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e))
+        })
+        .collect()
 }
 
 /// Per-subscription buffer. The default (65,536) drops heartbeats when 100k agents beat in a burst (DESIGN.md).

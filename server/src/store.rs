@@ -42,6 +42,25 @@ const EPOCH: &str = "epoch";
 /// Largest record we accept back from disk; a record bigger than this was not written by us.
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// Tables keyed by strings, in the order snapshots and digests walk them.
+const STR_TABLES: [TableDefinition<&str, &[u8]>; 6] =
+    [HOSTS, STACKS, STACK_VERSIONS, BLUEPRINTS, HOST_COMPONENTS, CURSORS];
+/// Tables keyed by ids.
+const ID_TABLES: [TableDefinition<u64, &[u8]>; 2] = [REQUESTS, TASKS];
+
+/// The whole state at one log sequence: what a snapshot in the object store holds (ZooKeeper's SNAP).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The last log sequence the state includes.
+    pub seq: u64,
+    /// The highest epoch applied.
+    pub epoch: u64,
+    /// String-keyed tables: name → rows (key, encoded record).
+    pub str_tables: Vec<(String, Vec<(String, serde_bytes::ByteBuf)>)>,
+    /// Id-keyed tables: name → rows.
+    pub id_tables: Vec<(String, Vec<(u64, serde_bytes::ByteBuf)>)>,
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -186,6 +205,91 @@ impl Store {
         Ok(out)
     }
 
+    /// A consistent copy of everything (one read transaction), for the snapshot object.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let r = self.db.begin_read()?;
+        let meta = r.open_table(META)?;
+        let seq = meta.get(APPLIED_SEQ)?.map_or(0, |v| v.value());
+        let epoch = meta.get(EPOCH)?.map_or(0, |v| v.value());
+        let mut str_tables = Vec::new();
+        for def in STR_TABLES {
+            let t = r.open_table(def)?;
+            let mut rows = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                rows.push((k.value().to_string(), serde_bytes::ByteBuf::from(v.value().to_vec())));
+            }
+            str_tables.push((def.name().to_string(), rows));
+        }
+        let mut id_tables = Vec::new();
+        for def in ID_TABLES {
+            let t = r.open_table(def)?;
+            let mut rows = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                rows.push((k.value(), serde_bytes::ByteBuf::from(v.value().to_vec())));
+            }
+            id_tables.push((def.name().to_string(), rows));
+        }
+        Ok(Snapshot { seq, epoch, str_tables, id_tables })
+    }
+
+    /// Replaces everything with `snap` in one write transaction (tables, `applied_seq`, epoch).
+    pub fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        {
+            for def in STR_TABLES {
+                let mut t = w.open_table(def)?;
+                t.retain(|_, _| false)?;
+                if let Some((_, rows)) = snap.str_tables.iter().find(|(n, _)| n == def.name()) {
+                    for (k, v) in rows {
+                        t.insert(k.as_str(), v.as_slice())?;
+                    }
+                }
+            }
+            for def in ID_TABLES {
+                let mut t = w.open_table(def)?;
+                t.retain(|_, _| false)?;
+                if let Some((_, rows)) = snap.id_tables.iter().find(|(n, _)| n == def.name()) {
+                    for (k, v) in rows {
+                        t.insert(*k, v.as_slice())?;
+                    }
+                }
+            }
+            let mut meta = w.open_table(META)?;
+            meta.insert(APPLIED_SEQ, snap.seq)?;
+            meta.insert(EPOCH, snap.epoch)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// SHA-256 over every table (names, keys and encoded records in key order), hex: equal on every replica that
+    /// applied the same log, whatever route it took there (log only, or snapshot + log).
+    pub fn digest(&self) -> Result<String, StoreError> {
+        use sha2::Digest as _;
+        let snap = self.snapshot()?;
+        let mut h = sha2::Sha256::new();
+        for (name, rows) in &snap.str_tables {
+            h.update(name.as_bytes());
+            for (k, v) in rows {
+                h.update((k.len() as u64).to_le_bytes());
+                h.update(k.as_bytes());
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v);
+            }
+        }
+        for (name, rows) in &snap.id_tables {
+            h.update(name.as_bytes());
+            for (k, v) in rows {
+                h.update(k.to_le_bytes());
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v);
+            }
+        }
+        Ok(h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Applies log entries `(seq, txn)` in one durable write transaction (group commit) and records `applied_seq`
     /// as `through`: the last sequence consumed, which may lie past the last entry when undecodable ones were skipped.
     ///
@@ -311,6 +415,22 @@ mod tests {
         assert_eq!(stale, ApplyOutcome { applied: 0, stale: 1 });
         assert_eq!(store.host(&HostId::new("a").unwrap()).unwrap().unwrap().state, HostState::Healthy);
         assert_eq!(store.applied().unwrap(), (3, 5));
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_state_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a.redb")).unwrap();
+        a.apply(&[(4, txn(3, vec![TxnOp::PutHost(Box::new(rec("x", HostState::Healthy)))]))], 4).unwrap();
+        let b = Store::open(&dir.path().join("b.redb")).unwrap();
+        b.apply(&[(1, txn(1, vec![TxnOp::PutHost(Box::new(rec("stale", HostState::Init)))]))], 1).unwrap();
+        assert_ne!(a.digest().unwrap(), b.digest().unwrap());
+        let snap = a.snapshot().unwrap();
+        let bytes = codec::encode(&snap);
+        b.restore(&codec::decode(&bytes, usize::MAX).unwrap()).unwrap();
+        assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+        assert_eq!(b.applied().unwrap(), (4, 3));
+        assert_eq!(b.hosts().unwrap().len(), 1, "rows not in the snapshot are gone");
     }
 
     #[test]

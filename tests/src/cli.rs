@@ -2,19 +2,72 @@
 //! (so a test also checks the CLI's output against the wire contract).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use muster_schemas::api::{HostDetail, HostSummary};
+use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestView};
+use muster_schemas::cluster::TaskStatus;
+use muster_schemas::commands::RequestId;
 use serde::Deserialize;
 
 use crate::paths::workspace_bin;
 use crate::wait::within;
 
 /// How long one CLI call may take. A call is one NATS request; seconds mean the server is stuck or gone.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls that follow a request to its end (`blueprint apply`, `start` without `--detach`) take their own limit.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a `muster` run printed and how it exited, for calls that are expected to fail.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The command line, for messages.
+    pub what: String,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Fails, quoting both streams, unless the call exited 0.
+    pub fn success(self) -> anyhow::Result<Self> {
+        if !self.status.success() {
+            anyhow::bail!(
+                "{} failed ({}): stderr: {} stdout: {}",
+                self.what,
+                self.status,
+                self.stderr.trim(),
+                self.stdout.trim()
+            );
+        }
+        Ok(self)
+    }
+
+    /// Fails, quoting both streams, unless the call exited non-zero; returns its stderr.
+    pub fn failure(self) -> anyhow::Result<String> {
+        if self.status.success() {
+            anyhow::bail!("{} succeeded but should have failed; stdout: {}", self.what, self.stdout.trim());
+        }
+        Ok(self.stderr)
+    }
+}
+
+/// One row of `muster requests --json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RequestRow {
+    /// Request id.
+    pub id: RequestId,
+    /// What was asked.
+    pub description: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Number of tasks.
+    pub tasks: usize,
+}
 
 /// `muster stats --json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +106,11 @@ impl Cli {
 
     /// Runs `muster --nats <url> <args>` and returns its stdout; fails with its stderr on a non-zero exit.
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        Ok(self.output(args, CALL_TIMEOUT).await?.success()?.stdout)
+    }
+
+    /// Runs `muster --nats <url> <args>` for at most `limit` and returns how it ended, whatever the exit status.
+    pub async fn output(&self, args: &[&str], limit: Duration) -> anyhow::Result<CliOutput> {
         let what = format!("`muster {}`", args.join(" "));
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("--nats").arg(&self.nats_url).args(args);
@@ -62,17 +120,13 @@ impl Cli {
                 cmd.env_remove(key);
             }
         }
-        let out = within(CALL_TIMEOUT, &what, cmd.output()).await?.with_context(|| format!("running {what}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            anyhow::bail!(
-                "{what} failed ({}): stderr: {} stdout: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                stdout.trim()
-            );
-        }
-        Ok(stdout)
+        let out = within(limit, &what, cmd.output()).await?.with_context(|| format!("running {what}"))?;
+        Ok(CliOutput {
+            what,
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// Runs `muster <args> --json` and parses stdout as JSON of type `T`.
@@ -99,4 +153,69 @@ impl Cli {
     pub async fn stats(&self) -> anyhow::Result<Stats> {
         self.json(&["stats"]).await
     }
+
+    /// `muster stack apply <file>`; returns its stdout.
+    pub async fn apply_stack(&self, file: &Path) -> anyhow::Result<String> {
+        self.run(&["stack", "apply", path_arg(file)?]).await
+    }
+
+    /// `muster blueprint apply <file>`, which follows the request it starts to its end (at most `limit`). Returns
+    /// how it ended: it exits 0 only if that request COMPLETED.
+    pub async fn apply_blueprint(&self, file: &Path, limit: Duration) -> anyhow::Result<CliOutput> {
+        self.output(&["blueprint", "apply", path_arg(file)?], limit).await
+    }
+
+    /// `muster components --json`.
+    pub async fn components(&self) -> anyhow::Result<Vec<ComponentView>> {
+        self.json(&["components"]).await
+    }
+
+    /// `muster requests --json`, newest first.
+    pub async fn requests(&self) -> anyhow::Result<Vec<RequestRow>> {
+        self.json(&["requests"]).await
+    }
+
+    /// `muster request <id> --json`.
+    pub async fn request(&self, id: RequestId) -> anyhow::Result<RequestView> {
+        self.json(&["request", &id.to_string()]).await
+    }
+
+    /// Runs a request-starting command (`start toy`, `run --hosts h1 -- true`, ...) with `--detach` and returns
+    /// the id it printed (`request 7: 3 task(s) in 2 stage(s)`).
+    pub async fn submit(&self, args: &[&str]) -> anyhow::Result<RequestId> {
+        // `--detach` must come before `--` of `muster run`.
+        let mut full: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        match args.iter().position(|a| *a == "--") {
+            Some(i) => {
+                full.extend(&args[..i]);
+                full.push("--detach");
+                full.extend(&args[i..]);
+            }
+            None => {
+                full.extend(args);
+                full.push("--detach");
+            }
+        }
+        let stdout = self.run(&full).await?;
+        parse_request_id(&stdout)
+            .with_context(|| format!("`muster {}` printed no request id: {stdout}", full.join(" ")))
+    }
+
+    /// `muster cancel <id>`; returns its stdout.
+    pub async fn cancel(&self, id: RequestId) -> anyhow::Result<String> {
+        self.run(&["cancel", &id.to_string()]).await
+    }
+}
+
+/// The id in a line `request <id>: ...` or `request <id> closes the gap`.
+pub fn parse_request_id(stdout: &str) -> Option<RequestId> {
+    stdout.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("request ")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
+fn path_arg(file: &Path) -> anyhow::Result<&str> {
+    file.to_str().with_context(|| format!("{} is not UTF-8", file.display()))
 }

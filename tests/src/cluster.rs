@@ -10,9 +10,11 @@ use muster_schemas::api::HostSummary;
 use muster_schemas::HostState;
 
 use crate::cli::Cli;
+use crate::descendants::Descendants;
 use crate::nats_server::NatsServer;
 use crate::paths::{workspace_bin, TestDir};
 use crate::process::Proc;
+use crate::stacks::WorkDir;
 use crate::wait::{wait_until, Check};
 
 /// Overrides the `MUSTER_LOG` filter given to the processes under test.
@@ -45,22 +47,64 @@ impl Timing {
     }
 }
 
+/// Settings of the processes under test beyond the protocol timers, as `MUSTER_*` variables: for the server and
+/// for every agent (including agents spawned later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Extra environment of the muster-server.
+    pub server: BTreeMap<String, String>,
+    /// Extra environment of every agent.
+    pub agents: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// The command path at test speed: status checks every 500 ms and progress reports as often (so component
+    /// states and task output follow within a second), auto-restarts at least 1 s apart (the default of 5 min
+    /// would allow one restart per test), and a task the leader hears nothing about re-sent 2 s past its
+    /// timeout (default 10 s).
+    pub fn fast_commands() -> Self {
+        Self::default()
+            .server("MUSTER_TASK_GRACE_MS", "2000")
+            .agent("MUSTER_STATUS_INTERVAL_MS", "500")
+            .agent("MUSTER_PROGRESS_INTERVAL_MS", "500")
+            .agent("MUSTER_AUTO_RESTART_MIN_GAP_MS", "1000")
+    }
+
+    /// Sets `key` for the server.
+    pub fn server(mut self, key: &str, value: &str) -> Self {
+        self.server.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Sets `key` for every agent.
+    pub fn agent(mut self, key: &str, value: &str) -> Self {
+        self.agents.insert(key.to_string(), value.to_string());
+        self
+    }
+}
+
 /// One nats-server, one muster-server (`server-1`, data in `<dir>/server`) and agents named by host id.
 ///
-/// Fields drop in order: agents and server are killed before nats-server, and the test directory goes last so
-/// every log can still be printed.
+/// Fields drop in order: agents and server are killed before nats-server, then whatever the agents started
+/// (daemons, orphaned commands), and the test directory goes last so every log can still be printed.
 #[derive(Debug)]
 pub struct Muster {
     /// Agents by host id (`MUSTER_HOST_ID`).
     pub agents: BTreeMap<String, Proc>,
     /// The muster-server.
     pub server: Proc,
+    /// Every process the agents started (they carry the test's marker); killed on Drop.
+    pub descendants: Descendants,
     /// The operator CLI, pointed at `nats`.
     pub cli: Cli,
     /// The nats-server everything talks through.
     pub nats: NatsServer,
     /// The timers the server was started with.
     pub timing: Timing,
+    /// Extra settings of the server and agents.
+    pub settings: Settings,
+    /// `<dir>/work`: where test stacks keep their per-host files.
+    pub work: WorkDir,
     /// Holds the nats store, the server's data and every log.
     pub dir: TestDir,
 }
@@ -74,13 +118,20 @@ impl Muster {
 
     /// Like [`Muster::start`] with other timers.
     pub async fn start_with(timing: Timing, agent_ids: &[&str]) -> anyhow::Result<Self> {
+        Self::start_configured(timing, Settings::default(), agent_ids).await
+    }
+
+    /// Like [`Muster::start`] with other timers and extra settings.
+    pub async fn start_configured(timing: Timing, settings: Settings, agent_ids: &[&str]) -> anyhow::Result<Self> {
         let dir = TestDir::new()?;
+        let descendants = Descendants::new(dir.path())?;
+        let work = WorkDir::create(dir.join("work"))?;
         let nats = NatsServer::start_in(&dir).await?;
         let cli = Cli::new(nats.url())?;
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir)?;
         let ms = |d: Duration| d.as_millis().to_string();
-        let env: Vec<(&str, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = vec![
             ("MUSTER_NATS_URL", nats.url().into()),
             ("MUSTER_DATA_DIR", data_dir.into_os_string()),
             ("MUSTER_SERVER_ID", "server-1".into()),
@@ -89,9 +140,13 @@ impl Muster {
             ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
             ("MUSTER_LOG", log_filter().into()),
             ("RUST_BACKTRACE", "1".into()),
-        ];
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
         let server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir.path())?;
-        let mut muster = Self { agents: BTreeMap::new(), server, cli, nats, timing, dir };
+        let mut muster = Self { agents: BTreeMap::new(), server, descendants, cli, nats, timing, settings, work, dir };
         for id in agent_ids {
             muster.spawn_agent(id)?;
         }
@@ -101,12 +156,15 @@ impl Muster {
     /// Starts an agent with host id `id` (log `agent-<id>.log`).
     pub fn spawn_agent(&mut self, id: &str) -> anyhow::Result<()> {
         anyhow::ensure!(!self.agents.contains_key(id), "agent {id} already exists");
-        let env = [
-            ("MUSTER_NATS_URL", self.nats.url()),
-            ("MUSTER_HOST_ID", id.to_string()),
-            ("MUSTER_LOG", log_filter()),
-            ("RUST_BACKTRACE", "1".to_string()),
+        let (marker, owner) = self.descendants.env();
+        let mut env: Vec<(String, String)> = vec![
+            ("MUSTER_NATS_URL".into(), self.nats.url()),
+            ("MUSTER_HOST_ID".into(), id.to_string()),
+            ("MUSTER_LOG".into(), log_filter()),
+            ("RUST_BACKTRACE".into(), "1".to_string()),
+            (marker.into(), owner),
         ];
+        env.extend(self.settings.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
         let agent = Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, self.dir.path())?;
         self.agents.insert(id.to_string(), agent);
         Ok(())

@@ -9,6 +9,10 @@
 //! - [`cli`]         — [`Cli`]: runs `muster ... --json` and parses the replies into the schemas' API types.
 //! - [`wait`]        — [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
 //! - [`cluster`]     — [`Muster`]: one nats-server, one muster-server and some agents, with the fast test timing.
+//! - [`descendants`] — [`Descendants`]: the daemons and commands the agents started, via `/proc`; killed at the end.
+//! - [`stacks`]      — test stacks whose daemons are real processes, and [`WorkDir`], the files they leave.
+//! - [`requests`]    — waiting on requests and components through the CLI; descriptions for failure messages.
+//! - [`reports`]     — forged agent reports, published through JetStream like an agent's.
 //!
 //! Everything that can outlive a failed test (processes, directories) is cleaned up on Drop; when the test is
 //! panicking, Drop first prints the tail of every log and keeps the test directory (see docs/testing.md).
@@ -16,14 +20,20 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod descendants;
 pub mod nats_server;
 pub mod paths;
 pub mod process;
+pub mod reports;
+pub mod requests;
+pub mod stacks;
 pub mod wait;
 
-pub use cli::{Cli, Stats};
-pub use cluster::{Muster, Timing};
+pub use cli::{Cli, CliOutput, Stats};
+pub use cluster::{Muster, Settings, Timing};
+pub use descendants::Descendants;
 pub use nats_server::NatsServer;
 pub use paths::TestDir;
 pub use process::Proc;
+pub use stacks::{Daemon, WorkDir};
 pub use wait::{fatal, wait_until, within, Check};

@@ -46,6 +46,8 @@ const TXN_OVERHEAD: usize = 256;
 const PUBLISH_PIPELINE: usize = 2_048;
 /// How long to wait for a command's JetStream ack before retrying with the same `Nats-Msg-Id`.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Times a new leader tries to claim the log end before giving up the lease.
+const EPOCH_CLAIM_ATTEMPTS: u32 = 5;
 /// Attempts per command publish before the leader steps down.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -165,9 +167,29 @@ pub async fn lead(
     mut inputs: mpsc::Receiver<Queued>,
     deposed: CancellationToken,
 ) -> Result<(), LeaderError> {
-    // Apply the log to its end before deciding anything: the core must start from the newest committed state.
-    let last = log::last_sequence(&deps.js, &deps.subjects).await?;
-    wait_applied(&deps.applied, last, &deposed).await?;
+    // Apply the log to its end, then claim it with an empty txn of our epoch (ZooKeeper's NEWLEADER): once that is
+    // in, a deposed leader's expected-last-sequence can never match again. A deposed leader that appended in the
+    // meantime just moves the end: catch up again and retry.
+    let mut appender = None;
+    for _ in 0..EPOCH_CLAIM_ATTEMPTS {
+        let last = log::last_sequence(&deps.js, &deps.subjects).await?;
+        wait_applied(&deps.applied, last, &deposed).await?;
+        let mut a = Appender::new(deps.js.clone(), &deps.subjects, &deps.server_id, lease.clone(), last);
+        let marker = Txn { schema: PROTOCOL_VERSION, epoch: lease.epoch, proposed_at: unix_millis(), ops: Vec::new() };
+        match a.append(&marker).await {
+            Ok(seq) => {
+                wait_applied(&deps.applied, seq, &deposed).await?;
+                appender = Some(a);
+                break;
+            }
+            Err(LogError::Fenced { .. }) => warn!("the log moved while taking over; catching up again"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(mut appender) = appender else {
+        return Err(LogError::Stream("could not claim the log for this epoch".into()).into());
+    };
+    let last = appender.last_seq();
     let loaded = load(&deps.store)?;
     info!(
         epoch = lease.epoch,
@@ -177,7 +199,6 @@ pub async fn lead(
         "leading"
     );
     let mut core = LeaderCore::new(lease.epoch, deps.timing, loaded, Instant::now(), unix_millis());
-    let mut appender = Appender::new(deps.js.clone(), &deps.subjects, &deps.server_id, lease.epoch, last);
     let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,6 +427,14 @@ async fn perform(deps: &LeaderDeps, effects: Vec<Effect>, pending: &mut Pending)
             }
             Effect::Api { token, result } => {
                 if let Some(tx) = pending.apis.remove(&token) {
+                    // The log sequence the answer's changes are in, so the caller can read its writes anywhere.
+                    let seq = *deps.applied.borrow();
+                    let result = result.map(|mut v| {
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("seq".into(), seq.into());
+                        }
+                        v
+                    });
                     let _ = tx.send(result);
                 }
             }
