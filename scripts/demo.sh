@@ -144,8 +144,13 @@ healthy_count() {
 
 # Prints "$ target/debug/muster ARGS" and runs it from the workspace root (so the example paths resolve).
 show() {
+    local arg line="\$ target/debug/muster"
+    for arg in "$@"; do
+        # Quote what a shell would expand, so the line can be pasted as it is.
+        if [[ "$arg" == *[^A-Za-z0-9_./:=-]* ]]; then line+=" '$arg'"; else line+=" $arg"; fi
+    done
     echo
-    echo "\$ target/debug/muster $*"
+    echo "$line"
     (cd "$ROOT" && "$BIN/muster" --nats "$NATS_URL" "$@")
 }
 

@@ -308,7 +308,10 @@ impl Delivery {
             }
             Phase::CatchingUp(fetch) => {
                 let stats = &self.stats;
-                match fetch.next_batch(&self.stream, &self.subject, &self.host, stats, &mut self.rng).await {
+                // Boxed: a catch-up runs once per registration, and its direct-get state would otherwise enlarge
+                // every idle session (`muster-agent swarm` holds 100k of them).
+                let batch = Box::pin(fetch.next_batch(&self.stream, &self.subject, &self.host, stats, &mut self.rng));
+                match batch.await {
                     Some(entries) => {
                         let plan = plan_catch_up(entries, &fetch.done);
                         permit.send(RunnerInput::CatchUp(plan));

@@ -54,7 +54,9 @@ impl Reporter {
     /// future stops it (shutdown); what is still queued is then lost, and the server re-delivers those tasks.
     pub async fn run(mut self, mut reports: mpsc::Receiver<Report>) {
         while let Some(report) = reports.recv().await {
-            self.publish(report).await;
+            // Boxed: reports are occasional, and the publish-and-retry state would otherwise enlarge every idle
+            // session (`muster-agent swarm` holds 100k of them).
+            Box::pin(self.publish(report)).await;
         }
     }
 

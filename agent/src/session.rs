@@ -339,7 +339,9 @@ impl<F: FactSource> Shell<F> {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => return Ok(()),
-                        event = self.register() => event?,
+                        // Boxed, like the heartbeat below: the request's state would otherwise enlarge every idle
+                        // session (`muster-agent swarm` holds 100k of them).
+                        event = Box::pin(self.register()) => event?,
                     }
                 }
                 SessionState::Heartbeating { interval, .. } => {
@@ -364,7 +366,7 @@ impl<F: FactSource> Shell<F> {
                             tokio::select! {
                                 biased;
                                 () = shutdown.cancelled() => return Ok(()),
-                                () = self.heartbeat() => {}
+                                () = Box::pin(self.heartbeat()) => {}
                             }
                             next_beat = Instant::now() + backoff::jitter(interval, HEARTBEAT_JITTER, &mut self.rng);
                             continue;

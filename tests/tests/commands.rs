@@ -368,9 +368,13 @@ async fn an_agent_killed_mid_task_runs_it_again_after_restart_and_it_completes_o
 #[tokio::test]
 async fn a_server_killed_while_reports_arrive_loses_none_of_them() {
     let mut m = cluster(&THREE, Settings::fast_commands()).await;
+    // Each command prints two lines, waits for the test's gate file (sending progress reports every 500 ms),
+    // then prints two more lines and ends within a few hundred ms.
+    let w = m.work.shell();
     let script = format!(
-        "for i in 1 2 3 4; do echo \"$MUSTER_HOST line $i\"; sleep 0.4; done; touch {}/done.$MUSTER_HOST",
-        m.work.shell()
+        "echo \"$MUSTER_HOST line 1\"; echo \"$MUSTER_HOST line 2\"; \
+         while [ ! -e {w}/gate ]; do sleep 0.1; done; \
+         echo \"$MUSTER_HOST line 3\"; sleep 0.2; echo \"$MUSTER_HOST line 4\"; touch {w}/done.$MUSTER_HOST"
     );
     let id = m.cli.submit(&["run", "--hosts", "h*", "--", "sh", "-c", &script]).await.unwrap();
     wait_request(&m.cli, id, "has every task running", SOON, |v| {
@@ -379,8 +383,11 @@ async fn a_server_killed_while_reports_arrive_loses_none_of_them() {
     .await
     .unwrap();
 
+    // Release the commands and kill the server while their last progress and final reports come in.
+    std::fs::write(m.work.join("gate"), "").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     m.server.kill9().unwrap();
-    // The commands end and their final reports are stored while no server runs.
+    // Whatever was not consumed yet is stored in the stream while no server runs.
     wait_until(SOON, "every command has ended", async || {
         let done: Vec<&str> = THREE.iter().copied().filter(|h| m.work.join(format!("done.{h}")).exists()).collect();
         Ok(if done.len() == 3 { Check::Done(()) } else { Check::NotYet(format!("done on {done:?}")) })
