@@ -314,7 +314,7 @@ impl Delivery {
                 match batch.await {
                     Some(entries) => {
                         let plan = plan_catch_up(entries, &fetch.done);
-                        permit.send(RunnerInput::CatchUp(plan));
+                        permit.send(RunnerInput::CatchUp(Box::new(plan)));
                     }
                     None => {
                         tracing::debug!(next_seq = fetch.next_seq, "caught up; taking live commands");
@@ -327,7 +327,7 @@ impl Delivery {
                 match validate_command(message.headers.as_ref(), &message.payload, &self.host) {
                     Ok(command) => {
                         bump(&self.stats.commands_received);
-                        permit.send(RunnerInput::Live(command));
+                        permit.send(RunnerInput::Live(Box::new(command)));
                     }
                     Err(why) => {
                         bump(&self.stats.bad_commands);

@@ -52,11 +52,11 @@ impl Reporter {
 
     /// Publishes every report from `reports` in order until the channel is closed and drained. Dropping the
     /// future stops it (shutdown); what is still queued is then lost, and the server re-delivers those tasks.
-    pub async fn run(mut self, mut reports: mpsc::Receiver<Report>) {
+    pub async fn run(mut self, mut reports: mpsc::Receiver<Box<Report>>) {
         while let Some(report) = reports.recv().await {
             // Boxed: reports are occasional, and the publish-and-retry state would otherwise enlarge every idle
             // session (`muster-agent swarm` holds 100k of them).
-            Box::pin(self.publish(report)).await;
+            Box::pin(self.publish(*report)).await;
         }
     }
 

@@ -12,6 +12,7 @@
 //! fed by shared subscriptions ([`run_session_with`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -229,14 +230,17 @@ impl SessionIo {
 }
 
 /// [`run_session`] over inbound feeds and a JetStream context the caller provides.
-pub async fn run_session_with<E: Executor>(
+///
+/// Not an `async fn`: its arguments would then be stored twice for the session's whole life (once as the
+/// function's, once moved into the session), ≈1 KiB per simulated host in `muster-agent swarm`.
+pub fn run_session_with<E: Executor>(
     io: SessionIo,
     params: SessionParams,
     facts: impl FactSource,
     executor: Arc<E>,
     reconnects: Reconnects,
     shutdown: CancellationToken,
-) -> Result<(), SessionError> {
+) -> impl Future<Output = Result<(), SessionError>> + Send {
     let span = tracing::info_span!("session", host = %params.host);
     async move {
         let SessionIo { client, jetstream, inbox_subject, inbox, commands } = io;
@@ -277,7 +281,6 @@ pub async fn run_session_with<E: Executor>(
         result
     }
     .instrument(span)
-    .await
 }
 
 /// The I/O shell around [`transition`].
@@ -717,56 +720,5 @@ mod tests {
         assert!(control_event(&message(encode(&rereg), Some(MessageKind::Txn))).is_err());
         assert!(control_event(&message(vec![0xc1], None)).is_err());
         assert!(control_event(&message(vec![0; MAX_REPLY_BYTES + 1], None)).is_err());
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    #[tokio::test]
-    async fn probe_sizes() {
-        let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect("nats://127.0.0.1:1").await.unwrap();
-        let host = HostId::new("h-1").unwrap();
-        let subjects = Subjects::new("muster");
-        let params = SessionParams {
-            host: host.clone(), subjects: subjects.clone(), labels: Default::default(), register_timeout: Duration::from_secs(1),
-            agent_version: "x".into(), agent_started_at: 0, commands: Default::default(), stats: Default::default(),
-        };
-        let js = jetstream::new(client.clone());
-        let (_m, rx) = crate::feed::mailbox(4);
-        let (_m2, rx2) = crate::feed::mailbox(4);
-        let io = SessionIo { client: client.clone(), jetstream: js.clone(), inbox_subject: "x".into(), inbox: Feed::Mailbox(rx), commands: Feed::Mailbox(rx2) };
-        let events = crate::connection::ConnectionEvents::new();
-        let f = run_session_with(io, params.clone(), crate::facts::StaticFacts::default(), Arc::new(crate::swarm::SwarmExecutor), events.reconnects(), CancellationToken::new());
-        eprintln!("run_session_with {}", std::mem::size_of_val(&f));
-        let (tx, rxi) = mpsc::channel(4);
-        let f2 = run_command_path(Arc::new(crate::swarm::SwarmExecutor), js.clone(), &params, rxi, CancellationToken::new());
-        eprintln!("run_command_path {}", std::mem::size_of_val(&f2));
-        let (rtx, _rrx) = mpsc::channel(4);
-        let runner = crate::runner::Runner::new(Arc::new(crate::swarm::SwarmExecutor), host.clone(), 0, Default::default(), Default::default(), rtx);
-        eprintln!("Runner {}", std::mem::size_of_val(&runner));
-        let (_itx, irx) = mpsc::channel(4);
-        let f3 = runner.run(irx, CancellationToken::new());
-        eprintln!("Runner::run {}", std::mem::size_of_val(&f3));
-        let rep = crate::reporter::Reporter::new(js.clone(), &subjects, host.clone(), Default::default());
-        eprintln!("Reporter {}", std::mem::size_of_val(&rep));
-        let (_q, qrx) = mpsc::channel(4);
-        let f4 = rep.run(qrx);
-        eprintln!("Reporter::run {}", std::mem::size_of_val(&f4));
-        let (_m3, rx3) = crate::feed::mailbox(4);
-        let mut d = Delivery::new(js.clone(), &subjects, host.clone(), Feed::Mailbox(rx3), tx, Default::default()).await.unwrap();
-        eprintln!("Delivery {}", std::mem::size_of_val(&d));
-        { let f5 = d.step(); eprintln!("Delivery::step {}", std::mem::size_of_val(&f5)); }
-        let (_m4, rx4) = crate::feed::mailbox(4);
-        let (_m5, rx5) = crate::feed::mailbox(4);
-        let mut shell = Shell { client: client.clone(), params: params.clone(), facts: crate::facts::StaticFacts::default(), reg_subject: "a".into(), hb_subject: "b".into(),
-            inbox: Feed::Mailbox(rx4), inbox_subject: "c".into(), reconnects: events.reconnects(), rng: SmallRng::from_os_rng(), seq: 0,
-            delivery: Delivery::new(js.clone(), &subjects, host.clone(), Feed::Mailbox(rx5), mpsc::channel(4).0, Default::default()).await.unwrap(), accepted: None };
-        eprintln!("Shell {}", std::mem::size_of_val(&shell));
-        { let f6 = shell.register(); eprintln!("register {}", std::mem::size_of_val(&f6)); }
-        { let f7 = shell.heartbeat(); eprintln!("heartbeat {}", std::mem::size_of_val(&f7)); }
-        let f8 = shell.run(CancellationToken::new());
-        eprintln!("Shell::run {}", std::mem::size_of_val(&f8));
-        eprintln!("jetstream ctx {} client {} stream {}", std::mem::size_of_val(&js), std::mem::size_of_val(&client), 0);
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{jetstream, Client, Subject, Subscriber};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use muster_schemas::commands::CommandSpec;
 use muster_schemas::host::Mount;
 use muster_schemas::{HostFacts, HostId, Subjects};
@@ -450,26 +450,18 @@ async fn spawn_sessions(spawn: Spawn) {
         let params = SessionParams { host, ..template.clone() };
         let reconnects = reconnects[i % reconnects.len()].clone();
         let (executor, failures, shutdown) = (executor.clone(), failures.clone(), shutdown.clone());
-        let fut = async move {
-            let host = params.host.clone();
-            if let Err(e) = run_session_with(io, params, facts, executor, reconnects, shutdown).await {
+        let host = params.host.clone();
+        // A combinator, not an `async move` wrapper: a wrapper would keep a second copy of the session's
+        // arguments (≈1 KiB) alive for the session's whole life.
+        let session = run_session_with(io, params, facts, executor, reconnects, shutdown).map(move |result| {
+            if let Err(e) = result {
                 tracing::error!(%host, error = %e, "simulated host stopped");
                 let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
                 failures.count += 1;
                 failures.first.get_or_insert_with(|| format!("{host}: {e}"));
             }
-        };
-        if i == 0 {
-            eprintln!(
-                "DEBUG session future {} bytes; RunnerInput {} Report {} Message {} Command {}",
-                std::mem::size_of_val(&fut),
-                std::mem::size_of::<crate::runner::RunnerInput>(),
-                std::mem::size_of::<muster_schemas::commands::Report>(),
-                std::mem::size_of::<async_nats::Message>(),
-                std::mem::size_of::<muster_schemas::commands::Command>()
-            );
-        }
-        tracker.spawn(fut);
+        });
+        tracker.spawn(session);
         started.fetch_add(1, Ordering::Relaxed);
     }
 }

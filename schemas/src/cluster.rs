@@ -190,6 +190,11 @@ pub struct HostComponentRecord {
     pub state_since: UnixMillis,
     /// Auto-restarts the agent reported.
     pub auto_restarts: u32,
+    /// Whether the agent should restart the component when it finds it dead: set once the component reached
+    /// STARTED while its desired state was STARTED, cleared when it is stopped or uninstalled on purpose. (A
+    /// component that was never started is not "dead": starting it is a task of a request, in dependency order.)
+    #[serde(default)]
+    pub auto_start: bool,
 }
 
 impl HostComponentRecord {

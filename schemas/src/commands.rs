@@ -249,8 +249,10 @@ impl Report {
     /// be dropped as a duplicate.
     pub fn msg_id(&self) -> String {
         match &self.body {
-            ReportBody::Task(t) if t.phase.is_final() => format!("r{}-a{}-f", t.task, t.attempt),
-            ReportBody::Task(t) => format!("r{}-a{}-p{}", t.task, t.attempt, t.report_seq),
+            // The host is part of the id: dedup spans the whole stream, so without it a forged report for another
+            // host's task (refused by the leader) would still claim the id of that task's genuine report.
+            ReportBody::Task(t) if t.phase.is_final() => format!("r-{}-{}-a{}-f", self.host, t.task, t.attempt),
+            ReportBody::Task(t) => format!("r-{}-{}-a{}-p{}", self.host, t.task, t.attempt, t.report_seq),
             ReportBody::Status { nonce, .. } => format!("s-{}-{nonce}", self.host),
         }
     }

@@ -10,6 +10,9 @@
 //! - [`wait`]        — [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
 //! - [`cluster`]     — [`Muster`]: one nats-server, one muster-server and some agents, with the fast test timing.
 //! - [`descendants`] — [`Descendants`]: the daemons and commands the agents started, via `/proc`; killed at the end.
+//! - [`nats_cluster`] — [`NatsCluster`]: three nats-servers in one JetStream cluster, from `nats/cluster.conf`.
+//! - [`ensemble`]    — [`Ensemble`]: muster in HA (two voters, one observer) on a [`NatsCluster`], with agents.
+//! - [`load`]        — [`load::Load`] (requests submitted during a fault) and [`load::Sampler`] (looks throughout).
 //! - [`stacks`]      — test stacks whose daemons are real processes, and [`WorkDir`], the files they leave.
 //! - [`requests`]    — waiting on requests and components through the CLI; descriptions for failure messages.
 //! - [`reports`]     — forged agent reports, published through JetStream like an agent's.
@@ -21,6 +24,9 @@
 pub mod cli;
 pub mod cluster;
 pub mod descendants;
+pub mod ensemble;
+pub mod load;
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod paths;
 pub mod process;
@@ -32,6 +38,8 @@ pub mod wait;
 pub use cli::{Cli, CliOutput, Stats};
 pub use cluster::{Muster, Settings, Timing};
 pub use descendants::Descendants;
+pub use ensemble::Ensemble;
+pub use nats_cluster::NatsCluster;
 pub use nats_server::NatsServer;
 pub use paths::TestDir;
 pub use process::Proc;

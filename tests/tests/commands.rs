@@ -214,7 +214,12 @@ async fn a_failing_start_fails_its_task_and_aborts_the_rest_of_the_request() {
         assert!(m.work.starts(host, "worker").is_empty(), "a worker was started on {host}");
     }
     let stats = m.cli.stats().await.unwrap();
-    assert_eq!((stats.counter("requests.created"), stats.counter("requests.failed")), (1, 1), "{:?}", stats.counters);
+    assert_eq!(
+        (stats.counter("requests.created"), stats.counter("requests.failed")),
+        (1, 1),
+        "one request, failed once, must be counted once: {:?}",
+        stats.counters
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -421,6 +426,10 @@ async fn a_component_killed_behind_the_agents_back_is_restarted_within_the_limit
     apply(&m, &svc, &bp).await.success().unwrap();
     let first = m.work.pid("h1", "master").expect("the start task wrote a pid");
     assert!(alive(first));
+    // The restart budget is untouched so far: the component was started once, by its START task.
+    let rows = m.cli.components().await.unwrap();
+    assert_eq!(component(&rows, "h1", "master").map(|r| r.auto_restarts), Some(0), "{}", describe_components(&rows));
+    assert_eq!(m.work.starts("h1", "master").len(), 1, "master was started more than once before the test killed it");
 
     m.descendants.kill(first).unwrap();
     let second = wait_until(SOON, "master is STARTED again after an auto-restart", async || {

@@ -260,6 +260,8 @@ pub struct LeaderCore {
     pub(super) next_task: TaskId,
     /// Counter making each Configure command's `Nats-Msg-Id` unique within this epoch.
     pub(super) configure_seq: u64,
+    /// Hosts whose component set changed in the batch being stepped: each gets one Configure at its end.
+    pub(super) reconfigure: BTreeSet<HostId>,
     /// Last heartbeat or registration per host. In memory only, as in Ambari: after a restart every host gets a
     /// fresh window from `took_over`.
     last_seen: HashMap<HostId, Instant>,
@@ -286,6 +288,7 @@ impl LeaderCore {
             next_request: max_request + 1,
             next_task: loaded.max_task + 1,
             configure_seq: 0,
+            reconfigure: BTreeSet::new(),
             last_seen: HashMap::new(),
             took_over: now,
             took_over_wall: wall,
@@ -332,6 +335,12 @@ impl LeaderCore {
                 self.check_deadlines(wall, out);
             }
         }
+    }
+
+    /// Ends a batch: queues the Configure commands its changes call for. The shell calls it after stepping the
+    /// batch's inputs and before publishing.
+    pub fn end_batch(&mut self, out: &mut Output) {
+        self.flush_configures(out);
     }
 
     /// Records that `outgoing` was stored at stream sequence `seq`.

@@ -215,6 +215,7 @@ pub async fn lead(
 
     let mut redo = Output::default();
     core.take_over(unix_millis(), &mut redo);
+    core.end_batch(&mut redo);
     if redo.changes_state() {
         let wall = unix_millis();
         commit(&deps, &mut core, &mut appender, &mut redo, wall).await?;
@@ -241,6 +242,7 @@ pub async fn lead(
         for input in batch {
             core.step(input, now, wall, &mut out);
         }
+        core.end_batch(&mut out);
         if out.changes_state() {
             if let Err(e) = commit(&deps, &mut core, &mut appender, &mut out, wall).await {
                 fail(&deps, out.effects, &mut pending).await;

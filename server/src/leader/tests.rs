@@ -86,6 +86,7 @@ impl Harness {
     fn step(&mut self, input: Input) -> Output {
         let mut out = Output::default();
         self.core.step(input, self.now, self.wall, &mut out);
+        self.core.end_batch(&mut out);
         for o in std::mem::take(&mut out.publish) {
             self.seq += 1;
             self.core.delivered(&o, self.seq, &mut out);
@@ -525,4 +526,37 @@ async fn a_new_leader_redoes_dispatches_that_were_not_committed() {
     next.take_over(h.wall, &mut out);
     let ids: Vec<String> = out.publish.iter().map(|o| o.msg_id.clone()).collect();
     assert_eq!(ids, ["t1-a1", "t2-a1", "t3-a1", "t4-a1"], "the same ids as the first leader used");
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_restart_is_granted_only_once_a_component_ran_and_a_failed_request_ends_once() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    let should_run = |h: &Harness, host: &str| -> Vec<bool> {
+        h.sent
+            .iter()
+            .rev()
+            .find_map(|o| match &o.command.body {
+                CommandBody::Configure { components } if o.host.as_str() == host => {
+                    Some(components.iter().map(|c| c.should_run).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert!(should_run(&h, "h1").iter().all(|r| !r), "not before anything ran");
+    h.complete_all();
+    let (host, task, attempt) = h.executions()[4].clone();
+    h.report(&host, task, attempt, TaskPhase::Completed);
+    assert_eq!(should_run(&h, "h1"), vec![true, false], "master ran; worker not yet");
+    // A failing worker start aborts nothing after it, and the request ends exactly once.
+    let workers: Vec<_> = h.executions()[5..].to_vec();
+    let mut ends = 0;
+    for (i, (host, task, attempt)) in workers.into_iter().enumerate() {
+        let phase = if i == 0 { TaskPhase::Failed } else { TaskPhase::Completed };
+        let out = h.report(&host, task, attempt, phase);
+        ends += out.effects.iter().filter(|e| matches!(e, Effect::Event(ChangeEvent::Request(_)))).count();
+    }
+    assert_eq!(ends, 1);
+    assert_eq!(h.request_status(r), TaskStatus::Failed);
 }

@@ -71,9 +71,7 @@ impl LeaderCore {
             .filter(|c| services.contains(&c.component.service))
             .map(|c| c.host.clone())
             .collect();
-        for h in hosts {
-            self.configure(&h, out);
-        }
+        self.reconfigure.extend(hosts);
         info!(stack = %name, version, "stack applied");
         Ok(json!({"stack": name, "version": version, "changed": true, "components": components}))
     }
@@ -96,14 +94,15 @@ impl LeaderCore {
         for h in &hosts {
             let new = self.map_from_blueprints(h, wall, out);
             if !new.is_empty() {
-                self.configure(h, out);
+                self.reconfigure.insert(h.clone());
             }
             keys.extend(new);
         }
-        // Everything the blueprint maps should run, new or not.
+        // Everything the blueprint maps should run (daemons) or be installed (clients), new or not.
         let all: Vec<String> = self.blueprint_keys(&name);
         for k in &all {
-            self.set_desired(k, DesiredState::Started, out);
+            let desired = self.blueprint_desired(k);
+            self.set_desired(k, desired, out);
         }
         let request = self.reconcile(&all, &format!("apply blueprint {name}"), wall, out);
         Ok(json!({"blueprint": name, "version": version, "mapped": keys.len(), "request": request}))
@@ -126,6 +125,19 @@ impl LeaderCore {
         keys
     }
 
+    /// What a blueprint wants of a mapped component: daemons run, clients are installed.
+    fn blueprint_desired(&self, key: &str) -> DesiredState {
+        let client = self.components.get(key).and_then(|c| {
+            let st = self.stack_of(&c.component.service)?;
+            st.def.component(&c.component.component).map(|(_, d)| d.category == Category::Client)
+        });
+        if client == Some(true) {
+            DesiredState::Installed
+        } else {
+            DesiredState::Started
+        }
+    }
+
     /// Maps `host` to the components of every blueprint group it matches; returns the keys that are new.
     pub(super) fn map_from_blueprints(&mut self, host: &HostId, wall: UnixMillis, out: &mut Output) -> Vec<String> {
         let Some(h) = self.hosts.get(host) else { return Vec::new() };
@@ -144,10 +156,15 @@ impl LeaderCore {
                                 host: host.clone(),
                                 component: r,
                                 state: ComponentState::Init,
-                                desired: DesiredState::Started,
+                                desired: if st.def.component(c).is_some_and(|(_, d)| d.category == Category::Client) {
+                                    DesiredState::Installed
+                                } else {
+                                    DesiredState::Started
+                                },
                                 stack_version: st.version,
                                 state_since: wall,
                                 auto_restarts: 0,
+                                auto_start: false,
                             },
                         ));
                     }
@@ -268,9 +285,7 @@ impl LeaderCore {
                         hosts.insert(t.host.clone());
                     }
                 }
-                for h in hosts {
-                    self.configure(&h, out);
-                }
+                self.reconfigure.extend(hosts);
             }
             let st = &self.stacks[&stack_name].def;
             (format!("{} {target} on {where_}", action.verb()), plan::plan(st, &action, &targets, spec.batch as usize))
@@ -355,10 +370,11 @@ impl LeaderCore {
             .flat_map(|s| s.tasks.iter().copied())
             .filter(|t| self.tasks.get(t).is_some_and(|t| !t.status.is_terminal()))
             .collect();
+        // Finished first, so the aborts below do not move the request on (or end it as FAILED).
+        self.finish_request(id, TaskStatus::Aborted, "cancelled by operator".into(), wall, out);
         for t in &open {
             self.abort_task(*t, "cancelled by operator", wall, out);
         }
-        self.finish_request(id, TaskStatus::Aborted, "cancelled by operator".into(), wall, out);
         Ok(json!({"request": id, "aborted_tasks": open.len()}))
     }
 
@@ -514,15 +530,16 @@ impl LeaderCore {
             self.set_stage(id, si, stage_status, out);
             let name = self.requests[&id].stages[si].name.clone();
             let rest: Vec<TaskId> = self.requests[&id].stages[si + 1..].iter().flat_map(|s| s.tasks.clone()).collect();
-            for t in rest {
-                self.abort_task(t, "an earlier stage failed", wall, out);
-            }
             let n_later = self.requests[&id].stages.len();
             for later in si + 1..n_later {
                 self.set_stage(id, later, TaskStatus::Aborted, out);
             }
+            // Finished first: aborting the rest re-enters `advance`, which must find the request over.
             let detail = format!("stage {} ({name}) failed: {} of {n} tasks did not complete", si + 1, failed.len());
             self.finish_request(id, stage_status, detail, wall, out);
+            for t in rest {
+                self.abort_task(t, "an earlier stage failed", wall, out);
+            }
             return;
         }
     }
@@ -842,6 +859,18 @@ impl LeaderCore {
                 rec.state = to;
                 rec.state_since = wall;
                 out.dirty.insert(Dirty::Component(key.to_string()));
+                // Auto-restart covers what was started and then died, never what was not started yet, and stops
+                // when it is stopped or uninstalled on purpose.
+                let auto_start = match event {
+                    ComponentEvent::Stop | ComponentEvent::Uninstall | ComponentEvent::Disable => false,
+                    _ if to == ComponentState::Started && rec.desired == DesiredState::Started => true,
+                    _ => rec.auto_start,
+                };
+                if auto_start != rec.auto_start {
+                    rec.auto_start = auto_start;
+                    let host = rec.host.clone();
+                    self.reconfigure.insert(host);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -857,6 +886,9 @@ impl LeaderCore {
         match self.components.get_mut(key) {
             Some(c) if c.desired != desired => {
                 c.desired = desired;
+                if desired != DesiredState::Started {
+                    c.auto_start = false;
+                }
                 out.dirty.insert(Dirty::Component(key.to_string()));
                 true
             }
@@ -879,10 +911,17 @@ impl LeaderCore {
                     category: def.category,
                     status: def.commands.get("status").cloned(),
                     start: def.commands.get("start").cloned().filter(|_| def.category == Category::Daemon),
-                    should_run: c.desired == DesiredState::Started,
+                    should_run: c.desired == DesiredState::Started && c.auto_start,
                 })
             })
             .collect()
+    }
+
+    /// Sends every host whose component set changed during the batch its new set, once per host.
+    pub(super) fn flush_configures(&mut self, out: &mut Output) {
+        for host in std::mem::take(&mut self.reconfigure) {
+            self.configure(&host, out);
+        }
     }
 
     /// Sends `host` its full component set (status checks, auto-restart).

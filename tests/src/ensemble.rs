@@ -1,0 +1,442 @@
+//! [`Ensemble`]: muster in high availability for one test — a 3-node NATS cluster ([`NatsCluster`]), three
+//! muster-server instances (`server-1` and `server-2` voters, `server-3` an observer) and agents — and what HA
+//! tests look at: `muster servers` rows, who leads, failover times, convergence of every replica, one instance's
+//! own counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use muster_schemas::api::RequestView;
+use muster_schemas::{HostState, Subjects};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
+use crate::cluster::{describe, Settings, Timing, LOG_ENV};
+use crate::descendants::Descendants;
+use crate::nats_cluster::{NatsCluster, NODES};
+use crate::paths::{workspace_bin, TestDir};
+use crate::process::Proc;
+use crate::stacks::WorkDir;
+use crate::wait::{fatal, wait_until, within, Check};
+
+/// The instances and their `MUSTER_ROLE`: two voters, so one can lead while the other takes over, and one
+/// observer, which must never lead.
+pub const MEMBERS: [(&str, &str); 3] = [("server-1", "voter"), ("server-2", "voter"), ("server-3", "observer")];
+
+/// The observer's id.
+pub const OBSERVER: &str = "server-3";
+
+/// How long `muster servers` keeps collecting answers after the last one (`SERVERS_QUIET` in server/src/cli.rs):
+/// every row it prints arrived at least this long before it exited.
+pub const SERVERS_QUIET: Duration = Duration::from_millis(300);
+
+/// Same as [`crate::cluster`]: debug for muster's crates, info for the libraries.
+const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=debug,muster_schemas=debug";
+
+/// A role as `muster servers` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds the lease and writes the log.
+    Leader,
+    /// A voter that does not lead.
+    Follower,
+    /// Never campaigns.
+    Observer,
+}
+
+/// One row of `muster servers --json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ServerRow {
+    /// `MUSTER_SERVER_ID`.
+    pub id: String,
+    /// Its current role.
+    pub role: Role,
+    /// The newest epoch it knows.
+    pub epoch: u64,
+    /// The last log sequence it applied to its redb.
+    pub applied_seq: u64,
+    /// The log's last sequence as it sees it (`null` when it could not ask JetStream).
+    pub log_end: Option<u64>,
+    /// `log_end - applied_seq`.
+    pub lag: Option<u64>,
+    /// Seconds since the process started.
+    pub uptime_secs: f64,
+    /// Hash over every state table (`null` when it could not be computed).
+    pub digest: Option<String>,
+}
+
+/// `server-1=leader(e4 a120/120 9f3c…) server-2=…`, for failure messages.
+pub fn describe_servers(rows: &[ServerRow]) -> String {
+    if rows.is_empty() {
+        return "no instance answered".to_string();
+    }
+    rows.iter()
+        .map(|r| {
+            let end = r.log_end.map_or("?".to_string(), |e| e.to_string());
+            let digest = r.digest.as_deref().map_or("-", |d| &d[..d.len().min(12)]);
+            format!("{}={:?}(e{} a{}/{end} {digest})", r.id, r.role, r.epoch, r.applied_seq)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The one instance that reports itself leader, if exactly one does.
+pub fn sole_leader(rows: &[ServerRow]) -> Option<&ServerRow> {
+    let mut leaders = rows.iter().filter(|r| r.role == Role::Leader);
+    match (leaders.next(), leaders.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+/// How long a failover took, bracketed by what `muster servers` saw.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The instance that leads now.
+    pub leader: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The new leader's row arrived at most this long after the fault: the end of the first look that showed it,
+    /// minus [`SERVERS_QUIET`].
+    pub at_most: Duration,
+    /// And at least this long after it: the start of the last look that showed no new leader.
+    pub at_least: Duration,
+    /// Looks taken.
+    pub looks: u32,
+}
+
+/// One entry of the txn log, as its headers describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// `Muster-Epoch`: the epoch of the leader that wrote it.
+    pub epoch: u64,
+    /// `Muster-Host`: the id of the instance that wrote it.
+    pub writer: String,
+}
+
+/// Where the txn stream stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogState {
+    /// The oldest entry still stored (the log is trimmed behind each snapshot).
+    pub first_seq: u64,
+    /// The newest entry.
+    pub last_seq: u64,
+    /// The NATS node (`n1`…) leading the stream's RAFT group.
+    pub nats_leader: Option<String>,
+}
+
+/// A 3-node NATS cluster, three muster-server instances ([`MEMBERS`]) with data in `<dir>/<id>/` and logs in
+/// `<dir>/<id>.log`, and agents named by host id.
+///
+/// Fields drop in order: agents and servers are killed before the NATS nodes, then whatever the agents started, and
+/// the test directory goes last so every log can still be printed.
+#[derive(Debug)]
+pub struct Ensemble {
+    /// Agents by host id.
+    pub agents: BTreeMap<String, Proc>,
+    /// Server instances by id.
+    servers: BTreeMap<String, Proc>,
+    /// Every process the agents started; killed on Drop.
+    pub descendants: Descendants,
+    /// The operator CLI, given every node's URL.
+    pub cli: Cli,
+    /// One CLI per node, each given only that node: a services-framework request goes to an instance connected to
+    /// the node it is published on when there is one, which is how [`Ensemble::stats_of`] reaches one instance.
+    node_clis: Vec<Cli>,
+    /// A client of the test itself (bulk reads of the API, the txn stream).
+    pub client: async_nats::Client,
+    /// The NATS cluster.
+    pub nats: NatsCluster,
+    /// The servers' protocol timers.
+    pub timing: Timing,
+    /// `<dir>/work`: files the commands under test write.
+    pub work: WorkDir,
+    /// Holds everything.
+    pub dir: TestDir,
+}
+
+impl Ensemble {
+    /// Starts the NATS cluster, the three instances with `timing` and `settings.server`, and one agent per id with
+    /// `settings.agents`. Does not wait for a leader or for the hosts: see [`Ensemble::wait_ready`].
+    pub async fn start(timing: Timing, settings: Settings, agent_ids: &[&str]) -> anyhow::Result<Self> {
+        let dir = TestDir::new()?;
+        let descendants = Descendants::new(dir.path())?;
+        let work = WorkDir::create(dir.join("work"))?;
+        let nats = NatsCluster::start_in(dir.path()).await?;
+        let cli = Cli::new(nats.urls())?;
+        let node_clis = (0..NODES).map(|i| Cli::new(nats.url(i))).collect::<anyhow::Result<Vec<_>>>()?;
+        let client = nats.connect().await?;
+        let ms = |d: Duration| d.as_millis().to_string();
+        let mut servers = BTreeMap::new();
+        for (id, role) in MEMBERS {
+            let data_dir = dir.join(id);
+            std::fs::create_dir_all(&data_dir)?;
+            let mut env: BTreeMap<String, OsString> = [
+                ("MUSTER_NATS_URL", nats.urls().into()),
+                ("MUSTER_DATA_DIR", data_dir.into_os_string()),
+                ("MUSTER_SERVER_ID", id.into()),
+                ("MUSTER_ROLE", role.into()),
+                ("MUSTER_HEARTBEAT_INTERVAL_MS", ms(timing.heartbeat_interval).into()),
+                ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
+                ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
+                ("MUSTER_LOG", log_filter().into()),
+                ("RUST_BACKTRACE", "1".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
+            let proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir.path())?;
+            servers.insert(id.to_string(), proc);
+        }
+        let mut ensemble =
+            Self { agents: BTreeMap::new(), servers, descendants, cli, node_clis, client, nats, timing, work, dir };
+        for id in agent_ids {
+            ensemble.spawn_agent(id, &settings)?;
+        }
+        Ok(ensemble)
+    }
+
+    fn spawn_agent(&mut self, id: &str, settings: &Settings) -> anyhow::Result<()> {
+        let (marker, owner) = self.descendants.env();
+        let mut env: Vec<(String, String)> = vec![
+            ("MUSTER_NATS_URL".into(), self.nats.urls()),
+            ("MUSTER_HOST_ID".into(), id.to_string()),
+            ("MUSTER_LOG".into(), log_filter()),
+            ("RUST_BACKTRACE".into(), "1".to_string()),
+            (marker.into(), owner),
+        ];
+        env.extend(settings.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let agent = Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, self.dir.path())?;
+        self.agents.insert(id.to_string(), agent);
+        Ok(())
+    }
+
+    /// The instance `id`.
+    ///
+    /// # Panics
+    /// If there is no such instance (a bug in the test).
+    pub fn server(&mut self, id: &str) -> &mut Proc {
+        self.servers.get_mut(id).unwrap_or_else(|| panic!("the ensemble has no instance {id}"))
+    }
+
+    /// The instances that are running (not killed or stopped by the test).
+    pub fn running_servers(&self) -> BTreeSet<String> {
+        self.servers.iter().filter(|(_, p)| p.pid().is_some()).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Instance `id`'s redb file.
+    pub fn redb_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id).join("muster.redb")
+    }
+
+    /// Sends SIGSTOP to instance `id`: it stops dead, holding its connections, as a long GC pause or a frozen VM.
+    pub fn pause(&mut self, id: &str) -> anyhow::Result<()> {
+        self.signal(id, Signal::SIGSTOP)
+    }
+
+    /// Sends SIGCONT to instance `id`.
+    pub fn resume(&mut self, id: &str) -> anyhow::Result<()> {
+        self.signal(id, Signal::SIGCONT)
+    }
+
+    fn signal(&mut self, id: &str, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.server(id).pid().with_context(|| format!("{id} is not running"))?;
+        signal::kill(Pid::from_raw(i32::try_from(pid)?), sig).with_context(|| format!("{sig} to {id}"))
+    }
+
+    /// Fails with a fatal error (ending any wait) if a process the test did not stop has exited.
+    pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        self.nats.ensure_running()?;
+        for p in self.servers.values_mut().chain(self.agents.values_mut()) {
+            p.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// `muster servers --json`.
+    pub async fn servers(&self) -> anyhow::Result<Vec<ServerRow>> {
+        self.cli.json(&["servers"]).await
+    }
+
+    /// Waits until `muster servers` lists every running instance with exactly one voter leading, and every agent
+    /// is HEALTHY; returns the leader's id.
+    pub async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<String> {
+        let what = "`muster servers` lists every instance with one voter leading, and `muster hosts` every agent \
+                    HEALTHY";
+        wait_until(limit, what, async || {
+            self.ensure_alive()?;
+            let rows = self.servers().await?;
+            let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let leader = sole_leader(&rows).filter(|l| l.id != OBSERVER);
+            let Some(leader) = leader.filter(|_| ids == self.running_servers()) else {
+                return Ok(Check::NotYet(describe_servers(&rows)));
+            };
+            let hosts = self.cli.hosts().await?;
+            let healthy =
+                self.agents.keys().all(|id| hosts.iter().any(|h| h.id == *id && h.state == HostState::Healthy));
+            Ok(if healthy { Check::Done(leader.id.clone()) } else { Check::NotYet(describe(&hosts)) })
+        })
+        .await
+    }
+
+    /// Waits until an instance other than `old` leads, looking back to back, and brackets when that became
+    /// visible, measured from `since` (the fault).
+    pub async fn wait_failover(&mut self, old: &str, since: Instant, limit: Duration) -> anyhow::Result<Failover> {
+        let mut at_least = Duration::ZERO;
+        let mut looks = 0;
+        let mut last: String;
+        loop {
+            self.ensure_alive()?;
+            let start = Instant::now();
+            let rows = self.servers().await;
+            let end = Instant::now();
+            looks += 1;
+            match rows {
+                Ok(rows) => {
+                    if let Some(new) = rows.iter().find(|r| r.role == Role::Leader && r.id != old) {
+                        let at_most = end.saturating_duration_since(since).saturating_sub(SERVERS_QUIET);
+                        return Ok(Failover { leader: new.id.clone(), epoch: new.epoch, at_most, at_least, looks });
+                    }
+                    at_least = start.saturating_duration_since(since);
+                    last = describe_servers(&rows);
+                }
+                Err(e) => last = format!("error: {e:#}"),
+            }
+            if since.elapsed() >= limit {
+                anyhow::bail!("no instance but {old} led within {limit:?} ({looks} looks); last seen: {last}");
+            }
+        }
+    }
+
+    /// Waits until `muster servers` shows `id` in `role`; returns the rows.
+    pub async fn wait_role(&mut self, id: &str, role: Role, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
+        wait_until(limit, &format!("`muster servers` shows {id} as {role:?}"), async || {
+            self.ensure_alive()?;
+            let rows = self.servers().await?;
+            let ok = rows.iter().any(|r| r.id == id && r.role == role);
+            Ok(if ok { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
+        })
+        .await
+    }
+
+    /// `muster stats --json` as instance `id` answers it. The API is one queue group, so the CLI is pointed at one
+    /// node after another until `id` is the one that answers (nats-server prefers a subscriber on the node a
+    /// request arrives at).
+    pub async fn stats_of(&mut self, id: &str, limit: Duration) -> anyhow::Result<Stats> {
+        let mut attempt = 0usize;
+        wait_until(limit, &format!("`muster stats` answered by {id}"), async || {
+            self.ensure_alive()?;
+            if !self.running_servers().contains(id) {
+                return Err(fatal(format!("{id} is not running")));
+            }
+            let cli = &self.node_clis[attempt % NODES];
+            attempt += 1;
+            let stats = cli.stats().await?;
+            Ok(if stats.server_id.as_str() == Some(id) {
+                Check::Done(stats)
+            } else {
+                Check::NotYet(format!("answered by {}", stats.server_id))
+            })
+        })
+        .await
+    }
+
+    /// Waits until every running instance answers `muster servers` with the same `applied_seq` and `digest`, at
+    /// the end of the log; returns those rows.
+    pub async fn wait_converged(&mut self, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
+        let what = "every instance reports the same applied_seq and digest, at the end of the log";
+        wait_until(limit, what, async || {
+            self.ensure_alive()?;
+            let rows = self.servers().await?;
+            let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let first = &rows[0];
+            let same = ids == self.running_servers()
+                && first.digest.is_some()
+                && rows.iter().all(|r| {
+                    r.applied_seq == first.applied_seq && r.digest == first.digest && r.log_end == Some(r.applied_seq)
+                });
+            Ok(if same { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
+        })
+        .await
+    }
+
+    /// One call of the operator API over the test's own NATS client (bulk reads that would take a CLI process
+    /// each), its JSON reply parsed as `T`.
+    pub async fn api<T: serde::de::DeserializeOwned>(&self, endpoint: &str, body: &str) -> anyhow::Result<T> {
+        let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).api(endpoint);
+        let what = format!("{subject} {body:?}");
+        let msg = within(CALL_TIMEOUT, &what, self.client.request(subject.clone(), body.to_string().into()))
+            .await?
+            .with_context(|| format!("requesting {what}"))?;
+        if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR)) {
+            anyhow::bail!("{what}: {status}");
+        }
+        serde_json::from_slice(&msg.payload).with_context(|| {
+            format!(
+                "parsing the answer to {what} as {}: {}",
+                std::any::type_name::<T>(),
+                String::from_utf8_lossy(&msg.payload)
+            )
+        })
+    }
+
+    /// Where the txn stream stands, as JetStream reports it.
+    pub async fn log_state(&self) -> anyhow::Result<LogState> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let name = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).txn_stream();
+        let info = within(CALL_TIMEOUT, &format!("stream info of {name}"), async {
+            js.get_stream(&name).await?.info().await.cloned().map_err(anyhow::Error::from)
+        })
+        .await??;
+        Ok(LogState {
+            first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
+            nats_leader: info.cluster.and_then(|c| c.leader),
+        })
+    }
+
+    /// Every entry of the txn log still stored (behind the newest snapshot it is trimmed), oldest first, read with
+    /// direct gets.
+    pub async fn txn_log(&self) -> anyhow::Result<Vec<LogEntry>> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let name = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).txn_stream();
+        let state = self.log_state().await?;
+        let stream = within(CALL_TIMEOUT, &format!("stream {name}"), js.get_stream(&name)).await??;
+        let mut out = Vec::new();
+        for seq in state.first_seq.max(1)..=state.last_seq {
+            let msg = within(CALL_TIMEOUT, &format!("{name} entry {seq}"), stream.direct_get(seq))
+                .await?
+                .with_context(|| format!("reading {name} entry {seq}"))?;
+            let header = |h: &str| msg.headers.get(h).map(|v| v.as_str().to_string());
+            let epoch = header(muster_schemas::headers::EPOCH).and_then(|e| e.parse().ok()).with_context(|| {
+                format!("{name} entry {seq} has no numeric {} header", muster_schemas::headers::EPOCH)
+            })?;
+            let writer = header(muster_schemas::headers::HOST).unwrap_or_default();
+            out.push(LogEntry { seq, epoch, writer });
+        }
+        Ok(out)
+    }
+
+    /// Every request the answering instance knows, in full, by id.
+    pub async fn all_requests(&self) -> anyhow::Result<BTreeMap<u64, RequestView>> {
+        let rows: Vec<RequestRow> = self.api("requests", "").await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            out.insert(row.id, self.api("request", &row.id.to_string()).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn log_filter() -> String {
+    std::env::var(LOG_ENV).unwrap_or_else(|_| DEFAULT_LOG.to_string())
+}

@@ -1,0 +1,189 @@
+//! [`NatsCluster`]: three nats-servers forming one JetStream cluster, started from the repository's
+//! `nats/cluster.conf`, for the high-availability tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::paths::{nats_server_bin, workspace_root};
+use crate::process::Proc;
+use crate::wait::{wait_until, Check};
+
+/// Nodes in the cluster: the smallest JetStream cluster that keeps a quorum (and R3 streams) with one node down.
+pub const NODES: usize = 3;
+
+/// How long a node may take to accept connections (it starts in ~10 ms; recovering a store after a restart on a
+/// machine busy with parallel builds takes longer).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the cluster may take to elect its JetStream meta leader after start: a RAFT election over three
+/// processes that are themselves still starting, on 2 loaded cores.
+const JETSTREAM_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one connection attempt or one JetStream call of a readiness check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One node: a nats-server process with its own client port, route port and store.
+#[derive(Debug)]
+struct Node {
+    /// `n1`, `n2`, `n3`: the `server_name`, as JetStream reports stream leaders.
+    name: String,
+    proc: Proc,
+    client_port: u16,
+}
+
+/// Three nats-servers on 127.0.0.1 with JetStream, routed to each other, each with a private store under
+/// `<dir>/nats/<name>/store` and its log in `<dir>/nats/nats-<name>.log`.
+///
+/// Ports are picked free at start and kept for the cluster's life, so [`NatsCluster::restart`] brings a node back
+/// where its peers and clients look for it. Every node is killed on Drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes in `<dir>/nats` and waits until every one accepts clients and JetStream answers on
+    /// each (the meta leader is elected).
+    pub async fn start_in(dir: &Path) -> anyhow::Result<Self> {
+        let bin = nats_server_bin()?;
+        let conf = workspace_root().join("nats/cluster.conf");
+        let conf = conf.to_str().context("workspace path is not UTF-8")?.to_string();
+        let base = dir.join("nats");
+        // Client and route ports for every node, taken all at once so they are distinct.
+        let ports = free_ports(NODES * 2)?;
+        let (client_ports, route_ports) = ports.split_at(NODES);
+        let route = |i: usize| format!("nats://127.0.0.1:{}", route_ports[i]);
+        let mut nodes = Vec::with_capacity(NODES);
+        for i in 0..NODES {
+            let name = format!("n{}", i + 1);
+            let store: PathBuf = base.join(&name).join("store");
+            std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+            let store = store.to_str().context("test directory path is not UTF-8")?.to_string();
+            let env = [
+                ("MUSTER_NATS_NAME", name.clone()),
+                ("MUSTER_NATS_PORT", client_ports[i].to_string()),
+                ("MUSTER_NATS_CLUSTER_PORT", route_ports[i].to_string()),
+                ("MUSTER_NATS_ROUTE_A", route((i + 1) % NODES)),
+                ("MUSTER_NATS_ROUTE_B", route((i + 2) % NODES)),
+                ("MUSTER_NATS_STORE_DIR", store),
+            ];
+            let proc = Proc::spawn(&format!("nats-{name}"), &bin, &["-c", &conf], env, &base)?;
+            nodes.push(Node { name, proc, client_port: client_ports[i] });
+        }
+        let mut cluster = Self { nodes };
+        for i in 0..NODES {
+            cluster.wait_node_ready(i).await?;
+        }
+        cluster.wait_jetstream().await?;
+        Ok(cluster)
+    }
+
+    /// `nats://127.0.0.1:<port>` of node `i` (0-based).
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Every node's URL, comma-separated, as `MUSTER_NATS_URL` and `muster --nats` take them.
+    pub fn urls(&self) -> String {
+        (0..NODES).map(|i| self.url(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node names (`n1`, `n2`, `n3`), by index.
+    pub fn names(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    /// The index of the node named `name` (as JetStream names a stream's leader).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Node `i`'s log file.
+    pub fn log_path(&self, i: usize) -> &Path {
+        self.nodes[i].proc.log_path()
+    }
+
+    /// Connects a client that knows every node (and so survives losing one).
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let addrs = (0..NODES)
+            .map(|i| self.url(i).parse::<async_nats::ServerAddr>().context("node URL"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let connect = async_nats::ConnectOptions::new().name("muster-tests").connect(addrs);
+        tokio::time::timeout(PROBE_TIMEOUT, connect)
+            .await
+            .context("timed out connecting to the NATS cluster")?
+            .context("connecting to the NATS cluster")
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash of its machine would.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].proc.kill9()?;
+        Ok(())
+    }
+
+    /// Starts node `i` again on its ports with its store and waits until it accepts clients.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.nodes[i].proc.restart()?;
+        self.wait_node_ready(i).await
+    }
+
+    /// Fails (ending any wait) if a node exited without the test stopping it.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            node.proc.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    async fn wait_node_ready(&mut self, i: usize) -> anyhow::Result<()> {
+        let url = self.url(i);
+        let node = &mut self.nodes[i];
+        wait_until(READY_TIMEOUT, &format!("nats-server {} accepts connections on {url}", node.name), async || {
+            node.proc.ensure_running()?;
+            match tokio::time::timeout(PROBE_TIMEOUT, async_nats::connect(&url)).await {
+                Ok(Ok(_client)) => Ok(Check::Done(())),
+                Ok(Err(e)) => Ok(Check::NotYet(format!("connecting: {e}"))),
+                Err(_) => Ok(Check::NotYet("connecting timed out".into())),
+            }
+        })
+        .await
+        .with_context(|| format!("starting nats-server {}; its log:\n{}", node.name, node.proc.log_tail(30)))
+    }
+
+    /// Waits until JetStream answers an account query through every node: the cluster has formed and elected its
+    /// meta leader, so stream and bucket creation can start.
+    async fn wait_jetstream(&mut self) -> anyhow::Result<()> {
+        for i in 0..NODES {
+            let url = self.url(i);
+            let nodes = &mut self.nodes;
+            wait_until(JETSTREAM_READY_TIMEOUT, &format!("JetStream answers through {url}"), async || {
+                for node in nodes.iter_mut() {
+                    node.proc.ensure_running()?;
+                }
+                let client = tokio::time::timeout(PROBE_TIMEOUT, async_nats::connect(&url))
+                    .await
+                    .context("connecting timed out")??;
+                let js = async_nats::jetstream::new(client);
+                match tokio::time::timeout(PROBE_TIMEOUT, js.query_account()).await {
+                    Ok(Ok(_)) => Ok(Check::Done(())),
+                    Ok(Err(e)) => Ok(Check::NotYet(format!("account info: {e}"))),
+                    Err(_) => Ok(Check::NotYet("account info timed out".into())),
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1. They are held until all are chosen (so they differ) and released just
+/// before the nodes bind them; another process taking one in between is possible but rare enough for tests.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding a free port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
