@@ -80,6 +80,14 @@ pub enum Command {
     Restart(ActionArgs),
     /// Uninstall a service or component (stopping it first).
     Uninstall(ActionArgs),
+    /// Run a custom command of the stack: `muster custom rebalance worker --hosts 'web-*'`.
+    Custom {
+        /// The custom command's name (`custom.<name>` in the stack).
+        name: String,
+        /// Target and options.
+        #[command(flatten)]
+        action: ActionArgs,
+    },
     /// Run a command on selected hosts: `muster run --hosts 'web-*' -- uptime`.
     Run {
         /// Host selector (see `muster help start`).
@@ -336,6 +344,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stop(a) => return action(&client, &subjects, "stop", a, cli.api_timeout).await,
         Command::Restart(a) => return action(&client, &subjects, "restart", a, cli.api_timeout).await,
         Command::Uninstall(a) => return action(&client, &subjects, "uninstall", a, cli.api_timeout).await,
+        Command::Custom { name, action: a } => {
+            return action(&client, &subjects, &format!("custom:{name}"), a, cli.api_timeout).await
+        }
         Command::Run { hosts, timeout, opts, argv } => {
             let spec = RequestSpec {
                 action: "run".into(),
@@ -728,6 +739,7 @@ mod tests {
         Cli::try_parse_from(["muster", "stack", "apply", "toy.toml"]).unwrap();
         Cli::try_parse_from(["muster", "request", "3", "--watch"]).unwrap();
         Cli::try_parse_from(["muster", "servers", "--json"]).unwrap();
+        Cli::try_parse_from(["muster", "custom", "hello", "worker", "--hosts", "h1"]).unwrap();
         assert!(Cli::try_parse_from(["muster", "run", "--hosts", "h1"]).is_err(), "run needs argv");
     }
 }
