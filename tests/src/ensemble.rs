@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use muster_schemas::api::RequestView;
-use muster_schemas::{HostState, Subjects};
+use muster_schemas::{limits, HostState, Subjects, Txn};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -34,6 +34,9 @@ pub const OBSERVER: &str = "server-3";
 /// How long `muster servers` keeps collecting answers after the last one (`SERVERS_QUIET` in server/src/cli.rs):
 /// every row it prints arrived at least this long before it exited.
 pub const SERVERS_QUIET: Duration = Duration::from_millis(300);
+
+/// Room for a txn's MessagePack framing beyond [`limits::MAX_TXN_BYTES`], as the servers allow when they decode.
+const TXN_FRAMING: usize = 64 * 1024;
 
 /// Same as [`crate::cluster`]: debug for muster's crates, info for the libraries.
 const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=debug,muster_schemas=debug";
@@ -111,8 +114,8 @@ pub struct Failover {
     pub looks: u32,
 }
 
-/// One entry of the txn log, as its headers describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry of the txn log, with what its headers say about it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogEntry {
     /// Its stream sequence.
     pub seq: u64,
@@ -120,6 +123,8 @@ pub struct LogEntry {
     pub epoch: u64,
     /// `Muster-Host`: the id of the instance that wrote it.
     pub writer: String,
+    /// The entry itself.
+    pub txn: Txn,
 }
 
 /// Where the txn stream stands.
@@ -358,13 +363,26 @@ impl Ensemble {
             self.ensure_alive()?;
             let rows = self.servers().await?;
             let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-            let first = &rows[0];
+            let Some(first) = rows.first() else { return Ok(Check::NotYet("no rows".into())) };
             let same = ids == self.running_servers()
                 && first.digest.is_some()
                 && rows.iter().all(|r| {
                     r.applied_seq == first.applied_seq && r.digest == first.digest && r.log_end == Some(r.applied_seq)
                 });
             Ok(if same { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
+        })
+        .await
+    }
+
+    /// Waits until every running instance has applied the log up to `seq` (while writes may go on); returns the
+    /// rows.
+    pub async fn wait_applied(&mut self, seq: u64, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
+        wait_until(limit, &format!("every instance has applied the log up to {seq}"), async || {
+            self.ensure_alive()?;
+            let rows = self.servers().await?;
+            let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let done = ids == self.running_servers() && rows.iter().all(|r| r.applied_seq >= seq);
+            Ok(if done { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
         })
         .await
     }
@@ -405,7 +423,7 @@ impl Ensemble {
     }
 
     /// Every entry of the txn log still stored (behind the newest snapshot it is trimmed), oldest first, read with
-    /// direct gets.
+    /// direct gets and decoded.
     pub async fn txn_log(&self) -> anyhow::Result<Vec<LogEntry>> {
         let js = async_nats::jetstream::new(self.client.clone());
         let name = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).txn_stream();
@@ -421,7 +439,9 @@ impl Ensemble {
                 format!("{name} entry {seq} has no numeric {} header", muster_schemas::headers::EPOCH)
             })?;
             let writer = header(muster_schemas::headers::HOST).unwrap_or_default();
-            out.push(LogEntry { seq, epoch, writer });
+            let txn = muster_schemas::decode(&msg.payload, limits::MAX_TXN_BYTES + TXN_FRAMING)
+                .with_context(|| format!("decoding {name} entry {seq}"))?;
+            out.push(LogEntry { seq, epoch, writer, txn });
         }
         Ok(out)
     }

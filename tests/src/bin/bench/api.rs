@@ -1,0 +1,233 @@
+//! Talking to muster over NATS as an operator tool would: the `muster.api.*` endpoints (JSON), and collectors of
+//! the change feed (`muster.events.host.*`, `muster.events.task.*`) that keep every event with its arrival time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::Client;
+use futures::StreamExt as _;
+use muster_schemas::cluster::TaskStatus;
+use muster_schemas::events::{HostChanged, TaskChanged};
+use muster_schemas::HostState;
+use serde_json::Value;
+
+/// How long one API call may take. `summary` reads every host record, which at 100k hosts is a large read.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A creation call plans and stores every task's command first: 100k of them take a while.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Buffered messages per collector subscription: a fan-out to 100k hosts emits a few events per task within
+/// seconds, and a dropped event would make a latency figure incomplete.
+const COLLECTOR_CAPACITY: usize = 4 << 20;
+
+/// Largest event body decoded.
+const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// The operator API.
+#[derive(Clone)]
+pub struct Api {
+    client: Client,
+}
+
+impl Api {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("muster bench")
+            .request_timeout(Some(API_TIMEOUT))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self { client })
+    }
+
+    /// Calls `muster.api.<endpoint>` with `body`; the JSON reply, or the service error as an error.
+    pub async fn call(&self, endpoint: &str, body: impl Into<bytes::Bytes>, limit: Duration) -> anyhow::Result<Value> {
+        let subject = format!("muster.api.{endpoint}");
+        let reply = tokio::time::timeout(limit, self.client.request(subject.clone(), body.into()))
+            .await
+            .with_context(|| format!("{subject}: no answer within {limit:?}"))?
+            .with_context(|| format!("{subject}: request failed"))?;
+        if let Some(error) = reply.headers.as_ref().and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR)) {
+            bail!("{subject}: {error} ({})", String::from_utf8_lossy(&reply.payload));
+        }
+        serde_json::from_slice(&reply.payload).with_context(|| format!("{subject}: reply is not JSON"))
+    }
+
+    /// `muster.api.stats`.
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        self.call("stats", "", Duration::from_secs(5)).await
+    }
+
+    /// A counter from `muster.api.stats` (0 if never touched).
+    pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        Ok(self.stats().await?.pointer(&format!("/counters/{name}")).and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// `muster.api.summary`.
+    pub async fn summary(&self) -> anyhow::Result<Summary> {
+        let v = self.call("summary", "", API_TIMEOUT).await?;
+        let count = |group: &str, key: &str| v.get(group).and_then(|g| g.get(key)).and_then(Value::as_u64).unwrap_or(0);
+        Ok(Summary {
+            healthy: count("hosts_by_state", "HEALTHY"),
+            started_components: count("components_by_state", "STARTED"),
+            raw: v,
+        })
+    }
+
+    /// Creates a request from a `RequestSpec` JSON; returns (request id, tasks).
+    pub async fn create_request(&self, spec: &Value) -> anyhow::Result<(u64, u64)> {
+        let reply = self.call("request.create", spec.to_string(), CREATE_TIMEOUT).await?;
+        let id = reply.get("request").and_then(Value::as_u64).context("request.create: no request id")?;
+        let tasks = reply.get("tasks").and_then(Value::as_u64).unwrap_or(0);
+        Ok((id, tasks))
+    }
+
+    /// One request's row from `muster.api.requests` (cheap at any size, unlike `muster.api.request`).
+    pub async fn request_row(&self, id: u64) -> anyhow::Result<RequestRow> {
+        let rows = self.call("requests", "", API_TIMEOUT).await?;
+        let row = rows
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r.get("id").and_then(Value::as_u64) == Some(id)))
+            .with_context(|| format!("request {id} is not listed"))?;
+        let status: TaskStatus = serde_json::from_value(row.get("status").cloned().unwrap_or_default())
+            .with_context(|| format!("request {id}: unreadable status"))?;
+        let num = |k: &str| row.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Ok(RequestRow {
+            status,
+            created_at: num("created_at"),
+            finished_at: num("finished_at"),
+            detail: row.get("detail").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// What `muster.api.summary` says.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Hosts HEALTHY.
+    pub healthy: u64,
+    /// Host components STARTED.
+    pub started_components: u64,
+    /// The whole reply, for error messages.
+    pub raw: Value,
+}
+
+/// A request as `muster.api.requests` lists it.
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    /// Status.
+    pub status: TaskStatus,
+    /// Created (ms since epoch).
+    pub created_at: u64,
+    /// Finished (ms since epoch, 0 while running).
+    pub finished_at: u64,
+    /// Why it ended as it did.
+    pub detail: String,
+}
+
+/// Collects the change feed of one kind for as long as it lives.
+pub struct Collector<T> {
+    events: Arc<Mutex<Vec<T>>>,
+    undecodable: Arc<AtomicU64>,
+    slow_consumers: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T> Drop for Collector<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T: Clone + Send + 'static> Collector<T> {
+    async fn start(
+        url: &str,
+        subject: &str,
+        decode: impl Fn(&async_nats::Message) -> Option<T> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let slow_consumers = Arc::new(AtomicU64::new(0));
+        let slow = slow_consumers.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("muster bench collector")
+            .subscription_capacity(COLLECTOR_CAPACITY)
+            .event_callback(move |event| {
+                let slow = slow.clone();
+                async move {
+                    if matches!(event, async_nats::Event::SlowConsumer(_)) {
+                        slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .connect(url)
+            .await?;
+        let mut sub = client.subscribe(subject.to_owned()).await?;
+        client.flush().await?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let undecodable = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (events, undecodable) = (events.clone(), undecodable.clone());
+            async move {
+                let _client = client;
+                while let Some(message) = sub.next().await {
+                    match decode(&message) {
+                        Some(event) => events.lock().unwrap_or_else(|p| p.into_inner()).push(event),
+                        None => {
+                            undecodable.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { events, undecodable, slow_consumers, task })
+    }
+
+    /// Events received so far.
+    pub fn snapshot(&self) -> Vec<T> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Events received so far (count).
+    pub fn len(&self) -> usize {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Fails if any event was dropped or unreadable: figures from an incomplete feed are not results.
+    pub fn ensure_complete(&self, what: &str) -> anyhow::Result<()> {
+        let (slow, bad) = (self.slow_consumers.load(Ordering::Relaxed), self.undecodable.load(Ordering::Relaxed));
+        if slow > 0 || bad > 0 {
+            bail!("{what}: the event collector lost events ({slow} slow-consumer drops, {bad} undecodable)");
+        }
+        Ok(())
+    }
+}
+
+/// Collects `muster.events.host.*`.
+pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostChanged>> {
+    Collector::start(url, "muster.events.host.*", |m| muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()).await
+}
+
+/// Collects `muster.events.task.*`.
+pub async fn task_events(url: &str) -> anyhow::Result<Collector<TaskChanged>> {
+    Collector::start(url, "muster.events.task.*", |m| muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()).await
+}
+
+/// Hosts whose latest event (of `events`) put them in `state`, with the time of that event.
+pub fn hosts_in(events: &[HostChanged], state: HostState) -> HashMap<String, u64> {
+    let mut latest: HashMap<String, (HostState, u64)> = HashMap::new();
+    for e in events {
+        latest.insert(e.host.to_string(), (e.to, e.at));
+    }
+    latest.into_iter().filter(|(_, (s, _))| *s == state).map(|(h, (_, at))| (h, at)).collect()
+}
+
+/// Milliseconds since the Unix epoch, as the server stamps events.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

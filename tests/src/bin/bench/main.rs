@@ -1,0 +1,188 @@
+//! `bench`: the benchmark driver behind `make bench` and `make bench-quick`.
+//!
+//! Starts its own nats-server (`nats/single.conf`, temp store, random ports), release `muster-server`,
+//! `muster-agent swarm`s and a real agent, runs every scenario of docs/benchmarks.md, and writes the results into
+//! that document between its `bench:<mode>` markers — only when every scenario completed. A run that cannot
+//! complete (a process exits, a host never registers, a request never completes) exits non-zero and writes
+//! nothing; its logs are kept under `target/bench/`.
+//!
+//! ```text
+//! bench [--quick] [--out FILE | --no-write] [--keep]
+//! ```
+//!
+//! # Layout
+//! - `env`       — processes (nats-server with monitoring, muster-server, swarms, an agent) and `/proc` readings.
+//! - `api`       — the `muster.api.*` endpoints and collectors of the change feed.
+//! - `ceilings`  — core-NATS and JetStream throughput, measured in the same run.
+//! - `scenarios` — the six scenarios.
+//! - `report`    — the markdown tables and the marked block in docs/benchmarks.md.
+
+mod api;
+mod ceilings;
+mod env;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use muster_tests::paths::{nats_server_bin, workspace_root};
+
+use crate::env::RunDir;
+use crate::report::Run;
+use crate::scenarios::Plan;
+
+/// Command-line options.
+struct Options {
+    quick: bool,
+    out: Option<PathBuf>,
+    keep: bool,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options { quick: false, out: Some(workspace_root().join("docs/benchmarks.md")), keep: false };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--keep" => options.keep = true,
+            "--no-write" => options.out = None,
+            "--out" => options.out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
+            "-h" | "--help" => {
+                println!("usage: bench [--quick] [--out FILE | --no-write] [--keep]");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mode = if options.quick { "quick" } else { "full" };
+    let mut dir = match RunDir::new(mode) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&options, mode, &dir)) {
+        Ok(run) => {
+            let block = report::render(&run);
+            if let Some(out) = &options.out {
+                if let Err(e) = report::write_block(out, mode, &block) {
+                    eprintln!("bench: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("bench: results written to {}", out.display());
+            } else {
+                println!("{block}");
+            }
+            for missed in run.missed() {
+                eprintln!("bench: target missed: {missed}");
+            }
+            if options.keep {
+                eprintln!("bench: logs kept in {}", dir.keep().display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: FAILED, nothing written: {e:#}");
+            eprintln!("bench: logs kept in {}", dir.keep().display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run> {
+    let plan = if options.quick { Plan::quick() } else { Plan::full() };
+    let started = Instant::now();
+    let started_at = command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
+    let machine = machine()?;
+    let (ceilings, fleet) = scenarios::fleet(dir, &plan).await?;
+    let failure = scenarios::failure(dir, &plan).await?;
+    let footprint = scenarios::footprint(dir, &plan).await?;
+    let mut scenarios = fleet;
+    scenarios.push(failure);
+    scenarios.push(scenarios::failover());
+    scenarios.push(footprint);
+    scenarios.sort_by(|a, b| a.title.cmp(&b.title));
+    let command = std::iter::once(if options.quick { "make bench-quick →" } else { "make bench →" }.to_owned())
+        .chain(std::env::args().map(|a| a.replace(&format!("{}/", workspace_root().display()), "")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Run {
+        mode: mode.to_owned(),
+        command,
+        started: started_at,
+        duration_secs: started.elapsed().as_secs_f64(),
+        machine,
+        ceilings,
+        scenarios,
+    })
+}
+
+/// The machine and the versions the figures belong to.
+fn machine() -> anyhow::Result<Vec<(String, String)>> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_owned(), |(_, m)| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let nats = nats_server_bin()?;
+    let root = workspace_root();
+    let root = root.to_string_lossy();
+    let commit = command_output("git", &["-C", &root, "rev-parse", "--short=12", "HEAD"]);
+    let dirty = !command_output("git", &["-C", &root, "status", "--porcelain"]).is_empty();
+    Ok(vec![
+        ("CPUs (`nproc`)".into(), env::nproc().to_string()),
+        ("CPU model".into(), model),
+        ("memory".into(), format!("{:.1} GiB", mem_kib as f64 / (1 << 20) as f64)),
+        ("kernel".into(), command_output("uname", &["-r"])),
+        (
+            "load average at start".into(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("nats-server".into(), command_output(&nats.to_string_lossy(), &["--version"])),
+        ("rustc".into(), command_output("rustc", &["--version"])),
+        ("git commit".into(), if dirty { format!("{commit} + uncommitted changes") } else { commit }),
+    ])
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| format!("({program}: {e})"))
+}
