@@ -102,6 +102,10 @@ pub struct TaskView {
     pub detail: String,
 }
 
+/// Most tasks a request view lists: a fan-out to 100k hosts must still fit one NATS message (1 MiB); counts
+/// always cover every task.
+pub const MAX_TASKS_IN_VIEW: usize = 1_000;
+
 /// One stage as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageView {
@@ -109,8 +113,20 @@ pub struct StageView {
     pub name: String,
     /// Status.
     pub status: crate::cluster::TaskStatus,
-    /// Task ids.
+    /// Task ids (empty when the request has more than [`MAX_TASKS_IN_VIEW`] tasks).
     pub tasks: Vec<u64>,
+    /// Tasks in the stage.
+    #[serde(default)]
+    pub total: u64,
+    /// Tasks that ended.
+    #[serde(default)]
+    pub done: u64,
+    /// Tasks that ended other than COMPLETED.
+    #[serde(default)]
+    pub failed: u64,
+    /// Tasks reported running.
+    #[serde(default)]
+    pub running: u64,
 }
 
 /// A request as the API shows it (`muster.api.request`, `muster request <id> --json`).
@@ -130,8 +146,14 @@ pub struct RequestView {
     pub detail: String,
     /// Stages in order.
     pub stages: Vec<StageView>,
-    /// Every task.
+    /// Tasks, in id order: all of them up to [`MAX_TASKS_IN_VIEW`], the first ones beyond.
     pub tasks: Vec<TaskView>,
+    /// Tasks in the request.
+    #[serde(default)]
+    pub tasks_total: u64,
+    /// Tasks by status, over all tasks.
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// One host component as `muster components` shows it.

@@ -25,7 +25,10 @@
 use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
-use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestView, StageView, TaskView};
+use muster_schemas::api::{
+    ComponentView, HostDetail, HostSummary, RequestView, StageView, TaskView, MAX_TASKS_IN_VIEW,
+};
+use muster_schemas::cluster::TaskStatus;
 use muster_schemas::{limits, HostId, HostRecord, Subjects};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -310,24 +313,40 @@ fn one_request(deps: &ApiDeps, payload: &[u8]) -> Answer {
         raw.trim().parse().map_err(|_| api_error(400, format!("request id must be a number, not {raw:?}")))?;
     let r = deps.store.request(id).map_err(|e| api_error(500, e.to_string()))?;
     let r = r.ok_or_else(|| api_error(404, format!("no request {id}")))?;
+    let total: usize = r.stages.iter().map(|s| s.tasks.len()).sum();
+    let small = total <= MAX_TASKS_IN_VIEW;
     let mut tasks = Vec::new();
-    for tid in r.stages.iter().flat_map(|s| &s.tasks) {
-        let Some(t) = deps.store.task(*tid).map_err(|e| api_error(500, e.to_string()))? else { continue };
-        tasks.push(TaskView {
-            id: t.id,
-            stage: t.stage,
-            host: t.host.to_string(),
-            component: t.component.as_ref().map(|c| c.to_string()),
-            command: t.command.to_string(),
-            status: t.status,
-            attempt: t.attempt,
-            exit_code: t.exit_code,
-            stdout: t.stdout,
-            stderr: t.stderr,
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-            detail: t.detail,
-        });
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut stages = Vec::with_capacity(r.stages.len());
+    for s in r.stages {
+        let (mut done, mut failed, mut running) = (0, 0, 0);
+        for tid in &s.tasks {
+            let Some(t) = deps.store.task(*tid).map_err(|e| api_error(500, e.to_string()))? else { continue };
+            *counts.entry(t.status.as_str().to_string()).or_default() += 1;
+            done += u64::from(t.status.is_terminal());
+            failed += u64::from(t.status.is_terminal() && t.status != TaskStatus::Completed);
+            running += u64::from(t.status == TaskStatus::InProgress);
+            if tasks.len() < MAX_TASKS_IN_VIEW {
+                tasks.push(TaskView {
+                    id: t.id,
+                    stage: t.stage,
+                    host: t.host.to_string(),
+                    component: t.component.as_ref().map(|c| c.to_string()),
+                    command: t.command.to_string(),
+                    status: t.status,
+                    attempt: t.attempt,
+                    exit_code: t.exit_code,
+                    stdout: t.stdout,
+                    stderr: t.stderr,
+                    started_at: t.started_at,
+                    finished_at: t.finished_at,
+                    detail: t.detail,
+                });
+            }
+        }
+        let total = s.tasks.len() as u64;
+        let ids = if small { s.tasks } else { Vec::new() };
+        stages.push(StageView { name: s.name, status: s.status, tasks: ids, total, done, failed, running });
     }
     let view = RequestView {
         id: r.id,
@@ -336,8 +355,10 @@ fn one_request(deps: &ApiDeps, payload: &[u8]) -> Answer {
         created_at: r.created_at,
         finished_at: r.finished_at,
         detail: r.detail,
-        stages: r.stages.into_iter().map(|s| StageView { name: s.name, status: s.status, tasks: s.tasks }).collect(),
+        stages,
         tasks,
+        tasks_total: total as u64,
+        counts,
     };
     serde_json::to_value(view).map_err(|e| api_error(500, e.to_string()))
 }

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestSpec, RequestView, TaskView};
+use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestSpec, RequestView};
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::{codec, Subjects};
 
@@ -491,31 +491,18 @@ async fn follow(
         let view: RequestView = from_value(v)?;
         if stage_bars.is_empty() {
             for s in &view.stages {
-                let b = bars.add(indicatif::ProgressBar::new(s.tasks.len() as u64));
+                let b = bars.add(indicatif::ProgressBar::new(s.total));
                 b.set_style(style.clone());
                 b.set_prefix(s.name.clone());
                 stage_bars.push(b);
             }
         }
         for (s, b) in view.stages.iter().zip(&stage_bars) {
-            let tasks: Vec<&TaskView> = view.tasks.iter().filter(|t| s.tasks.contains(&t.id)).collect();
-            b.set_position(tasks.iter().filter(|t| t.status.is_terminal()).count() as u64);
-            let failed = tasks
-                .iter()
-                .filter(|t| {
-                    !matches!(
-                        t.status,
-                        TaskStatus::Completed | TaskStatus::Pending | TaskStatus::Queued | TaskStatus::InProgress
-                    )
-                })
-                .count();
-            let running = tasks.iter().filter(|t| t.status == TaskStatus::InProgress).count();
-            b.set_message(format!(
-                "{}{}{}",
-                s.status.as_str(),
-                if running > 0 { format!(", {running} running") } else { String::new() },
-                if failed > 0 { format!(", {failed} failed") } else { String::new() }
-            ));
+            b.set_length(s.total);
+            b.set_position(s.done);
+            let running = if s.running > 0 { format!(", {} running", s.running) } else { String::new() };
+            let failed = if s.failed > 0 { format!(", {} failed", s.failed) } else { String::new() };
+            b.set_message(format!("{}{running}{failed}", s.status.as_str()));
             if s.status.is_terminal() && !b.is_finished() {
                 b.finish();
             }
@@ -547,8 +534,8 @@ fn print_request(out: &mut impl Write, v: &RequestView) -> Result<(), CliError> 
         writeln!(out, "  {}", v.detail)?;
     }
     for (i, s) in v.stages.iter().enumerate() {
-        writeln!(out, "  stage {} {} [{}]", i + 1, s.name, s.status)?;
-        for t in v.tasks.iter().filter(|t| s.tasks.contains(&t.id)) {
+        writeln!(out, "  stage {} {} [{}] {}/{} done, {} failed", i + 1, s.name, s.status, s.done, s.total, s.failed)?;
+        for t in v.tasks.iter().filter(|t| t.stage as usize == i) {
             let comp = t.component.clone().unwrap_or_default();
             let exit = t.exit_code.map_or("-".to_string(), |c| c.to_string());
             writeln!(
@@ -571,6 +558,10 @@ fn print_request(out: &mut impl Write, v: &RequestView) -> Result<(), CliError> 
                 writeln!(out, "      stderr: {}", tail(&t.stderr))?;
             }
         }
+    }
+    if (v.tasks.len() as u64) < v.tasks_total {
+        let counts: Vec<String> = v.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(out, "  ({} of {} tasks listed; all: {})", v.tasks.len(), v.tasks_total, counts.join(", "))?;
     }
     Ok(())
 }
