@@ -42,4 +42,13 @@ pub enum TxnOp {
     PutTask(Box<TaskRecord>),
     /// Insert or replace a host's command cursor.
     PutCursor(Box<CommandCursor>),
+    /// Task and request ids up to these are taken. A leader appends this before it publishes any command carrying
+    /// such an id, and a new leader allocates above it, so an id is never reused — even one a deposed leader put in
+    /// a command it never committed.
+    ReserveIds {
+        /// Highest task id reserved.
+        tasks: u64,
+        /// Highest request id reserved.
+        requests: u64,
+    },
 }

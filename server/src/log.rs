@@ -286,6 +286,10 @@ pub async fn run_applier(
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = apply_stream(&js, &subjects, &store, &applied, &metrics) => r,
+            () = stalled(&js, &subjects, applied.subscribe()) => {
+                metrics.inc("txn.applier_restarts");
+                Err(LogError::Stream("the log has entries this replica is not receiving; recreating its consumer".into()))
+            }
         };
         if let Err(e) = result {
             warn!(error = %e, "txn applier interrupted; resuming");
@@ -293,6 +297,32 @@ pub async fn run_applier(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(APPLIER_RETRY) => {}
+        }
+    }
+}
+
+/// How long the applier may receive nothing while the log has entries it has not applied. An ordered consumer
+/// whose NATS node died can take a minute to notice; recreating it on a live node takes milliseconds.
+const STALL_AFTER: Duration = Duration::from_secs(3);
+/// How often the stall watch compares the log's end with `applied_seq`.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Returns once the log's end has stayed ahead of `applied` without progress for [`STALL_AFTER`].
+async fn stalled(js: &jetstream::Context, subjects: &Subjects, applied: watch::Receiver<u64>) {
+    let mut behind_since: Option<(tokio::time::Instant, u64)> = None;
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        let Ok(end) = last_sequence(js, subjects).await else { continue };
+        let now_applied = *applied.borrow();
+        match behind_since {
+            _ if end <= now_applied => behind_since = None,
+            Some((since, at)) if at == now_applied => {
+                if since.elapsed() >= STALL_AFTER {
+                    warn!(applied = now_applied, log_end = end, "txn applier stalled");
+                    return;
+                }
+            }
+            _ => behind_since = Some((tokio::time::Instant::now(), now_applied)),
         }
     }
 }

@@ -38,6 +38,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED_SEQ: &str = "applied_seq";
 /// Highest leader epoch seen in the log; older entries are refused.
 const EPOCH: &str = "epoch";
+/// Highest task id reserved by a leader ([`TxnOp::ReserveIds`]).
+const RESERVED_TASKS: &str = "reserved_tasks";
+/// Highest request id reserved by a leader.
+const RESERVED_REQUESTS: &str = "reserved_requests";
 
 /// Largest record we accept back from disk; a record bigger than this was not written by us.
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -59,6 +63,9 @@ pub struct Snapshot {
     pub str_tables: Vec<(String, Vec<(String, serde_bytes::ByteBuf)>)>,
     /// Id-keyed tables: name → rows.
     pub id_tables: Vec<(String, Vec<(u64, serde_bytes::ByteBuf)>)>,
+    /// Highest task and request ids reserved.
+    #[serde(default)]
+    pub reserved: (u64, u64),
 }
 
 /// Store failures.
@@ -124,6 +131,14 @@ impl Store {
         let meta = r.open_table(META)?;
         let get = |k| -> Result<u64, StoreError> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
         Ok((get(APPLIED_SEQ)?, get(EPOCH)?))
+    }
+
+    /// Highest task and request ids reserved by any leader so far.
+    pub fn reserved(&self) -> Result<(u64, u64), StoreError> {
+        let r = self.db.begin_read()?;
+        let meta = r.open_table(META)?;
+        let get = |k| -> Result<u64, StoreError> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok((get(RESERVED_TASKS)?, get(RESERVED_REQUESTS)?))
     }
 
     /// One host's record.
@@ -211,6 +226,8 @@ impl Store {
         let meta = r.open_table(META)?;
         let seq = meta.get(APPLIED_SEQ)?.map_or(0, |v| v.value());
         let epoch = meta.get(EPOCH)?.map_or(0, |v| v.value());
+        let reserved =
+            (meta.get(RESERVED_TASKS)?.map_or(0, |v| v.value()), meta.get(RESERVED_REQUESTS)?.map_or(0, |v| v.value()));
         let mut str_tables = Vec::new();
         for def in STR_TABLES {
             let t = r.open_table(def)?;
@@ -231,7 +248,7 @@ impl Store {
             }
             id_tables.push((def.name().to_string(), rows));
         }
-        Ok(Snapshot { seq, epoch, str_tables, id_tables })
+        Ok(Snapshot { seq, epoch, str_tables, id_tables, reserved })
     }
 
     /// Replaces everything with `snap` in one write transaction (tables, `applied_seq`, epoch).
@@ -259,6 +276,8 @@ impl Store {
             let mut meta = w.open_table(META)?;
             meta.insert(APPLIED_SEQ, snap.seq)?;
             meta.insert(EPOCH, snap.epoch)?;
+            meta.insert(RESERVED_TASKS, snap.reserved.0)?;
+            meta.insert(RESERVED_REQUESTS, snap.reserved.1)?;
         }
         w.commit()?;
         Ok(())
@@ -346,6 +365,12 @@ impl Store {
                         }
                         TxnOp::PutTask(rec) => {
                             tasks.insert(rec.id, codec::encode(rec).as_slice())?;
+                        }
+                        TxnOp::ReserveIds { tasks, requests } => {
+                            let cur_t = meta.get(RESERVED_TASKS)?.map_or(0, |v| v.value());
+                            let cur_r = meta.get(RESERVED_REQUESTS)?.map_or(0, |v| v.value());
+                            meta.insert(RESERVED_TASKS, cur_t.max(*tasks))?;
+                            meta.insert(RESERVED_REQUESTS, cur_r.max(*requests))?;
                         }
                         TxnOp::PutCursor(rec) => {
                             cursors.insert(rec.host.as_str(), codec::encode(rec).as_slice())?;

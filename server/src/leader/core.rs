@@ -3,10 +3,10 @@
 //! `now`), so it is unit-tested directly.
 //!
 //! One batch of inputs is stepped at a time. The core mutates its state directly and remembers which records it
-//! touched ([`Output::dirty`]); the shell then publishes [`Output::publish`] (commands must be stored in
-//! `MUSTER_COMMANDS` before the tasks that carry them count as QUEUED), reports each stream sequence back with
-//! [`LeaderCore::delivered`], turns the dirty keys into txn ops with [`LeaderCore::ops`], appends them, waits for its
-//! own applier, and only then performs [`Output::effects`]. If any of that fails the leader steps down and this
+//! touched ([`Output::dirty`]); the shell turns the dirty keys into txn ops with [`LeaderCore::ops`], appends them
+//! and waits for its own applier; then it publishes [`Output::publish`] (so no agent ever runs a command the log
+//! does not have), reports each stream sequence back with [`LeaderCore::delivered`] and commits those too; only
+//! then does it perform [`Output::effects`]. If any of that fails the leader steps down and this
 //! core is dropped: the next leader starts again from the log, so the core never needs to undo anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -240,7 +240,12 @@ pub struct Loaded {
     pub cursors: Vec<CommandCursor>,
     /// Highest task id ever used.
     pub max_task: TaskId,
+    /// Highest task and request ids reserved by earlier leaders.
+    pub reserved: (TaskId, RequestId),
 }
+
+/// Ids reserved per [`TxnOp::ReserveIds`]: enough for a fan-out to 100k hosts without a second reservation.
+const ID_BLOCK: u64 = 131_072;
 
 /// The leader's view of the cluster.
 pub struct LeaderCore {
@@ -258,6 +263,8 @@ pub struct LeaderCore {
     pub(super) cursors: HashMap<HostId, CommandCursor>,
     pub(super) next_request: RequestId,
     pub(super) next_task: TaskId,
+    /// Highest task and request ids reserved in the log: ids up to these may be used in commands.
+    reserved: (TaskId, RequestId),
     /// Counter making each Configure command's `Nats-Msg-Id` unique within this epoch.
     pub(super) configure_seq: u64,
     /// Hosts whose component set changed in the batch being stepped: each gets one Configure at its end.
@@ -285,8 +292,11 @@ impl LeaderCore {
             requests: loaded.requests.into_iter().filter(|r| !r.status.is_terminal()).map(|r| (r.id, r)).collect(),
             tasks: loaded.tasks.into_iter().map(|t| (t.id, t)).collect(),
             cursors: loaded.cursors.into_iter().map(|c| (c.host.clone(), c)).collect(),
-            next_request: max_request + 1,
-            next_task: loaded.max_task + 1,
+            // Above everything committed and everything any earlier leader reserved (and may have used in commands
+            // it never committed).
+            next_request: max_request.max(loaded.reserved.1) + 1,
+            next_task: loaded.max_task.max(loaded.reserved.0) + 1,
+            reserved: (0, 0),
             configure_seq: 0,
             reconfigure: BTreeSet::new(),
             last_seen: HashMap::new(),
@@ -341,6 +351,17 @@ impl LeaderCore {
     /// batch's inputs and before publishing.
     pub fn end_batch(&mut self, out: &mut Output) {
         self.flush_configures(out);
+    }
+
+    /// The reservation to append before the batch's commands are published, if its ids go beyond (or close to)
+    /// what is reserved. A new core always needs one: it starts with nothing reserved for itself.
+    pub fn reserve_ids(&mut self) -> Option<TxnOp> {
+        let (t, r) = self.reserved;
+        if self.next_task + ID_BLOCK / 2 <= t && self.next_request + ID_BLOCK / 2 <= r {
+            return None;
+        }
+        self.reserved = (self.next_task + ID_BLOCK, self.next_request + ID_BLOCK);
+        Some(TxnOp::ReserveIds { tasks: self.reserved.0, requests: self.reserved.1 })
     }
 
     /// Records that `outgoing` was stored at stream sequence `seq`.

@@ -258,7 +258,12 @@ pub async fn lead(
     result
 }
 
-/// Stores the batch's commands, then appends its records and waits until this instance applied them.
+/// Commits the batch's records, then stores its commands, then commits where they were stored.
+///
+/// Committing first means no agent ever runs a command for work the log does not have: a leader that dies before
+/// publishing leaves QUEUED tasks without a command sequence, which the next leader publishes again under the same
+/// `Nats-Msg-Id` ([`LeaderCore::take_over`]); a leader that dies after publishing but before recording the sequences
+/// leaves the same, and JetStream's duplicate window makes the re-publish land once.
 async fn commit(
     deps: &LeaderDeps,
     core: &mut LeaderCore,
@@ -266,19 +271,27 @@ async fn commit(
     out: &mut Output,
     wall: UnixMillis,
 ) -> Result<(), LeaderError> {
-    let outgoing = std::mem::take(&mut out.publish);
-    let seqs: Vec<Result<u64, LeaderError>> = futures::stream::iter(outgoing.iter().map(|o| publish_command(deps, o)))
-        .buffered(PUBLISH_PIPELINE)
-        .collect()
-        .await;
-    for (o, seq) in outgoing.iter().zip(seqs) {
-        core.delivered(o, seq?, out);
-    }
-    deps.metrics.add("commands.published", outgoing.len() as u64);
+    let mut ops = Vec::new();
+    ops.extend(core.reserve_ids());
     let dirty = std::mem::take(&mut out.dirty);
-    let ops = core.ops(&dirty);
-    let n = propose(deps, appender, ops, wall).await?;
-    deps.metrics.add("txn.committed", n);
+    ops.extend(core.ops(&dirty));
+    let mut txns = propose(deps, appender, ops, wall).await?;
+    let outgoing = std::mem::take(&mut out.publish);
+    if !outgoing.is_empty() {
+        let seqs: Vec<Result<u64, LeaderError>> =
+            futures::stream::iter(outgoing.iter().map(|o| publish_command(deps, o)))
+                .buffered(PUBLISH_PIPELINE)
+                .collect()
+                .await;
+        for (o, seq) in outgoing.iter().zip(seqs) {
+            core.delivered(o, seq?, out);
+        }
+        deps.metrics.add("commands.published", outgoing.len() as u64);
+        let dirty = std::mem::take(&mut out.dirty);
+        let ops = core.ops(&dirty);
+        txns += propose(deps, appender, ops, wall).await?;
+    }
+    deps.metrics.add("txn.committed", txns);
     Ok(())
 }
 
@@ -373,6 +386,7 @@ fn load(store: &Store) -> Result<Loaded, StoreError> {
         tasks,
         cursors: store.cursors()?,
         max_task: store.max_task_id()?,
+        reserved: store.reserved()?,
     })
 }
 

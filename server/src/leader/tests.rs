@@ -560,3 +560,24 @@ async fn auto_restart_is_granted_only_once_a_component_ran_and_a_failed_request_
     assert_eq!(ends, 1);
     assert_eq!(h.request_status(r), TaskStatus::Failed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn ids_are_reserved_before_use_and_a_new_leader_starts_above_the_reservation() {
+    let mut h = Harness::new();
+    assert!(
+        matches!(h.core.reserve_ids(), Some(muster_schemas::TxnOp::ReserveIds { .. })),
+        "a new leader reserves first"
+    );
+    assert!(h.core.reserve_ids().is_none(), "nothing more while ids remain");
+    h.cluster();
+    let used = h.executions().iter().map(|(_, t, _)| *t).max().unwrap();
+    // A deposed leader reserved up to 500 and may have sent commands for ids it never committed.
+    let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
+    let loaded = Loaded { max_task: used, reserved: (500, 40), ..Default::default() };
+    let mut next = LeaderCore::new(9, timing, loaded, h.now, h.wall);
+    let Some(muster_schemas::TxnOp::ReserveIds { tasks, requests }) = next.reserve_ids() else {
+        panic!("no reservation")
+    };
+    assert!(tasks > 500 && requests > 40);
+    assert_eq!((next.next_task, next.next_request), (501, 41));
+}

@@ -447,16 +447,20 @@ impl LeaderCore {
     /// Re-dispatches the PENDING tasks of a request's running stage, then moves it on.
     pub(super) fn resume(&mut self, id: RequestId, wall: UnixMillis, out: &mut Output) {
         let Some(req) = self.requests.get(&id) else { return };
-        let Some(stage) = req.stages.get(req.current_stage as usize) else {
+        let Some(stage) = req.stages.get(req.current_stage as usize).cloned() else {
             return self.advance(id, wall, out);
         };
         if stage.status == TaskStatus::InProgress {
-            let pending: Vec<TaskId> = stage
-                .tasks
-                .iter()
-                .copied()
-                .filter(|t| self.tasks.get(t).is_some_and(|t| t.status == TaskStatus::Pending))
-                .collect();
+            let status = |t: &TaskId| self.tasks.get(t).map(|t| (t.status, t.cmd_seq));
+            let pending: Vec<TaskId> =
+                stage.tasks.iter().copied().filter(|t| matches!(status(t), Some((TaskStatus::Pending, _)))).collect();
+            // QUEUED but never recorded as stored: the previous leader died between committing and publishing (or
+            // before recording where it published). Publish again under the same id: it lands once.
+            let unsent: Vec<TaskId> =
+                stage.tasks.iter().copied().filter(|t| matches!(status(t), Some((TaskStatus::Queued, 0)))).collect();
+            for t in unsent {
+                self.publish_attempt(t, out);
+            }
             for t in pending {
                 self.dispatch(t, wall, out);
             }
@@ -614,12 +618,23 @@ impl LeaderCore {
         self.send(id, wall, out);
     }
 
-    /// Queues the next attempt of a task: the command is published before the batch commits.
+    /// Queues the next attempt of a task: its command is published once the batch is committed.
     fn send(&mut self, id: TaskId, wall: UnixMillis, out: &mut Output) {
         let Some(task) = self.tasks.get_mut(&id) else { return };
         task.attempt += 1;
         task.status = TaskStatus::Queued;
         task.queued_at = wall;
+        task.cmd_seq = 0;
+        out.dirty.insert(Dirty::Task(id));
+        out.effects.push(Effect::Count("tasks.queued"));
+        let ev = task_event(task, wall);
+        out.effects.push(Effect::Event(ChangeEvent::Task(ev)));
+        self.publish_attempt(id, out);
+    }
+
+    /// The command of a task's current attempt, to publish after commit.
+    fn publish_attempt(&mut self, id: TaskId, out: &mut Output) {
+        let Some(task) = self.tasks.get(&id) else { return };
         let exec = Execution {
             task: task.id,
             attempt: task.attempt,
@@ -634,10 +649,6 @@ impl LeaderCore {
             command: command(&task.host, CommandBody::Execute(exec)),
             task: Some(task.id),
         });
-        out.dirty.insert(Dirty::Task(id));
-        out.effects.push(Effect::Count("tasks.queued"));
-        let ev = task_event(task, wall);
-        out.effects.push(Effect::Event(ChangeEvent::Task(ev)));
     }
 
     /// Ends a task that is not finished: tells the agent to cancel it if it was sent, then records `status`.
