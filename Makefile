@@ -12,7 +12,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: tools build lint test demo demo-stop clean
+.PHONY: tools build lint test bench bench-quick demo demo-stop clean
 
 # rustfmt and clippy: the toolchain's default profile has both, a minimal one does not, and `lint` needs them.
 tools:
@@ -29,9 +29,22 @@ lint: tools
 
 # The end-to-end tests run the binaries from target/debug, which `cargo test` does not build for another package,
 # hence `build` first. MUSTER_NATS_SERVER and PATH point at the nats-server `tools` chose.
+# One test at a time: each end-to-end test runs its own nats-server(s), muster-servers and agents (the HA tests a
+# 3-node NATS cluster and three servers), and on 2 cores two of those at once starve each other's timers.
 test: tools lint build
 	nats="$$(scripts/install-nats.sh --path)"; \
-	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace
+	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace -- --test-threads=1
+
+# The driver (tests/src/bin/bench) starts its own nats-server, release muster-server and swarms on random ports, and
+# writes docs/benchmarks.md only if every scenario completed; a failed run exits non-zero and keeps its logs under
+# target/bench/.
+bench: tools
+	$(CARGO) build --release -p muster-server -p muster-agent -p muster-tests
+	MUSTER_NATS_SERVER="$$(scripts/install-nats.sh --path)" target/release/bench
+
+bench-quick: tools
+	$(CARGO) build --release -p muster-server -p muster-agent -p muster-tests
+	MUSTER_NATS_SERVER="$$(scripts/install-nats.sh --path)" target/release/bench --quick
 
 demo:
 	scripts/demo.sh start

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +19,7 @@ use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
 use crate::cluster::{describe, Settings, Timing, LOG_ENV};
 use crate::descendants::Descendants;
 use crate::nats_cluster::{NatsCluster, NODES};
-use crate::paths::{workspace_bin, TestDir};
+use crate::paths::{tail, workspace_bin, TestDir};
 use crate::process::Proc;
 use crate::stacks::WorkDir;
 use crate::wait::{fatal, wait_until, within, Check};
@@ -31,9 +31,15 @@ pub const MEMBERS: [(&str, &str); 3] = [("server-1", "voter"), ("server-2", "vot
 /// The observer's id.
 pub const OBSERVER: &str = "server-3";
 
-/// How long `muster servers` keeps collecting answers after the last one (`SERVERS_QUIET` in server/src/cli.rs):
-/// every row it prints arrived at least this long before it exited.
-pub const SERVERS_QUIET: Duration = Duration::from_millis(300);
+/// How long the first instance may take to create the streams and buckets and answer: seconds, more on a loaded
+/// machine.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Lines of each log quoted when the ensemble fails to start.
+const START_LOG_LINES: usize = 20;
+
+/// How often [`Ensemble::wait_failover`] asks every instance for its status: the resolution of failover times.
+pub const FAILOVER_PROBE: Duration = Duration::from_millis(50);
 
 /// Room for a txn's MessagePack framing beyond [`limits::MAX_TXN_BYTES`], as the servers allow when they decode.
 const TXN_FRAMING: usize = 64 * 1024;
@@ -98,20 +104,20 @@ pub fn sole_leader(rows: &[ServerRow]) -> Option<&ServerRow> {
     }
 }
 
-/// How long a failover took, bracketed by what `muster servers` saw.
+/// How long a failover took, bracketed by the answers of the instances.
 #[derive(Debug, Clone)]
 pub struct Failover {
     /// The instance that leads now.
     pub leader: String,
-    /// Its epoch.
+    /// The epoch it leads under, as `muster servers` showed it right after.
     pub epoch: u64,
-    /// The new leader's row arrived at most this long after the fault: the end of the first look that showed it,
-    /// minus [`SERVERS_QUIET`].
+    /// When (after the fault) its first answer as leader arrived: it led by then.
     pub at_most: Duration,
-    /// And at least this long after it: the start of the last look that showed no new leader.
+    /// When its last answer as a non-leader arrived (zero if none came after the fault): it did not lead yet when
+    /// it sent that.
     pub at_least: Duration,
-    /// Looks taken.
-    pub looks: u32,
+    /// Status probes sent.
+    pub probes: u32,
 }
 
 /// One entry of the txn log, with what its headers say about it.
@@ -171,14 +177,35 @@ pub struct Ensemble {
 impl Ensemble {
     /// Starts the NATS cluster, the three instances with `timing` and `settings.server`, and one agent per id with
     /// `settings.agents`. Does not wait for a leader or for the hosts: see [`Ensemble::wait_ready`].
+    ///
+    /// A failure to start quotes the tail of every log: the test directory is removed when the error is returned.
     pub async fn start(timing: Timing, settings: Settings, agent_ids: &[&str]) -> anyhow::Result<Self> {
         let dir = TestDir::new()?;
         let descendants = Descendants::new(dir.path())?;
         let work = WorkDir::create(dir.join("work"))?;
-        let nats = NatsCluster::start_in(dir.path()).await?;
+        let (nats, servers) = match Self::launch(&dir, timing, &settings).await {
+            Ok(started) => started,
+            Err(e) => return Err(e.context(format!("starting the ensemble; its logs:\n{}", log_tails(dir.path())))),
+        };
         let cli = Cli::new(nats.urls())?;
         let node_clis = (0..NODES).map(|i| Cli::new(nats.url(i))).collect::<anyhow::Result<Vec<_>>>()?;
         let client = nats.connect().await?;
+        let mut ensemble =
+            Self { agents: BTreeMap::new(), servers, descendants, cli, node_clis, client, nats, timing, work, dir };
+        for id in agent_ids {
+            ensemble.spawn_agent(id, &settings)?;
+        }
+        Ok(ensemble)
+    }
+
+    /// Starts the NATS cluster and the instances, the first alone.
+    async fn launch(
+        dir: &TestDir,
+        timing: Timing,
+        settings: &Settings,
+    ) -> anyhow::Result<(NatsCluster, BTreeMap<String, Proc>)> {
+        let nats = NatsCluster::start_in(dir.path()).await?;
+        let cli = Cli::new(nats.urls())?;
         let ms = |d: Duration| d.as_millis().to_string();
         let mut servers = BTreeMap::new();
         for (id, role) in MEMBERS {
@@ -199,15 +226,25 @@ impl Ensemble {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
-            let proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir.path())?;
+            let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir.path())?;
+            if servers.is_empty() {
+                // The first instance creates the streams and buckets alone: nats-server 2.10 leaves concurrent
+                // creates of one stream unanswered until they time out (10 s each), which would only slow the
+                // start (each instance retries).
+                wait_until(SETUP_TIMEOUT, &format!("{id} has set up the streams and answers"), async || {
+                    proc.ensure_running()?;
+                    let rows: Vec<ServerRow> = cli.json(&["servers"]).await?;
+                    Ok(if rows.iter().any(|r| r.id == id) {
+                        Check::Done(())
+                    } else {
+                        Check::NotYet(describe_servers(&rows))
+                    })
+                })
+                .await?;
+            }
             servers.insert(id.to_string(), proc);
         }
-        let mut ensemble =
-            Self { agents: BTreeMap::new(), servers, descendants, cli, node_clis, client, nats, timing, work, dir };
-        for id in agent_ids {
-            ensemble.spawn_agent(id, &settings)?;
-        }
-        Ok(ensemble)
+        Ok((nats, servers))
     }
 
     fn spawn_agent(&mut self, id: &str, settings: &Settings) -> anyhow::Result<()> {
@@ -293,44 +330,86 @@ impl Ensemble {
         .await
     }
 
-    /// Waits until an instance other than `old` leads, looking back to back, and brackets when that became
-    /// visible, measured from `since` (the fault).
+    /// Waits until an instance other than `old` reports itself leader and measures when, from `since` (the fault).
+    ///
+    /// It asks on the subject `muster servers` asks on, `<prefix>.servers`, every [`FAILOVER_PROBE`] with the
+    /// test's own client and timestamps each answer as it arrives: the CLI would add its process start and its
+    /// collection window to every look. Then `muster servers` itself must show the same leader.
     pub async fn wait_failover(&mut self, old: &str, since: Instant, limit: Duration) -> anyhow::Result<Failover> {
-        let mut at_least = Duration::ZERO;
-        let mut looks = 0;
-        let mut last: String;
-        loop {
-            self.ensure_alive()?;
-            let start = Instant::now();
-            let rows = self.servers().await;
-            let end = Instant::now();
-            looks += 1;
-            match rows {
-                Ok(rows) => {
-                    if let Some(new) = rows.iter().find(|r| r.role == Role::Leader && r.id != old) {
-                        let at_most = end.saturating_duration_since(since).saturating_sub(SERVERS_QUIET);
-                        return Ok(Failover { leader: new.id.clone(), epoch: new.epoch, at_most, at_least, looks });
-                    }
-                    at_least = start.saturating_duration_since(since);
-                    last = describe_servers(&rows);
+        let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).servers();
+        let inbox = self.client.new_inbox();
+        let mut answers = self.client.subscribe(inbox.clone()).await.context("subscribing to the probe inbox")?;
+        let mut probe = tokio::time::interval(FAILOVER_PROBE);
+        let mut probes = 0u32;
+        let mut last_not_leading: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut last = String::from("no answer yet");
+        let deadline = tokio::time::Instant::from_std(since + limit);
+        let (leader, epoch, at) = loop {
+            tokio::select! {
+                _ = probe.tick() => {
+                    self.ensure_alive()?;
+                    probes += 1;
+                    self.client.publish_with_reply(subject.clone(), inbox.clone(), "".into()).await?;
                 }
-                Err(e) => last = format!("error: {e:#}"),
+                Some(msg) = futures::StreamExt::next(&mut answers) => {
+                    let at = Instant::now();
+                    let row: ServerRow = serde_json::from_slice(&msg.payload)
+                        .with_context(|| format!("parsing a {subject} answer: {:?}", msg.payload))?;
+                    if row.role == Role::Leader && row.id != old {
+                        break (row.id, row.epoch, at);
+                    }
+                    last = describe_servers(std::slice::from_ref(&row));
+                    last_not_leading.insert(row.id, at);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    anyhow::bail!("no instance but {old} led within {limit:?} ({probes} probes); last answer: {last}");
+                }
             }
-            if since.elapsed() >= limit {
-                anyhow::bail!("no instance but {old} led within {limit:?} ({looks} looks); last seen: {last}");
-            }
+        };
+        let at_least = last_not_leading.get(&leader).map_or(Duration::ZERO, |t| t.saturating_duration_since(since));
+        let mut failover = Failover { at_most: at.saturating_duration_since(since), at_least, leader, epoch, probes };
+        let rows = self.wait_role(&failover.leader, Role::Leader, limit).await?;
+        // An answer reads the epoch before the role (a JetStream call lies between), so the probe's answer may pair
+        // the new role with the previous epoch; this later look shows the epoch the instance leads under.
+        if let Some(row) = rows.iter().find(|r| r.id == failover.leader) {
+            failover.epoch = row.epoch;
         }
+        let others: Vec<&ServerRow> =
+            rows.iter().filter(|r| r.role == Role::Leader && r.id != failover.leader).collect();
+        anyhow::ensure!(
+            others.iter().all(|r| r.id == old),
+            "`muster servers` shows another leader besides {}: {}",
+            failover.leader,
+            describe_servers(&rows)
+        );
+        Ok(failover)
     }
 
     /// Waits until `muster servers` shows `id` in `role`; returns the rows.
     pub async fn wait_role(&mut self, id: &str, role: Role, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
-        wait_until(limit, &format!("`muster servers` shows {id} as {role:?}"), async || {
-            self.ensure_alive()?;
-            let rows = self.servers().await?;
-            let ok = rows.iter().any(|r| r.id == id && r.role == role);
-            Ok(if ok { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
+        self.wait_rows(limit, &format!("`muster servers` shows {id} as {role:?}"), |_, rows| {
+            rows.iter().any(|r| r.id == id && r.role == role)
         })
         .await
+    }
+
+    /// Looks at `muster servers` until `done` holds for its rows and returns them; a timeout quotes the last rows
+    /// seen (a look cut short by the deadline would otherwise hide them).
+    async fn wait_rows(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Self, &[ServerRow]) -> bool,
+    ) -> anyhow::Result<Vec<ServerRow>> {
+        let mut last = String::from("no answer yet");
+        let result = wait_until(limit, what, async || {
+            self.ensure_alive()?;
+            let rows = self.servers().await?;
+            last = describe_servers(&rows);
+            Ok(if done(self, &rows) { Check::Done(rows) } else { Check::NotYet(last.clone()) })
+        })
+        .await;
+        result.with_context(|| format!("the last `muster servers` answer: {last}"))
     }
 
     /// `muster stats --json` as instance `id` answers it. The API is one queue group, so the CLI is pointed at one
@@ -359,17 +438,13 @@ impl Ensemble {
     /// the end of the log; returns those rows.
     pub async fn wait_converged(&mut self, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
         let what = "every instance reports the same applied_seq and digest, at the end of the log";
-        wait_until(limit, what, async || {
-            self.ensure_alive()?;
-            let rows = self.servers().await?;
-            let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-            let Some(first) = rows.first() else { return Ok(Check::NotYet("no rows".into())) };
-            let same = ids == self.running_servers()
+        self.wait_rows(limit, what, |e, rows| {
+            let Some(first) = rows.first() else { return false };
+            answered_by_all(e, rows)
                 && first.digest.is_some()
                 && rows.iter().all(|r| {
                     r.applied_seq == first.applied_seq && r.digest == first.digest && r.log_end == Some(r.applied_seq)
-                });
-            Ok(if same { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
+                })
         })
         .await
     }
@@ -377,14 +452,9 @@ impl Ensemble {
     /// Waits until every running instance has applied the log up to `seq` (while writes may go on); returns the
     /// rows.
     pub async fn wait_applied(&mut self, seq: u64, limit: Duration) -> anyhow::Result<Vec<ServerRow>> {
-        wait_until(limit, &format!("every instance has applied the log up to {seq}"), async || {
-            self.ensure_alive()?;
-            let rows = self.servers().await?;
-            let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-            let done = ids == self.running_servers() && rows.iter().all(|r| r.applied_seq >= seq);
-            Ok(if done { Check::Done(rows) } else { Check::NotYet(describe_servers(&rows)) })
-        })
-        .await
+        let what = format!("every instance has applied the log up to {seq}");
+        self.wait_rows(limit, &what, |e, rows| answered_by_all(e, rows) && rows.iter().all(|r| r.applied_seq >= seq))
+            .await
     }
 
     /// One call of the operator API over the test's own NATS client (bulk reads that would take a CLI process
@@ -455,6 +525,30 @@ impl Ensemble {
         }
         Ok(out)
     }
+}
+
+/// Whether `rows` hold exactly the instances that are running.
+fn answered_by_all(e: &Ensemble, rows: &[ServerRow]) -> bool {
+    let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    ids == e.running_servers()
+}
+
+/// The last lines of every log in `dir` and `dir/nats`, for an error that ends the test before Drop could print
+/// them.
+fn log_tails(dir: &Path) -> String {
+    let mut logs: Vec<PathBuf> = [dir.to_path_buf(), dir.join("nats")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .map(|p| format!("----- {} -----\n{}", p.display(), tail(p, START_LOG_LINES)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn log_filter() -> String {

@@ -46,10 +46,22 @@ impl LoadReport {
         self.acked.iter().filter(|a| a.at > t).count()
     }
 
+    /// The longest time between two acknowledgements: at worst how long writes did not get through, as a client
+    /// submitting every tick saw it.
+    pub fn longest_gap(&self) -> Duration {
+        self.acked.windows(2).map(|w| w[1].at.saturating_duration_since(w[0].at)).max().unwrap_or_default()
+    }
+
     /// `412 attempts, 400 acked; failures: 12× "…"`, for messages.
     pub fn summary(&self) -> String {
         let failures: Vec<String> = self.failures.iter().map(|(m, n)| format!("{n}x {m:?}")).collect();
-        format!("{} attempts, {} acked; failures: [{}]", self.attempts, self.acked.len(), failures.join(", "))
+        format!(
+            "{} attempts, {} acked, longest gap between acks {:.1} s; failures: [{}]",
+            self.attempts,
+            self.acked.len(),
+            self.longest_gap().as_secs_f64(),
+            failures.join(", ")
+        )
     }
 }
 

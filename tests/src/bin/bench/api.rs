@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::Client;
 use futures::StreamExt as _;
 use muster_schemas::cluster::TaskStatus;
-use muster_schemas::events::{HostChanged, TaskChanged};
+use muster_schemas::events::{HostChanged, RequestChanged, TaskChanged};
 use muster_schemas::HostState;
 use serde_json::Value;
 
@@ -209,6 +209,15 @@ impl<T: Clone + Send + 'static> Collector<T> {
 /// Collects `muster.events.host.*`.
 pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostChanged>> {
     Collector::start(url, "muster.events.host.*", |m| muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()).await
+}
+
+/// Collects `muster.events.request.*`, each with the moment it arrived (the server publishes it after the commit
+/// it describes, so arrival bounds when the change was durable).
+pub async fn request_events(url: &str) -> anyhow::Result<Collector<(RequestChanged, Instant)>> {
+    Collector::start(url, "muster.events.request.*", |m| {
+        Some((muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()?, Instant::now()))
+    })
+    .await
 }
 
 /// Collects `muster.events.task.*`.

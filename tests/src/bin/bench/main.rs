@@ -7,7 +7,7 @@
 //! nothing; its logs are kept under `target/bench/`.
 //!
 //! ```text
-//! bench [--quick] [--out FILE | --no-write] [--keep]
+//! bench [--quick] [--fleet N] [--out FILE | --no-write] [--keep]
 //! ```
 //!
 //! # Layout
@@ -37,21 +37,29 @@ use crate::scenarios::Plan;
 /// Command-line options.
 struct Options {
     quick: bool,
+    /// Overrides the fleet of scenarios 1, 2 and 4 (the storm target scales with it: 5,000 hosts/s).
+    fleet: Option<usize>,
     out: Option<PathBuf>,
     keep: bool,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
-    let mut options = Options { quick: false, out: Some(workspace_root().join("docs/benchmarks.md")), keep: false };
+    let mut options =
+        Options { quick: false, fleet: None, out: Some(workspace_root().join("docs/benchmarks.md")), keep: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--keep" => options.keep = true,
+            "--fleet" => {
+                let n: usize = args.next().context("--fleet needs a number")?.parse().context("--fleet")?;
+                anyhow::ensure!((1_000..=1_000_000).contains(&n), "--fleet must be 1,000 to 1,000,000");
+                options.fleet = Some(n);
+            }
             "--no-write" => options.out = None,
             "--out" => options.out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "-h" | "--help" => {
-                println!("usage: bench [--quick] [--out FILE | --no-write] [--keep]");
+                println!("usage: bench [--quick] [--fleet N] [--out FILE | --no-write] [--keep]");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
@@ -112,7 +120,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run> {
-    let plan = if options.quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if options.quick { Plan::quick() } else { Plan::full() };
+    if let Some(fleet) = options.fleet {
+        plan = plan.with_fleet(fleet);
+    }
     let started = Instant::now();
     let started_at = command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let machine = machine()?;
@@ -129,7 +140,10 @@ async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run>
         .collect::<Vec<_>>()
         .join(" ");
     Ok(Run {
-        mode: mode.to_owned(),
+        mode: match options.fleet {
+            Some(n) => format!("{mode}, fleet {}", report::thousands(n as f64)),
+            None => mode.to_owned(),
+        },
         command,
         started: started_at,
         duration_secs: started.elapsed().as_secs_f64(),

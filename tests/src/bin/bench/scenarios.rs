@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use muster_schemas::cluster::TaskStatus;
+use muster_schemas::events::RequestChanged;
 use muster_schemas::HostState;
 use serde_json::json;
 
@@ -63,6 +64,16 @@ impl Plan {
         }
     }
 
+    /// This plan with another storm/steady/fan-out fleet: the storm target keeps the rate of 5,000 hosts/s, and
+    /// fan-outs larger than the fleet are dropped.
+    pub fn with_fleet(mut self, fleet: usize) -> Self {
+        self.fleet = fleet;
+        self.storm_target = Duration::from_secs_f64(fleet as f64 / 5_000.0);
+        self.storm_deadline = self.storm_deadline.max(Duration::from_secs_f64(fleet as f64 / 400.0));
+        self.fanout.retain(|(size, _)| *size <= fleet);
+        self
+    }
+
     /// `make bench-quick`: the same scenarios with a tenth of the fleet and shorter windows (< 5 min).
     pub fn quick() -> Self {
         Self {
@@ -98,6 +109,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     let mut server = start_server(&dir, &nats.url, timing, &api).await?;
     let host_events = api::host_events(&nats.url).await?;
     let task_events = api::task_events(&nats.url).await?;
+    let request_events = api::request_events(&nats.url).await?;
     let n = plan.fleet;
 
     // 1. Registration storm.
@@ -131,6 +143,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     };
     let storm_usage = usage.finish()?;
     host_events.ensure_complete("storm")?;
+    let falsely_lost = host_events.snapshot().iter().filter(|e| e.to == HostState::HeartbeatLost).count();
     let summary = api.summary().await?;
     if summary.healthy != n as u64 {
         bail!("storm: events say {n} hosts are HEALTHY but the summary says {}: {}", summary.healthy, summary.raw);
@@ -160,6 +173,13 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
                 Verdict::of(all <= plan.storm_target.as_secs_f64()),
             ),
             Row::info("half of the hosts HEALTHY", secs(percentile(&times, 0.5))),
+            Row::new(
+                "hosts declared HEARTBEAT_LOST during the storm (all were alive)",
+                thousands(falsely_lost as f64),
+                "0",
+                String::new(),
+                Verdict::of(falsely_lost == 0),
+            ),
             Row::info(
                 "registrations: accepted / answered `busy`",
                 format!("{} / {}", thousands(accepted as f64), thousands(busy as f64)),
@@ -264,25 +284,33 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         let sent = Instant::now();
         let spec = json!({"action": "run", "hosts": glob, "argv": ["true"]});
         let (id, tasks) = api.create_request(&spec).await?;
+        let answered = sent.elapsed().as_secs_f64();
         if tasks != size as u64 {
             bail!("fan-out: `{glob}` made {tasks} tasks, not {size}");
         }
         let deadline = (target * 10).max(Duration::from_secs(120));
-        let row = loop {
+        let ended = |events: &[(RequestChanged, Instant)]| {
+            events.iter().find(|(e, _)| e.request == id && e.status.is_terminal()).map(|(e, at)| (e.status, *at))
+        };
+        // The request's terminal event is published once its end is committed: its arrival is when every result
+        // was durably recorded. The listing confirms it.
+        let (status, recorded) = loop {
             server.ensure_running()?;
             swarm.ensure_running()?;
-            let row = api.request_row(id).await?;
-            if row.status.is_terminal() {
-                break row;
+            if let Some(end) = ended(&request_events.snapshot()) {
+                break end;
             }
             if sent.elapsed() > deadline {
+                let row = api.request_row(id).await?;
                 bail!("fan-out to {size}: request {id} still {:?} after {deadline:?}", row.status);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let observed = sent.elapsed().as_secs_f64();
+        let total = recorded.duration_since(sent).as_secs_f64();
         let fan_usage = usage.finish()?;
-        if row.status != TaskStatus::Completed {
+        request_events.ensure_complete("fan-out")?;
+        let row = api.request_row(id).await?;
+        if status != TaskStatus::Completed || row.status != TaskStatus::Completed {
             bail!("fan-out to {size}: request {id} ended {:?}: {}", row.status, row.detail);
         }
         // Task events are published after the commit they describe; give the last ones a moment to arrive.
@@ -302,18 +330,18 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         };
         let mut latency: Vec<f64> = done.iter().map(|at| at.saturating_sub(row.created_at) as f64 / 1000.0).collect();
         latency.sort_by(f64::total_cmp);
-        let total = row.finished_at.saturating_sub(row.created_at) as f64 / 1000.0;
         // Each task is one JetStream write out (its command) and one in (its final report).
         let floor = 2.0 * size as f64 / ceilings.js_pipelined_per_sec;
+        let hosts = thousands(size as f64);
         fanout_rows.push(Row::new(
-            &format!("{} hosts: total (created → COMPLETED)", thousands(size as f64)),
+            &format!("{hosts} hosts: total, request sent → every result recorded (request COMPLETED)"),
             secs(total),
             &format!("≤ {}", secs(target.as_secs_f64())),
             format!("≥ {} (2 JetStream writes per task)", secs(floor)),
             Verdict::of(total <= target.as_secs_f64()),
         ));
         fanout_rows.push(Row::info(
-            &format!("{} hosts: per-task latency p50 / p99 / max", thousands(size as f64)),
+            &format!("{hosts} hosts: per-task latency (`finished_at` − `created_at`) p50 / p99 / max"),
             format!(
                 "{} / {} / {}",
                 secs(percentile(&latency, 0.5)),
@@ -322,9 +350,11 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
             ),
         ));
         fanout_notes.push(format!(
-            "{} hosts: the operator saw COMPLETED {} after sending; busy: {}.",
-            thousands(size as f64),
-            secs(observed),
+            "{hosts} hosts: `request.create` answered after {} (its commands stored); the request's own \
+             `finished_at` − `created_at` is {} (the last agent's end of its command, not when its result was \
+             recorded); busy: {}.",
+            secs(answered),
+            secs(row.finished_at.saturating_sub(row.created_at) as f64 / 1000.0),
             describe_usage(&fan_usage)
         ));
     }
@@ -333,8 +363,9 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         setup: format!(
             "`muster.api.request.create` with `{{\"action\":\"run\",\"hosts\":\"swarm-0…?\",\"argv\":[\"true\"]}}` to a \
              power of ten of the {} registered hosts, one request at a time; every result is durably recorded \
-             (request COMPLETED in `muster.api.requests`). Per-task latency = the task's COMPLETED `TaskChanged.at` − \
-             the request's `created_at`.",
+             (the request's COMPLETED event, published after that commit, has arrived; `muster.api.requests` confirms). \
+             Per-task latency = the task's `finished_at` (the agent's report of its end, `TaskChanged.at`) − the \
+             request's `created_at`.",
             thousands(n as f64)
         ),
         rows: fanout_rows,
