@@ -1,6 +1,7 @@
 //! End-to-end tests of high availability: three muster-server instances (two voters, one observer) on a 3-node
 //! NATS cluster with real agents, under continuous load — a request every 300 ms, retried when refused — while
-//! the leader is killed, the leader is paused past its lease, a follower loses its redb file, or a NATS node dies.
+//! the leader is killed, the leader is paused past its lease (once at the moment it sends a command), a follower
+//! loses its redb file, or a NATS node dies.
 //! Each test then checks that nothing acknowledged was lost, no task ran twice, the observer never led, and every
 //! instance converged on the same state (see `muster_tests::Ensemble`).
 

@@ -152,6 +152,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     times.sort_by(f64::total_cmp);
     let all = *times.last().context("no host")?;
     let busy = api.counter("reg.rejected.busy").await?;
+    let storm_step_downs = api.counter("leader.step_downs").await?;
     let accepted = api.counter("reg.accepted").await?;
     let swarm_mem = proc_stat(swarm.pid().context("swarm gone")?)?;
     let js_floor = n as f64 / ceilings.js_pipelined_per_sec;
@@ -194,7 +195,10 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
                 ),
             ),
         ],
-        notes: vec![format!("Busy during the storm: {}.", describe_usage(&storm_usage))],
+        notes: vec![format!(
+            "Busy during the storm: {}. The leader stepped down {storm_step_downs} time(s).",
+            describe_usage(&storm_usage)
+        )],
     };
 
     // 2. Steady heartbeats.
@@ -281,6 +285,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         let glob = glob_for(size)?;
         eprintln!("bench: fan-out `run true` to {size} hosts ({glob})");
         let usage = Usage::start(&[("muster-server", &server), ("nats-server", &nats.proc), ("swarm", &swarm)])?;
+        let step_downs = api.counter("leader.step_downs").await?;
         let sent = Instant::now();
         let spec = json!({"action": "run", "hosts": glob, "argv": ["true"]});
         let (id, tasks) = api.create_request(&spec).await?;
@@ -310,6 +315,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         let fan_usage = usage.finish()?;
         request_events.ensure_complete("fan-out")?;
         let row = api.request_row(id).await?;
+        let step_downs = api.counter("leader.step_downs").await? - step_downs;
         if status != TaskStatus::Completed || row.status != TaskStatus::Completed {
             bail!("fan-out to {size}: request {id} ended {:?}: {}", row.status, row.detail);
         }
@@ -352,7 +358,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
         fanout_notes.push(format!(
             "{hosts} hosts: `request.create` answered after {} (its commands stored); the request's own \
              `finished_at` − `created_at` is {} (the last agent's end of its command, not when its result was \
-             recorded); busy: {}.",
+             recorded); the leader stepped down {step_downs} time(s); busy: {}.",
             secs(answered),
             secs(row.finished_at.saturating_sub(row.created_at) as f64 / 1000.0),
             describe_usage(&fan_usage)
@@ -407,6 +413,7 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     tokio::time::sleep(timing.detection_window() + Duration::from_secs(2)).await;
     let victim_ids: HashSet<String> = (stay + 1..=fleet).map(|i| format!("swarm-{i:06}")).collect();
     let marker = events.len();
+    let step_downs = api.counter("leader.step_downs").await?;
     let killed_at = now_millis();
     doomed.kill9()?;
     let bound = timing.detection_window() + Duration::from_secs(1);
@@ -417,6 +424,7 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     stayers.ensure_running()?;
     events.ensure_complete("failure detection")?;
     let after = events.snapshot().split_off(marker);
+    let step_downs = api.counter("leader.step_downs").await? - step_downs;
     let mut detected: Vec<f64> = Vec::new();
     let mut seen = HashSet::new();
     let mut false_positives = Vec::new();
@@ -450,12 +458,31 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
         rows: vec![
             Row::new(
                 "killed hosts declared HEARTBEAT_LOST within the bound",
-                format!("{within} / {victims} (max {}, p50 {})", secs(max), secs(percentile(&detected, 0.5))),
+                if detected.is_empty() {
+                    format!("0 / {victims} (none declared lost within {} of the kill)", secs(watch.as_secs_f64()))
+                } else {
+                    format!(
+                        "{within} / {victims} (max {}, p50 {}; {} declared in all)",
+                        secs(max),
+                        secs(percentile(&detected, 0.5)),
+                        detected.len()
+                    )
+                },
                 &format!("all, ≤ {} (interval × misses + 1 s)", secs(bound.as_secs_f64())),
                 String::new(),
                 Verdict::of(within == victims),
             ),
-            Row::info("longest silence the server reported (`no heartbeat for …`)", secs(longest_silence)),
+            Row::info(
+                "longest silence the server reported (`no heartbeat for …`)",
+                if detected.is_empty() { "n/a".to_owned() } else { secs(longest_silence) },
+            ),
+            Row::new(
+                "times the leader stepped down in the window (a new term waits a full detection window)",
+                step_downs.to_string(),
+                "0",
+                String::new(),
+                Verdict::Info,
+            ),
             Row::new(
                 &format!("false positives among the other {} hosts", thousands(stay as f64)),
                 if false_positives.is_empty() {
