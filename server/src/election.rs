@@ -107,34 +107,60 @@ pub async fn campaign(
     }
 }
 
-/// Renews `lease` every `ttl / 3` until `stop` fires; on the first failed renewal cancels `deposed` and returns.
+/// Renews `lease` every `ttl / 3` until `deposed` fires. Steps down (cancels `deposed`) when another instance holds
+/// the key, or when the lease may have expired without a successful renewal. A renewal that is merely slow or fails
+/// while the lease still certainly holds is retried: on a busy disk a KV write can take longer than `ttl / 3`, and
+/// stepping down for that would restart every host's detection window for nothing.
 pub async fn hold(kv: kv::Store, server_id: String, lease: Lease, ttl: Duration, deposed: CancellationToken) {
     let period = ttl / 3;
+    let mut wait = period;
     loop {
         tokio::select! {
             _ = deposed.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let sent = Instant::now();
-        let renewal = tokio::time::timeout(
-            period,
-            kv.update(LEADER_KEY, Bytes::from(server_id.clone()), lease.revision.load(Ordering::SeqCst)),
-        );
-        match renewal.await {
-            Ok(Ok(revision)) => lease.renewed(revision, sent, ttl),
-            Ok(Err(e)) => {
-                warn!(epoch = lease.epoch, error = %e, "lease renewal failed; stepping down");
-                deposed.cancel();
-                return;
+        let revision = lease.revision.load(Ordering::SeqCst);
+        let renewal = tokio::time::timeout(period, kv.update(LEADER_KEY, Bytes::from(server_id.clone()), revision));
+        let problem = match renewal.await {
+            Ok(Ok(revision)) => {
+                lease.renewed(revision, sent, ttl);
+                wait = period;
+                continue;
             }
-            Err(_) => {
-                warn!(epoch = lease.epoch, "lease renewal timed out; stepping down");
-                deposed.cancel();
-                return;
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // A renewal that timed out earlier may have landed after all: if the key still names us, carry on
+                // from its revision (its validity is not extended: we do not know when it was written).
+                match kv.entry(LEADER_KEY).await {
+                    Ok(Some(entry))
+                        if entry.operation == kv::Operation::Put && entry.value.as_ref() == server_id.as_bytes() =>
+                    {
+                        lease.revision.store(entry.revision, Ordering::SeqCst);
+                        wait = Duration::ZERO;
+                        continue;
+                    }
+                    _ => {
+                        warn!(epoch = lease.epoch, "another instance holds the lease; stepping down");
+                        deposed.cancel();
+                        return;
+                    }
+                }
             }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {period:?}"),
+        };
+        if !lease.is_valid() {
+            warn!(epoch = lease.epoch, error = %problem, "lease not renewed in time; stepping down");
+            deposed.cancel();
+            return;
         }
+        warn!(epoch = lease.epoch, error = %problem, "lease renewal failed; retrying while the lease holds");
+        wait = RENEW_RETRY;
     }
 }
+
+/// Pause between renewal attempts after a failed one.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 /// Releases a lease on clean shutdown so a successor need not wait for the TTL.
 pub async fn release(kv: &kv::Store, lease: &Lease) {

@@ -479,7 +479,7 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
             Row::new(
                 "times the leader stepped down in the window (a new term waits a full detection window)",
                 step_downs.to_string(),
-                "0",
+                "",
                 String::new(),
                 Verdict::Info,
             ),
