@@ -178,7 +178,10 @@ fn read(deps: &ApiDeps, name: &str, payload: &[u8]) -> Answer {
 
 /// Sends a write to the leader and relays its answer (errors included).
 async fn forward(client: &async_nats::Client, subject: String, payload: Bytes) -> Result<Bytes, service::error::Error> {
-    let answer = tokio::time::timeout(FORWARD_TIMEOUT, client.request(subject, payload)).await;
+    // The client's default request timeout (10 s) would cut a long write (a large blueprint) short: give the
+    // request itself the forward timeout.
+    let request = async_nats::Request::new().payload(payload).timeout(Some(FORWARD_TIMEOUT));
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, client.send_request(subject, request)).await;
     let msg = match answer {
         Err(_) => return Err(api_error(504, "the leader did not answer in time")),
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
