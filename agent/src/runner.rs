@@ -528,8 +528,12 @@ impl<E: Executor> Runner<E> {
     fn finish_round(&mut self) {
         let Some(round) = self.round.take() else { return };
         if round.full {
+            // A host with no components has nothing to say: the server needs no report to mark it HEALTHY (that is
+            // the heartbeat's job), and in a registration storm of bare hosts it would be one fsync'd write each.
             let all = self.book.all();
-            self.push_status(all, true);
+            if !all.is_empty() {
+                self.push_status(all, true);
+            }
         } else if !round.changes.is_empty() {
             self.push_status(round.changes, false);
         }
@@ -1260,10 +1264,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn status_reports_have_distinct_nonces() {
         let mut h = start(params());
-        h.send(RunnerInput::Registered { components: vec![] }).await;
-        h.send(RunnerInput::Registered { components: vec![] }).await;
-        let ids = [h.report().await.msg_id(), h.report().await.msg_id()];
+        h.send(RunnerInput::Registered { components: vec![daemon("a", false)] }).await;
+        let first = h.report().await.msg_id();
+        h.send(RunnerInput::Registered { components: vec![daemon("a", false)] }).await;
+        let ids = [first, h.report().await.msg_id()];
         assert_eq!(ids, ["s-web-1-1000-1", "s-web-1-1000-2"]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_without_components_sends_no_status_report() {
+        let mut h = start(params());
+        h.send(RunnerInput::Registered { components: vec![] }).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(h.reports.try_recv().is_err(), "an empty status report was sent");
         h.stop().await;
     }
 

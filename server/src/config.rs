@@ -57,7 +57,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("MUSTER_HEARTBEAT_INTERVAL_MS", "3000", "heartbeat interval given to agents"),
     ("MUSTER_HEARTBEAT_MISSES", "3", "missed intervals before a host is HEARTBEAT_LOST"),
     ("MUSTER_LEASE_TTL_MS", "2000", "leader lease TTL; bounds failover time"),
-    ("MUSTER_MAX_REGISTRATIONS_IN_FLIGHT", "200", "admission limit for registrations"),
+    ("MUSTER_MAX_REGISTRATIONS_IN_FLIGHT", "8192", "admission limit for registrations"),
     ("MUSTER_REPLICAS", "0", "JetStream replicas of muster's streams and buckets; 0 = 3 on a 3+ node cluster, else 1"),
     ("MUSTER_TASK_GRACE_MS", "10000", "extra wait past a task's timeout before it is re-sent"),
     ("MUSTER_SNAPSHOT_EVERY", "10000", "log entries between state snapshots (the log is trimmed behind each)"),
@@ -93,7 +93,7 @@ impl ServerConfig {
             .set_default("heartbeat_interval_ms", 3000)?
             .set_default("heartbeat_misses", 3)?
             .set_default("lease_ttl_ms", 2000)?
-            .set_default("max_registrations_in_flight", 200)?
+            .set_default("max_registrations_in_flight", 8192)?
             .set_default("replicas", 0)?
             .set_default("role", "voter")?
             .set_default("task_grace_ms", 10_000)?

@@ -43,7 +43,8 @@ pub async fn heartbeats(
                 status.touch(&hb.host);
                 let queue = leader.borrow().clone();
                 if let Some(queue) = queue {
-                    let q = Queued::Heartbeat { hb, reply: msg.reply.as_ref().map(|r| r.to_string()) };
+                    let (reply, at) = (msg.reply.as_ref().map(|r| r.to_string()), tokio::time::Instant::now());
+                    let q = Queued::Heartbeat { hb, reply, at };
                     // Awaiting here pushes back into the subscription buffer rather than dropping beats.
                     let _ = queue.send(q).await;
                 }

@@ -44,6 +44,8 @@ pub enum Input {
         hb: Heartbeat,
         /// The agent's control inbox, if it gave one.
         reply: Option<String>,
+        /// When a listener heard it: liveness counts from arrival, not from when a busy core gets to it.
+        at: Instant,
     },
     /// A report that passed Prep; `ack` names the JetStream message to ack once the report's effect is committed.
     Report {
@@ -260,6 +262,9 @@ pub struct LeaderCore {
     pub(super) requests: BTreeMap<RequestId, RequestRecord>,
     /// Tasks of `requests`.
     pub(super) tasks: HashMap<TaskId, TaskRecord>,
+    /// Unfinished tasks per (request, stage index): a stage is judged only when its count reaches zero, so a report
+    /// costs O(1) however large the stage (rather than a scan of the stage per report).
+    pub(super) open: HashMap<(RequestId, u32), usize>,
     pub(super) cursors: HashMap<HostId, CommandCursor>,
     pub(super) next_request: RequestId,
     pub(super) next_task: TaskId,
@@ -269,11 +274,10 @@ pub struct LeaderCore {
     pub(super) configure_seq: u64,
     /// Hosts whose component set changed in the batch being stepped: each gets one Configure at its end.
     pub(super) reconfigure: BTreeSet<HostId>,
-    /// Last heartbeat or registration per host. In memory only, as in Ambari: after a restart every host gets a
-    /// fresh window from `took_over`.
+    /// Last heartbeat or registration of every host that should be heartbeating (and only those: a host leaves it
+    /// when declared lost), so a liveness check is one pass over plain timestamps. In memory only, as in Ambari:
+    /// after a takeover every host gets a fresh window from then.
     last_seen: HashMap<HostId, Instant>,
-    /// When this leader took over: every host is granted one full detection window from here.
-    pub(super) took_over: Instant,
     /// Wall-clock time of the takeover: task deadlines of a previous leader restart from here.
     pub(super) took_over_wall: UnixMillis,
 }
@@ -282,6 +286,13 @@ impl LeaderCore {
     /// A core for the leader of `epoch`, starting from what is committed.
     pub fn new(epoch: u64, timing: Timing, loaded: Loaded, now: Instant, wall: UnixMillis) -> Self {
         let max_request = loaded.requests.iter().map(|r| r.id).max().unwrap_or(0);
+        let mut open: HashMap<(RequestId, u32), usize> = HashMap::new();
+        for t in loaded.tasks.iter().filter(|t| !t.status.is_terminal()) {
+            *open.entry((t.request, t.stage)).or_default() += 1;
+        }
+        // Every host that should be heartbeating gets one full detection window from the takeover.
+        let last_seen =
+            loaded.hosts.iter().filter(|h| h.state.expects_heartbeats()).map(|h| (h.id.clone(), now)).collect();
         Self {
             epoch,
             timing,
@@ -291,6 +302,7 @@ impl LeaderCore {
             components: loaded.components.into_iter().map(|c| (c.key(), c)).collect(),
             requests: loaded.requests.into_iter().filter(|r| !r.status.is_terminal()).map(|r| (r.id, r)).collect(),
             tasks: loaded.tasks.into_iter().map(|t| (t.id, t)).collect(),
+            open,
             cursors: loaded.cursors.into_iter().map(|c| (c.host.clone(), c)).collect(),
             // Above everything committed and everything any earlier leader reserved (and may have used in commands
             // it never committed).
@@ -299,8 +311,7 @@ impl LeaderCore {
             reserved: (0, 0),
             configure_seq: 0,
             reconfigure: BTreeSet::new(),
-            last_seen: HashMap::new(),
-            took_over: now,
+            last_seen,
             took_over_wall: wall,
         }
     }
@@ -334,7 +345,7 @@ impl LeaderCore {
     pub fn step(&mut self, input: Input, now: Instant, wall: UnixMillis, out: &mut Output) {
         match input {
             Input::Register { req, reply } => self.register(*req, reply, now, wall, out),
-            Input::Heartbeat { hb, reply } => self.heartbeat(hb, reply, now, wall, out),
+            Input::Heartbeat { hb, reply, at } => self.heartbeat(hb, reply, at, wall, out),
             Input::Report { report, ack } => self.report(*report, ack, wall, out),
             Input::Api { call, token } => {
                 let result = self.api(call, wall, out);
@@ -397,6 +408,9 @@ impl LeaderCore {
             if let Some(r) = self.requests.remove(&id) {
                 for t in r.stages.iter().flat_map(|s| &s.tasks) {
                     self.tasks.remove(t);
+                }
+                for si in 0..r.stages.len() as u32 {
+                    self.open.remove(&(id, si));
                 }
             }
         }
@@ -483,7 +497,7 @@ impl LeaderCore {
         }
     }
 
-    fn heartbeat(&mut self, hb: Heartbeat, reply: Option<String>, now: Instant, wall: UnixMillis, out: &mut Output) {
+    fn heartbeat(&mut self, hb: Heartbeat, reply: Option<String>, at: Instant, wall: UnixMillis, out: &mut Output) {
         out.effects.push(Effect::Count("hb.received"));
         let Some(prev) = self.hosts.get(&hb.host) else {
             out.effects.push(Effect::Count("hb.rejected.unknown_host"));
@@ -502,7 +516,12 @@ impl LeaderCore {
                 return;
             }
         };
-        self.last_seen.insert(hb.host.clone(), now);
+        match self.last_seen.get_mut(&hb.host) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                self.last_seen.insert(hb.host.clone(), at);
+            }
+        }
         if to == prev.state && hb.health.problems == prev.problems {
             return;
         }
@@ -522,17 +541,21 @@ impl LeaderCore {
 
     fn check_liveness(&mut self, now: Instant, wall: UnixMillis, out: &mut Output) {
         let deadline = self.timing.deadline;
-        let grace_from = self.took_over;
-        let lost: Vec<(HostRecord, Duration)> = self
-            .hosts
-            .values()
-            .filter(|h| h.state.expects_heartbeats())
-            .filter_map(|h| {
-                let seen = self.last_seen.get(&h.id).copied().map_or(grace_from, |t| t.max(grace_from));
-                let silent = now.saturating_duration_since(seen);
-                (silent > deadline).then(|| (h.clone(), silent))
-            })
+        let silent: Vec<(HostId, Duration)> = self
+            .last_seen
+            .iter()
+            .map(|(id, seen)| (id, now.saturating_duration_since(*seen)))
+            .filter(|(_, silent)| *silent > deadline)
+            .map(|(id, silent)| (id.clone(), silent))
             .collect();
+        let mut lost = Vec::with_capacity(silent.len());
+        for (id, silent) in silent {
+            self.last_seen.remove(&id);
+            match self.hosts.get(&id) {
+                Some(h) if h.state.expects_heartbeats() => lost.push((h.clone(), silent)),
+                _ => {}
+            }
+        }
         for (prev, silent) in lost {
             let Ok(to) = transition(prev.state, HostEvent::HeartbeatLost) else { continue };
             out.effects.push(Effect::Count("hosts.lost"));
@@ -546,7 +569,7 @@ impl LeaderCore {
             let id = prev.id.clone();
             self.put_host(HostRecord { state: to, state_since: wall, problems: Vec::new(), ..prev }, out);
             // Components of a lost host are UNKNOWN until its agent reports their status again.
-            let keys: Vec<String> = self.components.values().filter(|c| c.host == id).map(|c| c.key()).collect();
+            let keys = self.component_keys(&id);
             for k in keys {
                 let _ = self.component_event(&k, ComponentEvent::HostLost, "host lost", wall, out);
             }

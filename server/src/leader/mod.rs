@@ -71,6 +71,8 @@ pub enum Queued {
         hb: Heartbeat,
         /// The agent's control inbox.
         reply: Option<String>,
+        /// When the listener heard it.
+        at: Instant,
     },
     /// A report, acked once its effect is committed.
     Report {
@@ -144,7 +146,7 @@ impl Pending {
                 self.permits.push(permit);
                 Input::Register { req, reply }
             }
-            Queued::Heartbeat { hb, reply } => Input::Heartbeat { hb, reply },
+            Queued::Heartbeat { hb, reply, at } => Input::Heartbeat { hb, reply, at },
             Queued::Report { report, msg } => {
                 self.acks.insert(token, msg);
                 Input::Report { report, ack: token }
@@ -199,9 +201,10 @@ pub async fn lead(
         "leading"
     );
     let mut core = LeaderCore::new(lease.epoch, deps.timing, loaded, Instant::now(), unix_millis());
+    // Liveness and task deadlines are checked every `tick`: when idle on a timer, under load as part of the next
+    // batch once due (a queue that never empties must not starve failure detection).
     let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_tick = Instant::now() + tick;
     let tasks = TaskTracker::new();
     {
         let (deps, stop) = (deps.clone(), deposed.clone());
@@ -227,10 +230,10 @@ pub async fn lead(
             biased;
             _ = deposed.cancelled() => break Ok(()),
             Some(q) = inputs.recv() => Some(q),
-            _ = ticker.tick() => None,
+            _ = tokio::time::sleep_until(next_tick) => None,
         };
         let mut pending = Pending::default();
-        let mut batch: Vec<Input> = vec![first.map_or(Input::Tick, |q| pending.input(q))];
+        let mut batch: Vec<Input> = first.map(|q| pending.input(q)).into_iter().collect();
         while batch.len() < MAX_BATCH {
             match inputs.try_recv() {
                 Ok(q) => batch.push(pending.input(q)),
@@ -238,6 +241,13 @@ pub async fn lead(
             }
         }
         let (now, wall) = (Instant::now(), unix_millis());
+        if now >= next_tick {
+            batch.push(Input::Tick);
+            next_tick = now + tick;
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let mut out = Output::default();
         for input in batch {
             core.step(input, now, wall, &mut out);

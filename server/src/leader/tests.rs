@@ -125,6 +125,7 @@ impl Harness {
                 health: Health { problems: problems.iter().map(|s| s.to_string()).collect() },
             },
             reply: Some("ctl".into()),
+            at: self.now,
         })
     }
 
@@ -294,6 +295,48 @@ async fn liveness_waits_one_window_after_takeover() {
     assert!(out.dirty.is_empty());
     next.step(Input::Tick, t1 + 4 * SEC, 0, &mut out);
     assert_eq!(out.dirty.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_counts_from_arrival_not_from_when_the_core_gets_to_it() {
+    let mut h = Harness::new();
+    h.register("a");
+    h.register("b");
+    let heard = h.now;
+    h.advance(3 * SEC + SEC / 10);
+    // Both beats were heard at `heard` but the core only steps them now: "a"'s silence since then is past the
+    // deadline, "b" beat again later and is fine.
+    let mut out = Output::default();
+    for (host, at) in [("a", heard), ("b", heard), ("b", heard + 2 * SEC)] {
+        let hb = Heartbeat { schema: PROTOCOL_VERSION, host: id(host), seq: 1, sent_at: 0, health: Health::default() };
+        h.core.step(Input::Heartbeat { hb, reply: None, at }, h.now, h.wall, &mut out);
+    }
+    h.core.step(Input::Tick, h.now, h.wall, &mut out);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
+    assert_eq!(h.core.host(&id("b")).unwrap().state, HostState::Healthy);
+    // A lost host is no longer watched: later ticks do not declare it again.
+    h.advance(10 * SEC);
+    h.beat("b", &[]);
+    assert!(!counted(&h.step(Input::Tick), "hosts.lost"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_ends_exactly_when_its_last_task_reports() {
+    let mut h = Harness::new();
+    for i in 0..50 {
+        h.register(&format!("h{i}"));
+        h.beat(&format!("h{i}"), &[]);
+    }
+    let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
+    let tasks = h.executions();
+    assert_eq!(tasks.len(), 50);
+    // Out of order, one failure (not tolerated): the request ends, FAILED, only with the last report.
+    for (i, (host, task, attempt)) in tasks.iter().rev().enumerate() {
+        assert_eq!(h.written.get(&request), Some(&TaskStatus::InProgress), "ended before report {i}");
+        let phase = if i == 10 { TaskPhase::Failed } else { TaskPhase::Completed };
+        h.report(host, *task, *attempt, phase);
+    }
+    assert_eq!(h.written.get(&request), Some(&TaskStatus::Failed));
 }
 
 #[tokio::test(start_paused = true)]
