@@ -4,10 +4,11 @@
 //!
 //! One batch of inputs is stepped at a time. The core mutates its state directly and remembers which records it
 //! touched ([`Output::dirty`]); the shell turns the dirty keys into txn ops with [`LeaderCore::ops`], appends them
-//! and waits for its own applier; then it publishes [`Output::publish`] (so no agent ever runs a command the log
-//! does not have), reports each stream sequence back with [`LeaderCore::delivered`] and commits those too; only
-//! then does it perform [`Output::effects`]. If any of that fails the leader steps down and this
-//! core is dropped: the next leader starts again from the log, so the core never needs to undo anything.
+//! and waits for its own applier, performs [`Output::effects`], and hands [`Output::publish`] to its command
+//! publisher (so no agent ever runs a command the log does not have). The publisher stores the commands while the
+//! core goes on stepping, and their stream sequences come back as an input ([`Input::Delivered`]), committed with a
+//! later batch. If any of that fails the leader steps down and this core is dropped: the next leader starts again
+//! from the log, so the core never needs to undo anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub enum Input {
         /// Shell token for the answer.
         token: u64,
     },
+    /// Commands the shell has stored in `MUSTER_COMMANDS`, with their stream sequences, in publish order.
+    Delivered(Vec<(Outgoing, u64)>),
     /// Time passed: check liveness and task deadlines.
     Tick,
 }
@@ -351,6 +354,11 @@ impl LeaderCore {
                 let result = self.api(call, wall, out);
                 out.effects.push(Effect::Api { token, result });
             }
+            Input::Delivered(stored) => {
+                for (o, seq) in &stored {
+                    self.delivered(o, *seq, out);
+                }
+            }
             Input::Tick => {
                 self.check_liveness(now, wall, out);
                 self.check_deadlines(wall, out);
@@ -375,13 +383,24 @@ impl LeaderCore {
         Some(TxnOp::ReserveIds { tasks: self.reserved.0, requests: self.reserved.1 })
     }
 
-    /// Records that `outgoing` was stored at stream sequence `seq`.
+    /// Records that `outgoing` was stored at stream sequence `seq`. Commands are stored while the core goes on
+    /// stepping, so the task may have moved on by then: a task that has ended, or has been sent again as a newer
+    /// attempt, leaves its command finished in the cursor (a restarted agent must never run it), and its
+    /// `cmd_seq` untouched.
     pub fn delivered(&mut self, outgoing: &Outgoing, seq: u64, out: &mut Output) {
+        let live = outgoing.task.and_then(|id| {
+            let task = self.tasks.get_mut(&id)?;
+            let attempt = match &outgoing.command.body {
+                muster_schemas::commands::CommandBody::Execute(e) => e.attempt,
+                _ => return None,
+            };
+            (!task.status.is_terminal() && task.attempt == attempt).then_some(task)
+        });
         let cursor =
             self.cursors.entry(outgoing.host.clone()).or_insert_with(|| CommandCursor::new(outgoing.host.clone()));
-        cursor.published(seq, outgoing.task.is_some());
+        cursor.published(seq, live.is_some());
         out.dirty.insert(Dirty::Cursor(outgoing.host.clone()));
-        if let Some(task) = outgoing.task.and_then(|id| self.tasks.get_mut(&id)) {
+        if let Some(task) = live {
             task.cmd_seq = seq;
             out.dirty.insert(Dirty::Task(task.id));
         }

@@ -1,10 +1,11 @@
 //! The leader role: the request chain of DESIGN.md around the pure [`core::LeaderCore`].
 //!
-//! Prep happens in the listeners ([`crate::listen`]); Propose is `core.step` over a batch of inputs, then the
-//! commands the batch sends are stored in `MUSTER_COMMANDS` (so a task is QUEUED only once its command is durable)
-//! and the records it touched are appended to the log with fencing; Sync is this instance's applier writing redb
-//! (the leader waits for it); Final is [`perform`]: replies, report acks, API answers, change events, counters.
-//! Any failure of the log or of JetStream ends the leadership: the next term starts again from the log.
+//! Prep happens in the listeners ([`crate::listen`]); Propose is `core.step` over a batch of inputs, whose touched
+//! records are appended to the log with fencing; Sync is this instance's applier writing redb (the leader waits for
+//! it); Final is [`perform`]: replies, report acks, API answers, change events, counters. The batch's commands then
+//! go to [`publish_commands`], which stores them in `MUSTER_COMMANDS` while the loop steps the next batches and
+//! hands their stream sequences back as an input. Any failure of the log or of JetStream ends the leadership: the
+//! next term starts again from the log.
 
 pub mod core;
 mod work;
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::core::{
     ApiCall, ApiFailure, ChangeEvent, Effect, Input, LeaderCore, Loaded, Outgoing, Output, Reply, Timing,
@@ -44,6 +45,8 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const TXN_OVERHEAD: usize = 256;
 /// Command publishes awaiting their JetStream ack at once (a fan-out to 100k hosts is pipelined, not serial).
 const PUBLISH_PIPELINE: usize = 2_048;
+/// Most stored commands handed back to the core in one [`Queued::Delivered`].
+const DELIVERED_CHUNK: usize = 1_024;
 /// How long to wait for a command's JetStream ack before retrying with the same `Nats-Msg-Id`.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Times a new leader tries to claim the log end before giving up the lease.
@@ -88,6 +91,8 @@ pub enum Queued {
         /// Where the answer goes.
         respond: oneshot::Sender<ApiResult>,
     },
+    /// Commands the publisher stored, with their stream sequences.
+    Delivered(Vec<(Outgoing, u64)>),
 }
 
 /// Why leadership ended.
@@ -155,6 +160,7 @@ impl Pending {
                 self.apis.insert(token, respond);
                 Input::Api { call, token }
             }
+            Queued::Delivered(stored) => Input::Delivered(stored),
         }
     }
 }
@@ -206,6 +212,17 @@ pub async fn lead(
     let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut next_tick = Instant::now() + tick;
     let tasks = TaskTracker::new();
+    // Unbounded: the loop must never wait on the publisher, which waits on the loop's input queue.
+    let (commands, to_publish) = mpsc::unbounded_channel::<Vec<Outgoing>>();
+    {
+        let (deps, stop, queue) = (deps.clone(), deposed.clone(), queue.clone());
+        tasks.spawn(async move {
+            if let Err(e) = publish_commands(&deps, to_publish, queue, stop.clone()).await {
+                error!(error = %e, "command publisher failed; stepping down");
+                stop.cancel();
+            }
+        });
+    }
     {
         let (deps, stop) = (deps.clone(), deposed.clone());
         tasks.spawn(async move {
@@ -223,6 +240,7 @@ pub async fn lead(
         let wall = unix_millis();
         commit(&deps, &mut core, &mut appender, &mut redo, wall).await?;
         perform(&deps, redo.effects, &mut Pending::default()).await;
+        let _ = commands.send(redo.publish);
     }
 
     let result = loop {
@@ -249,17 +267,25 @@ pub async fn lead(
             continue;
         }
         let mut out = Output::default();
+        let inputs_n = batch.len();
         for input in batch {
             core.step(input, now, wall, &mut out);
         }
         core.end_batch(&mut out);
+        debug!(inputs = inputs_n, step_us = now.elapsed().as_micros() as u64, "batch stepped");
         if out.changes_state() {
             if let Err(e) = commit(&deps, &mut core, &mut appender, &mut out, wall).await {
                 fail(&deps, out.effects, &mut pending).await;
                 break Err(e);
             }
         }
+        let performing = Instant::now();
+        let effects = out.effects.len();
         perform(&deps, out.effects, &mut pending).await;
+        debug!(effects, perform_us = performing.elapsed().as_micros() as u64, "batch performed");
+        if !out.publish.is_empty() {
+            let _ = commands.send(out.publish);
+        }
     };
     deposed.cancel();
     tasks.close();
@@ -268,12 +294,11 @@ pub async fn lead(
     result
 }
 
-/// Commits the batch's records, then stores its commands, then commits where they were stored.
-///
-/// Committing first means no agent ever runs a command for work the log does not have: a leader that dies before
-/// publishing leaves QUEUED tasks without a command sequence, which the next leader publishes again under the same
-/// `Nats-Msg-Id` ([`LeaderCore::take_over`]); a leader that dies after publishing but before recording the sequences
-/// leaves the same, and JetStream's duplicate window makes the re-publish land once.
+/// Commits the batch's records. Its commands are stored afterwards, by [`publish_commands`]: committing first
+/// means no agent ever runs a command for work the log does not have. A leader that dies before storing them leaves
+/// QUEUED tasks without a command sequence, which the next leader publishes again under the same `Nats-Msg-Id`
+/// ([`LeaderCore::take_over`]); one that dies after storing but before recording the sequences leaves the same, and
+/// JetStream's duplicate window makes the re-publish land once.
 async fn commit(
     deps: &LeaderDeps,
     core: &mut LeaderCore,
@@ -281,28 +306,51 @@ async fn commit(
     out: &mut Output,
     wall: UnixMillis,
 ) -> Result<(), LeaderError> {
+    let started = Instant::now();
     let mut ops = Vec::new();
     ops.extend(core.reserve_ids());
     let dirty = std::mem::take(&mut out.dirty);
     ops.extend(core.ops(&dirty));
-    let mut txns = propose(deps, appender, ops, wall).await?;
-    let outgoing = std::mem::take(&mut out.publish);
-    if !outgoing.is_empty() {
-        let seqs: Vec<Result<u64, LeaderError>> =
-            futures::stream::iter(outgoing.iter().map(|o| publish_command(deps, o)))
-                .buffered(PUBLISH_PIPELINE)
-                .collect()
-                .await;
-        for (o, seq) in outgoing.iter().zip(seqs) {
-            core.delivered(o, seq?, out);
-        }
-        deps.metrics.add("commands.published", outgoing.len() as u64);
-        let dirty = std::mem::take(&mut out.dirty);
-        let ops = core.ops(&dirty);
-        txns += propose(deps, appender, ops, wall).await?;
-    }
+    let n_ops = ops.len();
+    let txns = propose(deps, appender, ops, wall).await?;
+    debug!(ops = n_ops, txns, ms = started.elapsed().as_millis() as u64, "batch committed");
     deps.metrics.add("txn.committed", txns);
     Ok(())
+}
+
+/// Stores committed commands in `MUSTER_COMMANDS`, in order, many acks in flight, while the leader goes on stepping
+/// (a fan-out to 100k hosts must not stop reports from being processed), and hands each run of stored commands
+/// back to the core as [`Queued::Delivered`] so their sequences are committed with a later batch.
+async fn publish_commands(
+    deps: &LeaderDeps,
+    batches: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    queue: mpsc::Sender<Queued>,
+    stop: CancellationToken,
+) -> Result<(), LeaderError> {
+    let commands = futures::stream::unfold(batches, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+        .flat_map(futures::stream::iter);
+    let stored = commands
+        .map(|o| async move {
+            let seq = publish_command(deps, &o).await;
+            (o, seq)
+        })
+        .buffered(PUBLISH_PIPELINE)
+        .ready_chunks(DELIVERED_CHUNK);
+    let mut stored = std::pin::pin!(stored);
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            c = stored.next() => match c { Some(c) => c, None => return Ok(()) },
+        };
+        let mut done = Vec::with_capacity(chunk.len());
+        for (o, seq) in chunk {
+            done.push((o, seq?));
+        }
+        deps.metrics.add("commands.published", done.len() as u64);
+        if queue.send(Queued::Delivered(done)).await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderError> {

@@ -340,6 +340,46 @@ async fn a_stage_ends_exactly_when_its_last_task_reports() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_command_stored_after_its_task_ended_is_finished_in_the_cursor() {
+    let mut h = Harness::new();
+    h.register("a");
+    h.beat("a", &[]);
+    // The shell stores commands while the core goes on: step the request without delivering its command.
+    let mut out = Output::default();
+    let spec = RequestSpec {
+        action: "run".into(),
+        target: None,
+        hosts: None,
+        argv: vec!["true".into()],
+        timeout_secs: None,
+        batch: 0,
+        max_failures: 0,
+        success_factor: None,
+    };
+    h.core.step(Input::Api { call: ApiCall::Request(spec), token: 1 }, h.now, h.wall, &mut out);
+    h.core.end_batch(&mut out);
+    let outgoing = std::mem::take(&mut out.publish);
+    let task = match &outgoing[0].command.body {
+        CommandBody::Execute(e) => e.task,
+        other => panic!("{other:?}"),
+    };
+    // The agent (live subscription) ran it and reported before the store's ack came back.
+    h.report("a", task, 1, TaskPhase::Completed);
+    let mut out = Output::default();
+    h.core.step(Input::Delivered(vec![(outgoing[0].clone(), 42)]), h.now, h.wall, &mut out);
+    let ops = h.core.ops(&out.dirty);
+    let cursor = ops
+        .iter()
+        .find_map(|op| match op {
+            muster_schemas::TxnOp::PutCursor(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("the cursor is written");
+    assert!(cursor.pending.is_empty(), "a finished task's command must not be pending: {cursor:?}");
+    assert_eq!(cursor.cursor(), 42, "a restarted agent must not run it again");
+}
+
+#[tokio::test(start_paused = true)]
 async fn blueprint_installs_then_starts_in_dependency_order() {
     let mut h = Harness::new();
     let r = h.cluster();
