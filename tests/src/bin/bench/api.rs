@@ -11,7 +11,7 @@ use async_nats::Client;
 use futures::StreamExt as _;
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::events::{HostChanged, RequestChanged, TaskChanged};
-use muster_schemas::HostState;
+use muster_schemas::{HostState, Subjects};
 use serde_json::Value;
 
 /// How long one API call may take. `summary` reads every host record, which at 100k hosts is a large read.
@@ -23,6 +23,10 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Buffered messages per collector subscription: a fan-out to 100k hosts emits a few events per task within
 /// seconds, and a dropped event would make a latency figure incomplete.
 const COLLECTOR_CAPACITY: usize = 4 << 20;
+
+/// How many `muster.api.stats` calls [`Api::stats_of`] makes before giving up: the queue group picks an instance at
+/// random, so with three instances 40 calls all missing one has odds of (2/3)^40 ≈ 10⁻⁷.
+const STATS_OF_ATTEMPTS: usize = 40;
 
 /// Largest event body decoded.
 const MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -65,7 +69,7 @@ impl Api {
 
     /// A counter from `muster.api.stats` (0 if never touched).
     pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
-        Ok(self.stats().await?.pointer(&format!("/counters/{name}")).and_then(Value::as_u64).unwrap_or(0))
+        Ok(counter_of(&self.stats().await?, name))
     }
 
     /// `muster.api.summary`.
@@ -77,6 +81,44 @@ impl Api {
             started_components: count("components_by_state", "STARTED"),
             raw: v,
         })
+    }
+
+    /// Asks every instance for its status on `<prefix>.servers` (not a queue group: each answers) and collects
+    /// the answers that arrive within `window`, or until `expect` instances answered.
+    pub async fn servers(&self, expect: usize, window: Duration) -> anyhow::Result<Vec<ServerStatus>> {
+        let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).servers();
+        let inbox = self.client.new_inbox();
+        let mut answers = self.client.subscribe(inbox.clone()).await.context("subscribing to the status inbox")?;
+        self.client.publish_with_reply(subject.clone(), inbox, "".into()).await?;
+        self.client.flush().await?;
+        let mut rows: Vec<ServerStatus> = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while rows.len() < expect {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(msg)) => rows.push(
+                    serde_json::from_slice(&msg.payload)
+                        .with_context(|| format!("{subject}: unreadable answer {:?}", msg.payload))?,
+                ),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    /// `muster.api.stats` as instance `id` answers it: the API is one queue group, so it asks until `id` is the
+    /// one that answers.
+    pub async fn stats_of(&self, id: &str) -> anyhow::Result<Value> {
+        let mut answered_by = Vec::new();
+        for _ in 0..STATS_OF_ATTEMPTS {
+            let stats = self.stats().await?;
+            let by = stats.get("server_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if by == id {
+                return Ok(stats);
+            }
+            answered_by.push(by);
+        }
+        bail!("muster.api.stats: {id} never answered in {STATS_OF_ATTEMPTS} attempts (answered by {answered_by:?})")
     }
 
     /// Creates a request from a `RequestSpec` JSON; returns (request id, tasks).
@@ -104,6 +146,40 @@ impl Api {
             detail: row.get("detail").and_then(Value::as_str).unwrap_or_default().to_owned(),
         })
     }
+}
+
+/// One instance's answer on `<prefix>.servers`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ServerStatus {
+    /// `MUSTER_SERVER_ID`.
+    pub id: String,
+    /// `leader`, `follower` or `observer`.
+    pub role: String,
+    /// The newest epoch it knows.
+    pub epoch: u64,
+    /// The last log sequence it applied.
+    pub applied_seq: u64,
+    /// The log's last sequence as it sees it.
+    pub log_end: Option<u64>,
+}
+
+/// `bench-1=leader(e4 a120/120) bench-2=…`.
+pub fn describe_servers(rows: &[ServerStatus]) -> String {
+    if rows.is_empty() {
+        return "no instance answered".to_owned();
+    }
+    rows.iter()
+        .map(|r| {
+            let end = r.log_end.map_or("?".to_owned(), |e| e.to_string());
+            format!("{}={}(e{} a{}/{end})", r.id, r.role, r.epoch, r.applied_seq)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A counter of a `muster.api.stats` answer (0 if never touched).
+pub fn counter_of(stats: &Value, name: &str) -> u64 {
+    stats.pointer(&format!("/counters/{name}")).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// What `muster.api.summary` says.

@@ -127,6 +127,75 @@ pub async fn start_server(dir: &Path, nats_url: &str, timing: ServerTiming, api:
     }
 }
 
+/// One muster-server instance of a replicated ensemble.
+pub struct Instance {
+    /// `MUSTER_SERVER_ID`.
+    pub id: String,
+    /// The process (log `<dir>/<id>.log`, data in `<dir>/<id>/`).
+    pub proc: Proc,
+}
+
+/// Voters `ids` (each `MUSTER_ROLE=voter`, its own `MUSTER_DATA_DIR`) on one nats-server, sharing the txn log and
+/// the lease bucket. The first starts alone and must lead before the others start (nats-server 2.10 leaves
+/// concurrent creates of one stream unanswered until they time out); then every instance must answer
+/// `<prefix>.servers`, with exactly one leading.
+pub async fn start_ensemble(
+    dir: &Path,
+    nats_url: &str,
+    timing: ServerTiming,
+    lease_ttl: Duration,
+    ids: &[&str],
+    api: &Api,
+) -> anyhow::Result<Vec<Instance>> {
+    let mut instances: Vec<Instance> = Vec::new();
+    for id in ids {
+        let data = dir.join(id);
+        std::fs::create_dir_all(&data)?;
+        let env: Vec<(&str, OsString)> = vec![
+            ("MUSTER_NATS_URL", nats_url.into()),
+            ("MUSTER_DATA_DIR", data.into_os_string()),
+            ("MUSTER_SERVER_ID", (*id).into()),
+            ("MUSTER_ROLE", "voter".into()),
+            ("MUSTER_HEARTBEAT_INTERVAL_MS", timing.heartbeat_interval.as_millis().to_string().into()),
+            ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
+            ("MUSTER_LEASE_TTL_MS", lease_ttl.as_millis().to_string().into()),
+            ("MUSTER_LOG", "info".into()),
+        ];
+        let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir)?;
+        if instances.is_empty() {
+            let started = Instant::now();
+            loop {
+                proc.ensure_running()?;
+                if let Ok(stats) = api.stats().await {
+                    if stats.get("role").and_then(|r| r.as_str()) == Some("leader") {
+                        break;
+                    }
+                }
+                if started.elapsed() > READY_TIMEOUT {
+                    bail!("{id} did not lead within {READY_TIMEOUT:?}:\n{}", proc.log_tail(20));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        instances.push(Instance { id: (*id).to_owned(), proc });
+    }
+    let started = Instant::now();
+    loop {
+        for i in &mut instances {
+            i.proc.ensure_running()?;
+        }
+        let rows = api.servers(ids.len(), Duration::from_secs(2)).await?;
+        let leaders = rows.iter().filter(|r| r.role == "leader").count();
+        if rows.len() == ids.len() && leaders == 1 {
+            return Ok(instances);
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("the ensemble did not form within {READY_TIMEOUT:?}: {}", crate::api::describe_servers(&rows));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `muster-agent swarm` with `count` hosts `<prefix>-<index>` from `first_index`, all at once.
 pub fn start_swarm(
     dir: &Path,
@@ -136,8 +205,33 @@ pub fn start_swarm(
     first: usize,
     count: usize,
 ) -> anyhow::Result<Proc> {
-    let (first, count) = (first.to_string(), count.to_string());
-    let args = ["swarm", "--count", &count, "--id-prefix", prefix, "--first-index", &first, "--summary-secs", "5"];
+    start_swarm_ramped(dir, nats_url, name, prefix, first, count, Duration::ZERO)
+}
+
+/// [`start_swarm`] with the hosts' starts spread over `ramp` (`--ramp-ms`).
+pub fn start_swarm_ramped(
+    dir: &Path,
+    nats_url: &str,
+    name: &str,
+    prefix: &str,
+    first: usize,
+    count: usize,
+    ramp: Duration,
+) -> anyhow::Result<Proc> {
+    let (first, count, ramp) = (first.to_string(), count.to_string(), ramp.as_millis().to_string());
+    let args = [
+        "swarm",
+        "--count",
+        &count,
+        "--id-prefix",
+        prefix,
+        "--first-index",
+        &first,
+        "--ramp-ms",
+        &ramp,
+        "--summary-secs",
+        "5",
+    ];
     let env = [("MUSTER_NATS_URL", nats_url)];
     Proc::spawn(name, &workspace_bin("muster-agent")?, &args, env, dir)
 }

@@ -7,19 +7,24 @@
 //! nothing; its logs are kept under `target/bench/`.
 //!
 //! ```text
-//! bench [--quick] [--fleet N] [--out FILE | --no-write] [--keep]
+//! bench [--quick] [--fleet N] [--only GROUP[,GROUP…]] [--out FILE | --no-write] [--keep]
 //! ```
+//!
+//! `--only` runs some of the scenario groups — `fleet` (1, 2 and 4 share one fleet), `failure` (3), `failover`
+//! (5), `footprint` (6) — and prints the results instead of writing them, unless `--out` names a file.
 //!
 //! # Layout
 //! - `env`       — processes (nats-server with monitoring, muster-server, swarms, an agent) and `/proc` readings.
 //! - `api`       — the `muster.api.*` endpoints and collectors of the change feed.
 //! - `ceilings`  — core-NATS and JetStream throughput, measured in the same run.
-//! - `scenarios` — the six scenarios.
+//! - `scenarios` — scenarios 1, 2, 3, 4 and 6.
+//! - `failover`  — scenario 5: three instances, the leader SIGKILLed under load.
 //! - `report`    — the markdown tables and the marked block in docs/benchmarks.md.
 
 mod api;
 mod ceilings;
 mod env;
+mod failover;
 mod report;
 mod scenarios;
 
@@ -37,15 +42,41 @@ use crate::scenarios::Plan;
 /// Command-line options.
 struct Options {
     quick: bool,
-    /// Overrides the fleet of scenarios 1, 2 and 4 (the storm target scales with it: 5,000 hosts/s).
+    /// Overrides the fleet of scenarios 1, 2, 4 and 5 (the storm target scales with it: 5,000 hosts/s).
     fleet: Option<usize>,
     out: Option<PathBuf>,
     keep: bool,
+    /// Scenario groups to run ([`GROUPS`]); all when `None`.
+    only: Option<Vec<String>>,
+}
+
+/// The scenario groups, in the order they run: each starts its own processes.
+const GROUPS: [&str; 4] = ["fleet", "failure", "failover", "footprint"];
+
+const USAGE: &str = "usage: bench [--quick] [--fleet N] [--only GROUP[,GROUP...]] [--out FILE | --no-write] [--keep]
+  --quick        the bench-quick plan: a 10,000-host fleet, short windows (< 5 min)
+  --fleet N      the fleet of scenarios 1, 2, 4 and 5 (storm target scaled to 5,000 hosts/s)
+  --only GROUPS  run only these groups: fleet (scenarios 1, 2, 4), failure (3), failover (5), footprint (6);
+                 prints the results unless --out is given
+  --out FILE     write the results between the bench:<mode> markers of FILE (default docs/benchmarks.md)
+  --no-write     print the results instead
+  --keep         keep target/bench/<mode>-XXXXXX (logs, stores) after a successful run";
+
+impl Options {
+    fn runs(&self, group: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|g| g == group))
+    }
 }
 
 fn parse_args() -> anyhow::Result<Options> {
-    let mut options =
-        Options { quick: false, fleet: None, out: Some(workspace_root().join("docs/benchmarks.md")), keep: false };
+    let mut options = Options {
+        quick: false,
+        fleet: None,
+        out: Some(workspace_root().join("docs/benchmarks.md")),
+        keep: false,
+        only: None,
+    };
+    let mut out_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -56,14 +87,32 @@ fn parse_args() -> anyhow::Result<Options> {
                 anyhow::ensure!((1_000..=1_000_000).contains(&n), "--fleet must be 1,000 to 1,000,000");
                 options.fleet = Some(n);
             }
-            "--no-write" => options.out = None,
-            "--out" => options.out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
+            "--no-write" => {
+                options.out = None;
+                out_given = true;
+            }
+            "--out" => {
+                options.out = Some(PathBuf::from(args.next().context("--out needs a file")?));
+                out_given = true;
+            }
+            "--only" => {
+                let groups: Vec<String> =
+                    args.next().context("--only needs a group")?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = groups.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    anyhow::bail!("--only: unknown group {bad:?} (one of {})", GROUPS.join(", "));
+                }
+                options.only = Some(groups);
+            }
             "-h" | "--help" => {
-                println!("usage: bench [--quick] [--fleet N] [--out FILE | --no-write] [--keep]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    // A partial run must not replace the complete results in docs/benchmarks.md.
+    if options.only.is_some() && !out_given {
+        options.out = None;
     }
     Ok(options)
 }
@@ -127,23 +176,34 @@ async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run>
     let started = Instant::now();
     let started_at = command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]);
     let machine = machine()?;
-    let (ceilings, fleet) = scenarios::fleet(dir, &plan).await?;
-    let failure = scenarios::failure(dir, &plan).await?;
-    let footprint = scenarios::footprint(dir, &plan).await?;
-    let mut scenarios = fleet;
-    scenarios.push(failure);
-    scenarios.push(scenarios::failover());
-    scenarios.push(footprint);
+    let (ceilings, mut scenarios) = if options.runs("fleet") {
+        scenarios::fleet(dir, &plan).await?
+    } else {
+        (scenarios::ceilings_alone(dir, &plan).await?, Vec::new())
+    };
+    if options.runs("failure") {
+        scenarios.push(scenarios::failure(dir, &plan).await?);
+    }
+    if options.runs("failover") {
+        scenarios.push(failover::failover(dir, &plan).await?);
+    }
+    if options.runs("footprint") {
+        scenarios.push(scenarios::footprint(dir, &plan).await?);
+    }
     scenarios.sort_by(|a, b| a.title.cmp(&b.title));
     let command = std::iter::once(if options.quick { "make bench-quick →" } else { "make bench →" }.to_owned())
         .chain(std::env::args().map(|a| a.replace(&format!("{}/", workspace_root().display()), "")))
         .collect::<Vec<_>>()
         .join(" ");
+    let mut label = match options.fleet {
+        Some(n) => format!("{mode}, fleet {}", report::thousands(n as f64)),
+        None => mode.to_owned(),
+    };
+    if let Some(only) = &options.only {
+        label.push_str(&format!(", only {}", only.join(", ")));
+    }
     Ok(Run {
-        mode: match options.fleet {
-            Some(n) => format!("{mode}, fleet {}", report::thousands(n as f64)),
-            None => mode.to_owned(),
-        },
+        mode: label,
         command,
         started: started_at,
         duration_secs: started.elapsed().as_secs_f64(),

@@ -18,8 +18,6 @@ pub enum Verdict {
     Missed,
     /// A figure with no target.
     Info,
-    /// Not measured, with the reason in the result column.
-    NotRun,
 }
 
 impl Verdict {
@@ -37,7 +35,6 @@ impl Verdict {
             Self::Met => "met",
             Self::Missed => "**missed**",
             Self::Info => "",
-            Self::NotRun => "not run",
         }
     }
 }

@@ -381,6 +381,17 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     Ok((ceilings, vec![storm, steady, fanout]))
 }
 
+/// The ceilings alone, on a nats-server of their own: for a run without the fleet scenarios, which measure them
+/// on theirs.
+pub async fn ceilings_alone(run: &RunDir, plan: &Plan) -> anyhow::Result<Ceilings> {
+    let dir = run.sub("ceilings")?;
+    let nats = Nats::start(&dir).await?;
+    eprintln!("bench: measuring the NATS ceilings");
+    let ceilings = ceilings::measure(&nats.url, plan.ceiling_sizes).await?;
+    drop(nats);
+    Ok(ceilings)
+}
+
 /// Scenario 3: a fleet where one separate swarm process is SIGKILLed; every killed host must be declared
 /// HEARTBEAT_LOST within `interval × misses + 1 s`, and no other host.
 pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
@@ -599,23 +610,6 @@ pub async fn footprint(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     })
 }
 
-/// Scenario 5, which needs muster's HA.
-pub fn failover() -> Scenario {
-    Scenario {
-        title: "5. Leader failover".into(),
-        setup: "Kill the leader of a replicated muster-server ensemble under load; time until a new leader serves."
-            .into(),
-        rows: vec![Row::new(
-            "time to a new leader",
-            "not run: needs the HA issue".into(),
-            "",
-            String::new(),
-            Verdict::NotRun,
-        )],
-        notes: vec![],
-    }
-}
-
 /// The id glob selecting exactly `size` hosts of a swarm numbered from 0: `swarm-000???` for 1,000.
 fn glob_for(size: usize) -> anyhow::Result<String> {
     let digits =
@@ -624,7 +618,7 @@ fn glob_for(size: usize) -> anyhow::Result<String> {
 }
 
 /// The value at fraction `p` of sorted `values` (nearest rank).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
