@@ -20,8 +20,40 @@ use crate::status::Status;
 /// The leader's input queue, when this instance leads.
 pub type LeaderSlot = watch::Receiver<Option<mpsc::Sender<Queued>>>;
 
-/// Back-off suggested to an agent refused by admission control: spread over 1–3 s so a storm de-synchronises.
-const BUSY_RETRY_MS: std::ops::Range<u64> = 1000..3000;
+/// Shortest back-off suggested to an agent refused by admission control.
+const BUSY_RETRY_MIN_MS: u64 = 1000;
+/// Longest back-off suggested (the agent honours up to 300 s).
+const BUSY_RETRY_MAX_MS: u64 = 60_000;
+
+/// Admission control's back-off: the refused agents of one second are spread over as many seconds as admitting
+/// them takes at the admission limit per second (at least 1–3 s), so a 100k-host storm comes back at the rate it
+/// can be served instead of all at once, again and again.
+struct BusyBackoff {
+    limit: u64,
+    window_start: std::time::Instant,
+    this_window: u64,
+    last_window: u64,
+}
+
+impl BusyBackoff {
+    fn new(limit: usize) -> Self {
+        Self { limit: limit.max(1) as u64, window_start: std::time::Instant::now(), this_window: 0, last_window: 0 }
+    }
+
+    /// Counts one refusal and returns the back-off to suggest for it.
+    fn refuse(&mut self, now: std::time::Instant, rng: &mut impl Rng) -> u64 {
+        let age = now.saturating_duration_since(self.window_start);
+        if age >= std::time::Duration::from_secs(1) {
+            self.last_window = if age >= std::time::Duration::from_secs(2) { 0 } else { self.this_window };
+            self.this_window = 0;
+            self.window_start = now;
+        }
+        self.this_window += 1;
+        let refused = self.this_window.max(self.last_window);
+        let spread = (BUSY_RETRY_MIN_MS * refused / self.limit).clamp(2 * BUSY_RETRY_MIN_MS, BUSY_RETRY_MAX_MS);
+        rng.random_range(BUSY_RETRY_MIN_MS..BUSY_RETRY_MIN_MS + spread)
+    }
+}
 
 /// Heartbeats on `<prefix>.hb.*`: Prep, touch last-seen, forward to the leader core if this instance leads.
 pub async fn heartbeats(
@@ -45,8 +77,12 @@ pub async fn heartbeats(
                 if let Some(queue) = queue {
                     let (reply, at) = (msg.reply.as_ref().map(|r| r.to_string()), tokio::time::Instant::now());
                     let q = Queued::Heartbeat { hb, reply, at };
-                    // Awaiting here pushes back into the subscription buffer rather than dropping beats.
-                    let _ = queue.send(q).await;
+                    // Never wait for a busy core (a 100k-task commit takes seconds): the subscription would overflow
+                    // and drop beats. The arrival is already in `status` for liveness; only the heartbeat's health
+                    // is skipped, and the agent repeats it with its next beat.
+                    if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(q) {
+                        metrics.inc("hb.deferred");
+                    }
                 }
             }
             Err(r) => {
@@ -74,6 +110,7 @@ pub async fn registrations(
     stop: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut sub = client.subscribe(subjects.reg_all()).await?;
+    let mut busy = BusyBackoff::new(admission.available_permits());
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -96,7 +133,7 @@ pub async fn registrations(
                 message: "too many registrations in flight; retry later".into(),
                 subject_host: Some(req.host.clone()),
             };
-            let retry = rand::rng().random_range(BUSY_RETRY_MS);
+            let retry = busy.refuse(std::time::Instant::now(), &mut rand::rng());
             let body =
                 RegisterReply::Rejected { code: r.code, message: r.message.clone(), retry_after_ms: Some(retry) };
             reply(&client, &msg, MessageKind::RegisterReply, &r, codec::encode(&body)).await;
@@ -214,5 +251,30 @@ async fn reply(client: &async_nats::Client, msg: &Message, kind: MessageKind, r:
     h.insert(headers::ERROR, r.code.as_str());
     if let Err(e) = client.publish_with_headers(to, h, body.into()).await {
         warn!(error = %e, "error reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn busy_backoff_spreads_a_storm_over_the_time_it_takes_to_admit() {
+        let mut rng = rand::rng();
+        let mut b = BusyBackoff::new(1000);
+        let t0 = Instant::now();
+        // A few refusals: 1–3 s, as for any brief overload.
+        let first: Vec<u64> = (0..10).map(|_| b.refuse(t0, &mut rng)).collect();
+        assert!(first.iter().all(|r| (1000..3000).contains(r)), "{first:?}");
+        // 20,000 refused within a second at a limit of 1,000: spread over up to 1 + 20 s.
+        let storm: Vec<u64> = (0..20_000).map(|_| b.refuse(t0, &mut rng)).collect();
+        let last = *storm.last().unwrap();
+        assert!(last < 21_000);
+        assert!(storm.iter().any(|r| *r > 15_000), "the spread grows with the storm");
+        // The next second remembers the storm; two quiet seconds later it is forgotten.
+        assert!((0..100).map(|_| b.refuse(t0 + Duration::from_millis(1500), &mut rng)).any(|r| r > 15_000));
+        let calm: Vec<u64> = (0..10).map(|_| b.refuse(t0 + Duration::from_secs(10), &mut rng)).collect();
+        assert!(calm.iter().all(|r| (1000..3000).contains(r)), "{calm:?}");
     }
 }

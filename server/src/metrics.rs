@@ -14,8 +14,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Adds `n` to counter `name`.
-    pub fn add(&self, name: &str, n: u64) {
+    /// Adds `n` to counter `name`; returns the new value.
+    pub fn add(&self, name: &str, n: u64) -> u64 {
         let counter = {
             let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(name) {
@@ -23,12 +23,12 @@ impl Metrics {
                 None => map.entry(name.to_string()).or_default().clone(),
             }
         };
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed) + n
     }
 
-    /// Adds one to counter `name`.
-    pub fn inc(&self, name: &str) {
-        self.add(name, 1);
+    /// Adds one to counter `name`; returns the new value.
+    pub fn inc(&self, name: &str) -> u64 {
+        self.add(name, 1)
     }
 
     /// The current value of `name` (0 if never touched).

@@ -155,6 +155,7 @@ pub async fn run(
             store: store.clone(),
             applied: applied_rx,
             metrics: metrics.clone(),
+            heard: status.last_seen.clone(),
         };
         let admission = Arc::new(Semaphore::new(cfg.max_registrations_in_flight));
         while let Some(lease) =
@@ -274,8 +275,11 @@ pub async fn connect(urls: &str, name: &str, metrics: Metrics) -> Result<async_n
             async move {
                 match event {
                     async_nats::Event::SlowConsumer(sid) => {
-                        metrics.inc("nats.slow_consumer");
-                        warn!(sid, "slow consumer: messages dropped");
+                        // One event per dropped message: logged at the 1st, 2nd, 4th, 8th... drop, all counted.
+                        let dropped = metrics.inc("nats.slow_consumer");
+                        if dropped.is_power_of_two() {
+                            warn!(sid, dropped, "slow consumer: messages dropped (count in nats.slow_consumer)");
+                        }
                     }
                     async_nats::Event::Disconnected => warn!("disconnected from NATS"),
                     async_nats::Event::Connected => info!("connected to NATS"),

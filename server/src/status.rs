@@ -30,6 +30,9 @@ impl Role {
     }
 }
 
+/// Last heartbeat arrival per host, as heard by this instance's listener.
+pub type Heard = Arc<Mutex<HashMap<HostId, Instant>>>;
+
 /// Shared, cheap-to-clone view of this instance.
 #[derive(Clone)]
 pub struct Status {
@@ -43,7 +46,7 @@ pub struct Status {
     pub started: Instant,
     /// Last heartbeat per host as heard by this instance (every instance listens, so reads need not ask the
     /// leader). In memory only, as in Ambari.
-    pub last_seen: Arc<Mutex<HashMap<HostId, Instant>>>,
+    pub last_seen: Heard,
 }
 
 impl Status {

@@ -24,10 +24,11 @@ use muster_schemas::{
     PROTOCOL_VERSION,
 };
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::fsm::component::ComponentEvent;
 use crate::fsm::host::{transition, HostEvent};
+use crate::status::Heard;
 
 /// Something the leader must react to.
 #[derive(Debug)]
@@ -281,6 +282,9 @@ pub struct LeaderCore {
     /// when declared lost), so a liveness check is one pass over plain timestamps. In memory only, as in Ambari:
     /// after a takeover every host gets a fresh window from then.
     last_seen: HashMap<HostId, Instant>,
+    /// Arrivals the listener heard, including heartbeats it could not queue while the core was busy: a host whose
+    /// own `last_seen` is past the deadline is looked up here before it is declared lost.
+    heard: Heard,
     /// Wall-clock time of the takeover: task deadlines of a previous leader restart from here.
     pub(super) took_over_wall: UnixMillis,
 }
@@ -315,6 +319,7 @@ impl LeaderCore {
             configure_seq: 0,
             reconfigure: BTreeSet::new(),
             last_seen,
+            heard: Heard::default(),
             took_over_wall: wall,
         }
     }
@@ -327,6 +332,11 @@ impl LeaderCore {
         for id in ids {
             self.resume(id, wall, out);
         }
+    }
+
+    /// Consults `heard` (the heartbeat listener's arrivals) before declaring a host lost.
+    pub fn hear_from(&mut self, heard: Heard) {
+        self.heard = heard;
     }
 
     /// The leader's epoch.
@@ -527,7 +537,9 @@ impl LeaderCore {
         let to = match transition(prev.state, HostEvent::Heartbeat { healthy }) {
             Ok(to) => to,
             Err(e) => {
-                warn!(host = %hb.host, error = %e, "heartbeat refused");
+                // Expected after HEARTBEAT_LOST (the agent is told to register again), and a lost fleet sends
+                // thousands: counted, logged at debug.
+                debug!(host = %hb.host, error = %e, "heartbeat refused");
                 out.effects.push(Effect::Count("fsm.illegal_transitions"));
                 out.effects.push(Effect::Count("hb.rejected.illegal_transition"));
                 let reason = format!("host is {}; register again", prev.state);
@@ -567,8 +579,20 @@ impl LeaderCore {
             .filter(|(_, silent)| *silent > deadline)
             .map(|(id, silent)| (id.clone(), silent))
             .collect();
+        if silent.is_empty() {
+            return;
+        }
         let mut lost = Vec::with_capacity(silent.len());
-        for (id, silent) in silent {
+        let heard: Vec<Option<Instant>> = {
+            let map = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            silent.iter().map(|(id, _)| map.get(id).copied()).collect()
+        };
+        for ((id, silent), heard) in silent.into_iter().zip(heard) {
+            // Heard by the listener but not stepped yet (the queue was full): alive.
+            if let Some(at) = heard.filter(|at| now.saturating_duration_since(*at) <= deadline) {
+                self.last_seen.insert(id, at);
+                continue;
+            }
             self.last_seen.remove(&id);
             match self.hosts.get(&id) {
                 Some(h) if h.state.expects_heartbeats() => lost.push((h.clone(), silent)),

@@ -32,6 +32,7 @@ use self::core::{
 use crate::election::{self, Lease};
 use crate::log::{self, Appender, LogError};
 use crate::metrics::Metrics;
+use crate::status::Heard;
 use crate::store::{Store, StoreError};
 
 /// Inputs queued for the core. Heartbeats of 100k hosts at a 5 s interval arrive at 20k/s; this absorbs a second
@@ -131,6 +132,8 @@ pub struct LeaderDeps {
     pub applied: watch::Receiver<u64>,
     /// Counters.
     pub metrics: Metrics,
+    /// Heartbeat arrivals as the listener heard them (liveness does not wait for the core to step them).
+    pub heard: Heard,
 }
 
 /// Attachments of the batch being processed, by token.
@@ -207,6 +210,7 @@ pub async fn lead(
         "leading"
     );
     let mut core = LeaderCore::new(lease.epoch, deps.timing, loaded, Instant::now(), unix_millis());
+    core.hear_from(deps.heard.clone());
     // Liveness and task deadlines are checked every `tick`: when idle on a timer, under load as part of the next
     // batch once due (a queue that never empties must not starve failure detection).
     let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -477,7 +481,9 @@ async fn fail(deps: &LeaderDeps, effects: Vec<Effect>, pending: &mut Pending) {
 async fn perform(deps: &LeaderDeps, effects: Vec<Effect>, pending: &mut Pending) {
     for effect in effects {
         match effect {
-            Effect::Count(name) => deps.metrics.inc(name),
+            Effect::Count(name) => {
+                deps.metrics.inc(name);
+            }
             Effect::Reply { to, host, body } => {
                 let (kind, payload, error) = match &body {
                     Reply::Register(r) => (MessageKind::RegisterReply, codec::encode(r), register_error(r)),

@@ -321,6 +321,25 @@ async fn liveness_counts_from_arrival_not_from_when_the_core_gets_to_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_heartbeat_heard_but_not_yet_stepped_keeps_its_host_alive() {
+    let mut h = Harness::new();
+    let heard = crate::status::Heard::default();
+    h.core.hear_from(heard.clone());
+    h.register("a");
+    h.register("b");
+    // The listener heard "a" 2 s ago but could not queue the beat (the core was busy); "b" nothing at all.
+    h.advance(3 * SEC + SEC / 10);
+    heard.lock().unwrap().insert(id("a"), h.now - 2 * SEC);
+    h.step(Input::Tick);
+    assert_ne!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
+    assert_eq!(h.core.host(&id("b")).unwrap().state, HostState::HeartbeatLost);
+    // Counted from that arrival: silent 3 s after it, "a" is lost too.
+    h.advance(SEC + SEC / 10);
+    h.step(Input::Tick);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stage_ends_exactly_when_its_last_task_reports() {
     let mut h = Harness::new();
     for i in 0..50 {
