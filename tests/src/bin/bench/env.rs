@@ -108,8 +108,7 @@ pub async fn start_server(dir: &Path, nats_url: &str, timing: ServerTiming, api:
         ("MUSTER_SERVER_ID", "bench-1".into()),
         ("MUSTER_HEARTBEAT_INTERVAL_MS", timing.heartbeat_interval.as_millis().to_string().into()),
         ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
-        // What an operator runs: state changes logged at info.
-        ("MUSTER_LOG", "info".into()),
+        ("MUSTER_LOG", server_log_filter().into()),
     ];
     let mut server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir)?;
     let started = Instant::now();
@@ -159,7 +158,7 @@ pub async fn start_ensemble(
             ("MUSTER_HEARTBEAT_INTERVAL_MS", timing.heartbeat_interval.as_millis().to_string().into()),
             ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
             ("MUSTER_LEASE_TTL_MS", lease_ttl.as_millis().to_string().into()),
-            ("MUSTER_LOG", "info".into()),
+            ("MUSTER_LOG", server_log_filter().into()),
         ];
         let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir)?;
         if instances.is_empty() {
@@ -194,6 +193,13 @@ pub async fn start_ensemble(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The servers' `MUSTER_LOG`: what an operator runs (state changes logged at info), or `$BENCH_MUSTER_LOG` to look
+/// closer (e.g. `info,muster_server::leader=debug,muster_server::log=debug` for the leader's batch timings; the
+/// processes do not inherit `MUSTER_*` variables).
+fn server_log_filter() -> String {
+    std::env::var("BENCH_MUSTER_LOG").unwrap_or_else(|_| "info".to_owned())
 }
 
 /// `muster-agent swarm` with `count` hosts `<prefix>-<index>` from `first_index`, all at once.
