@@ -116,6 +116,22 @@ pub async fn registrations(
             _ = stop.cancelled() => break,
             m = sub.next() => match m { Some(m) => m, None => break },
         };
+        // Admission first: in a storm most registrations are refused, and refusing must cost less than decoding a
+        // body full of host facts. (A malformed one is told so once it is admitted.)
+        let Ok(permit) = admission.clone().try_acquire_owned() else {
+            metrics.inc("reg.rejected.busy");
+            let token = subjects.host_token(msg.subject.as_str()).unwrap_or_default();
+            let r = Rejection {
+                code: ErrorCode::Busy,
+                message: "too many registrations in flight; retry later".into(),
+                subject_host: muster_schemas::HostId::new(token).ok(),
+            };
+            let retry = busy.refuse(std::time::Instant::now(), &mut rand::rng());
+            let body =
+                RegisterReply::Rejected { code: r.code, message: r.message.clone(), retry_after_ms: Some(retry) };
+            reply(&client, &msg, MessageKind::RegisterReply, &r, codec::encode(&body)).await;
+            continue;
+        };
         let req = match prep::register(&subjects, msg.subject.as_str(), &msg.payload) {
             Ok(req) => req,
             Err(r) => {
@@ -125,19 +141,6 @@ pub async fn registrations(
                 reply(&client, &msg, MessageKind::RegisterReply, &r, codec::encode(&body)).await;
                 continue;
             }
-        };
-        let Ok(permit) = admission.clone().try_acquire_owned() else {
-            metrics.inc("reg.rejected.busy");
-            let r = Rejection {
-                code: ErrorCode::Busy,
-                message: "too many registrations in flight; retry later".into(),
-                subject_host: Some(req.host.clone()),
-            };
-            let retry = busy.refuse(std::time::Instant::now(), &mut rand::rng());
-            let body =
-                RegisterReply::Rejected { code: r.code, message: r.message.clone(), retry_after_ms: Some(retry) };
-            reply(&client, &msg, MessageKind::RegisterReply, &r, codec::encode(&body)).await;
-            continue;
         };
         let q = Queued::Register { req: Box::new(req), reply: msg.reply.as_ref().map(|r| r.to_string()), permit };
         if queue.send(q).await.is_err() {
