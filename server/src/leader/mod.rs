@@ -46,6 +46,10 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const TXN_OVERHEAD: usize = 256;
 /// Command publishes awaiting their JetStream ack at once (a fan-out to 100k hosts is pipelined, not serial).
 const PUBLISH_PIPELINE: usize = 2_048;
+/// Reports requested per pull from the leader's consumer.
+const REPORT_PULL_BATCH: usize = 1_000;
+/// How long one pull request for reports lives before the client issues the next.
+const REPORT_PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Most stored commands handed back to the core in one [`Queued::Delivered`].
 const DELIVERED_CHUNK: usize = 1_024;
 /// How long to wait for a command's JetStream ack before retrying with the same `Nats-Msg-Id`.
@@ -566,7 +570,16 @@ async fn consume_reports(
     stop: CancellationToken,
 ) -> Result<(), LeaderError> {
     let consumer = log::reports_consumer(&deps.js, &deps.subjects).await?;
-    let mut messages = consumer.messages().await.map_err(|e| LogError::Stream(e.to_string()))?;
+    // Pulls of up to 1,000 reports (a fan-out returns them by the thousand) that expire after a few seconds: a pull
+    // that was lost or used up is replaced within REPORT_PULL_EXPIRES rather than the client's default 30 s.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(REPORT_PULL_BATCH)
+        .expires(REPORT_PULL_EXPIRES)
+        .heartbeat(REPORT_PULL_EXPIRES / 2)
+        .messages()
+        .await
+        .map_err(|e| LogError::Stream(e.to_string()))?;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
