@@ -130,21 +130,7 @@ impl Muster {
         let cli = Cli::new(nats.url())?;
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir)?;
-        let ms = |d: Duration| d.as_millis().to_string();
-        let mut env: Vec<(String, OsString)> = vec![
-            ("MUSTER_NATS_URL", nats.url().into()),
-            ("MUSTER_DATA_DIR", data_dir.into_os_string()),
-            ("MUSTER_SERVER_ID", "server-1".into()),
-            ("MUSTER_HEARTBEAT_INTERVAL_MS", ms(timing.heartbeat_interval).into()),
-            ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
-            ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
-            ("MUSTER_LOG", log_filter().into()),
-            ("RUST_BACKTRACE", "1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
+        let env = server_env(&nats.url(), data_dir, "server-1", &timing, &settings);
         let server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir.path())?;
         let mut muster = Self { agents: BTreeMap::new(), server, descendants, cli, nats, timing, settings, work, dir };
         for id in agent_ids {
@@ -240,4 +226,31 @@ pub fn describe(hosts: &[HostSummary]) -> String {
 
 fn log_filter() -> String {
     std::env::var(LOG_ENV).unwrap_or_else(|_| DEFAULT_LOG.to_string())
+}
+
+/// The environment of a muster-server under test: this NATS, its own data dir and id, the test's timing and log
+/// filter, then the test's own server settings (which win).
+pub(crate) fn server_env(
+    nats_urls: &str,
+    data_dir: std::path::PathBuf,
+    id: &str,
+    timing: &Timing,
+    settings: &Settings,
+) -> Vec<(String, OsString)> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    let mut env: Vec<(String, OsString)> = [
+        ("MUSTER_NATS_URL", nats_urls.into()),
+        ("MUSTER_DATA_DIR", data_dir.into_os_string()),
+        ("MUSTER_SERVER_ID", id.into()),
+        ("MUSTER_HEARTBEAT_INTERVAL_MS", ms(timing.heartbeat_interval).into()),
+        ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
+        ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
+        ("MUSTER_LOG", log_filter().into()),
+        ("RUST_BACKTRACE", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v): (&str, OsString)| (k.to_string(), v))
+    .collect();
+    env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
+    env
 }

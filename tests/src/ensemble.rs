@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 
 use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
-use crate::cluster::{describe, Settings, Timing, LOG_ENV};
+use crate::cluster::{describe, server_env, Settings, Timing, LOG_ENV};
 use crate::descendants::Descendants;
 use crate::nats_cluster::{NatsCluster, NODES};
 use crate::paths::{tail, workspace_bin, TestDir};
@@ -206,26 +206,13 @@ impl Ensemble {
     ) -> anyhow::Result<(NatsCluster, BTreeMap<String, Proc>)> {
         let nats = NatsCluster::start_in(dir.path()).await?;
         let cli = Cli::new(nats.urls())?;
-        let ms = |d: Duration| d.as_millis().to_string();
         let mut servers = BTreeMap::new();
         for (id, role) in MEMBERS {
             let data_dir = dir.join(id);
             std::fs::create_dir_all(&data_dir)?;
-            let mut env: BTreeMap<String, OsString> = [
-                ("MUSTER_NATS_URL", nats.urls().into()),
-                ("MUSTER_DATA_DIR", data_dir.into_os_string()),
-                ("MUSTER_SERVER_ID", id.into()),
-                ("MUSTER_ROLE", role.into()),
-                ("MUSTER_HEARTBEAT_INTERVAL_MS", ms(timing.heartbeat_interval).into()),
-                ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
-                ("MUSTER_LEASE_TTL_MS", ms(timing.lease_ttl).into()),
-                ("MUSTER_LOG", log_filter().into()),
-                ("RUST_BACKTRACE", "1".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
+            // The role goes before the test's settings, which may override it.
+            let mut env = vec![("MUSTER_ROLE".to_string(), OsString::from(role))];
+            env.extend(server_env(&nats.urls(), data_dir, id, &timing, settings));
             let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir.path())?;
             if servers.is_empty() {
                 // The first instance creates the streams and buckets alone: nats-server 2.10 leaves concurrent
