@@ -270,6 +270,7 @@ pub fn run_session_with<E: Executor>(
             seq: 0,
             delivery,
             accepted: None,
+            last_interval: None,
         };
         let protocol = async {
             let result = shell.run(shutdown).await;
@@ -302,6 +303,9 @@ struct Shell<F> {
     delivery: Delivery,
     /// What the registration just accepted says about commands, until the protocol confirms it.
     accepted: Option<Registration>,
+    /// The heartbeat interval of the last accepted registration: once registered, the agent retries registering at
+    /// least this often, so a new leader (which grants every host interval × misses) hears from it in time.
+    last_interval: Option<Duration>,
 }
 
 impl<F: FactSource> Shell<F> {
@@ -448,6 +452,9 @@ impl<F: FactSource> Shell<F> {
             .timeout(Some(self.params.register_timeout));
         let result = self.client.send_request(self.reg_subject.clone(), request).await;
         let (event, registration) = classify_register(result);
+        if let SessionEvent::RegisterAccepted { heartbeat_interval_ms, .. } = &event {
+            self.last_interval = Some(Duration::from_millis(*heartbeat_interval_ms));
+        }
         self.accepted = registration;
         Ok(event)
     }
@@ -519,7 +526,10 @@ impl<F: FactSource> Shell<F> {
     fn retry_delay(&mut self, after: RetryDelay) -> Duration {
         match after {
             RetryDelay::Now => Duration::ZERO,
-            RetryDelay::Backoff { failures } => Backoff::REGISTER.delay(failures, &mut self.rng),
+            RetryDelay::Backoff { failures } => {
+                let delay = Backoff::REGISTER.delay(failures, &mut self.rng);
+                self.last_interval.map_or(delay, |interval| delay.min(interval))
+            }
             RetryDelay::ServerAsked(after) => backoff::server_retry_after(after, &mut self.rng),
         }
     }
