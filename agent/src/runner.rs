@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::AgentConfig;
+use crate::connection::Reconnects;
 use crate::delivery::{CatchUp, CommandKey, SeenSet};
 use crate::executor::{Executor, Outcome};
 use crate::output::OutputCapture;
@@ -131,10 +132,11 @@ pub enum RunnerInput {
 }
 
 /// Runs one session's command path until `stop` is cancelled and the shutdown is complete: the runner fed by
-/// `input`, and the reporter publishing through `jetstream`.
+/// `input`, and the reporter publishing through `jetstream` (whose connection `reconnects` watches).
 pub async fn run_command_path<E: Executor>(
     executor: Arc<E>,
     jetstream: jetstream::Context,
+    reconnects: Reconnects,
     session: &SessionParams,
     input: mpsc::Receiver<RunnerInput>,
     stop: CancellationToken,
@@ -142,7 +144,7 @@ pub async fn run_command_path<E: Executor>(
     let params = session.commands;
     let stats = session.stats.clone();
     let (reports, queued) = mpsc::channel(REPORT_QUEUE);
-    let reporter = Reporter::new(jetstream, &session.subjects, session.host.clone(), stats.clone());
+    let reporter = Reporter::new(jetstream, &session.subjects, session.host.clone(), stats.clone(), reconnects);
     let runner = Runner::new(executor, session.host.clone(), session.agent_started_at, params, stats, reports);
     let reporting = async {
         tokio::select! {

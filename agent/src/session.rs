@@ -256,7 +256,8 @@ pub fn run_session_with<E: Executor>(
         .await?;
         let stop = shutdown.child_token();
         let command_params = params.clone();
-        let commands = run_command_path(executor, jetstream, &command_params, runner_input, stop.clone());
+        let commands =
+            run_command_path(executor, jetstream, reconnects.clone(), &command_params, runner_input, stop.clone());
         let mut shell = Shell {
             reg_subject: Subject::from(params.subjects.reg(&params.host)),
             hb_subject: Subject::from(params.subjects.hb(&params.host)),

@@ -2,7 +2,7 @@
 //! JSON (use it as `nats sub 'muster.>' --translate 'muster decode'`).
 
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestSpec, RequestView};
@@ -470,8 +470,11 @@ async fn submit(
     follow(client, subjects, id, v["seq"].as_u64(), timeout).await
 }
 
-/// How often `--watch` polls the request.
+/// How often `--watch` polls the request, at most.
 const WATCH_POLL: Duration = Duration::from_millis(300);
+/// Polls are at least this many times as far apart as the last answer took: reading a 100,000-task request costs
+/// the answering server a noticeable part of a core, and watching it must not slow down the request it watches.
+const WATCH_POLL_COST_FACTOR: u32 = 5;
 
 /// Shows a progress bar per stage until the request ends; fails (exit 1) unless it COMPLETED.
 async fn follow(
@@ -487,7 +490,9 @@ async fn follow(
         .progress_chars("=> ");
     let mut stage_bars: Vec<indicatif::ProgressBar> = Vec::new();
     let view = loop {
+        let asked = Instant::now();
         let v = request_at(client, &subjects.api("request"), &id.to_string(), timeout, min_seq).await?;
+        let took = asked.elapsed();
         let view: RequestView = from_value(v)?;
         if stage_bars.is_empty() {
             for s in &view.stages {
@@ -510,7 +515,7 @@ async fn follow(
         if view.status.is_terminal() {
             break view;
         }
-        tokio::time::sleep(WATCH_POLL).await;
+        tokio::time::sleep(WATCH_POLL.max(took * WATCH_POLL_COST_FACTOR)).await;
     };
     for b in &stage_bars {
         b.finish();

@@ -10,7 +10,7 @@
 //! later batch. If any of that fails the leader steps down and this core is dropped: the next leader starts again
 //! from the log, so the core never needs to undo anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use muster_schemas::api::RequestSpec;
@@ -50,11 +50,13 @@ pub enum Input {
         at: Instant,
     },
     /// A report that passed Prep; `ack` names the JetStream message to ack once the report's effect is committed.
+    /// `None`: an early copy of a final task report, heard on the core subscription before `MUSTER_REPORTS`
+    /// delivers the stored one ([`Input::Report`] with an ack then follows and is acked as a duplicate).
     Report {
         /// The report.
         report: Box<muster_schemas::commands::Report>,
-        /// Shell token for the ack.
-        ack: u64,
+        /// Shell token for the ack, if the report came from the stream.
+        ack: Option<u64>,
     },
     /// An operator call; `token` names the caller awaiting the answer.
     Api {
@@ -287,6 +289,58 @@ pub struct LeaderCore {
     heard: Heard,
     /// Wall-clock time of the takeover: task deadlines of a previous leader restart from here.
     pub(super) took_over_wall: UnixMillis,
+    /// Final reports that ended their task from their early copy, awaiting the stored copy to ack.
+    pub(super) early_finals: EarlyFinals,
+}
+
+/// How long an early final report waits for its stored copy before it is forgotten (the stored copy, should it come
+/// later, is then refused as a report for a finished task; either way it is removed from the stream).
+const EARLY_FINAL_MEMORY: Duration = Duration::from_secs(600);
+
+/// Final task reports applied from their early copy (core NATS), by (task, attempt), so the copy the stream stored
+/// is acked as a duplicate, quietly, even after the task's request ended and its tasks left memory — and so is a
+/// redelivery of it (its ack wait can run out while a busy leader's queue holds it). Kept for a while rather than
+/// until the stored copy arrives: a stored copy may never come (its store failed and the agent died).
+#[derive(Debug, Default)]
+pub struct EarlyFinals {
+    keys: HashMap<(TaskId, u32), Instant>,
+    order: VecDeque<(Instant, TaskId, u32)>,
+}
+
+impl EarlyFinals {
+    /// Remembers that `attempt` of `task` ended from its early copy at `now`.
+    pub fn insert(&mut self, task: TaskId, attempt: u32, now: Instant) {
+        self.keys.insert((task, attempt), now);
+        self.order.push_back((now, task, attempt));
+    }
+
+    /// Whether a stored copy of `attempt` of `task` is the duplicate of an applied early one.
+    pub fn contains(&self, task: TaskId, attempt: u32) -> bool {
+        self.keys.contains_key(&(task, attempt))
+    }
+
+    /// Forgets what was remembered longer than [`EARLY_FINAL_MEMORY`] before `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(at, task, attempt)) = self.order.front() {
+            if now.saturating_duration_since(at) < EARLY_FINAL_MEMORY {
+                break;
+            }
+            self.order.pop_front();
+            if self.keys.get(&(task, attempt)) == Some(&at) {
+                self.keys.remove(&(task, attempt));
+            }
+        }
+    }
+
+    /// How many are remembered.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 impl LeaderCore {
@@ -321,6 +375,7 @@ impl LeaderCore {
             last_seen,
             heard: Heard::default(),
             took_over_wall: wall,
+            early_finals: EarlyFinals::default(),
         }
     }
 
@@ -359,7 +414,7 @@ impl LeaderCore {
         match input {
             Input::Register { req, reply } => self.register(*req, reply, now, wall, out),
             Input::Heartbeat { hb, reply, at } => self.heartbeat(hb, reply, at, wall, out),
-            Input::Report { report, ack } => self.report(*report, ack, wall, out),
+            Input::Report { report, ack } => self.report(*report, ack, now, wall, out),
             Input::Api { call, token } => {
                 let result = self.api(call, wall, out);
                 out.effects.push(Effect::Api { token, result });
@@ -372,6 +427,7 @@ impl LeaderCore {
             Input::Tick => {
                 self.check_liveness(now, wall, out);
                 self.check_deadlines(wall, out);
+                self.early_finals.expire(now);
             }
         }
     }

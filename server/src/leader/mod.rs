@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, kv, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use muster_schemas::commands::Report;
+use muster_schemas::commands::{Report, ReportBody};
 use muster_schemas::{
     codec, headers, limits, Heartbeat, MessageKind, RegisterRequest, Subjects, Txn, TxnOp, UnixMillis, PROTOCOL_VERSION,
 };
@@ -86,8 +86,9 @@ pub enum Queued {
     Report {
         /// The report.
         report: Box<Report>,
-        /// The JetStream message to ack (boxed: it is large, heartbeats are the common input).
-        msg: Box<jetstream::Message>,
+        /// The JetStream message to ack (boxed: it is large, heartbeats are the common input); `None` for the early
+        /// copy of a final report heard on the core subscription.
+        msg: Option<Box<jetstream::Message>>,
     },
     /// An operator call.
     Api {
@@ -159,10 +160,11 @@ impl Pending {
                 Input::Register { req, reply }
             }
             Queued::Heartbeat { hb, reply, at } => Input::Heartbeat { hb, reply, at },
-            Queued::Report { report, msg } => {
+            Queued::Report { report, msg: Some(msg) } => {
                 self.acks.insert(token, msg);
-                Input::Report { report, ack: token }
+                Input::Report { report, ack: Some(token) }
             }
+            Queued::Report { report, msg: None } => Input::Report { report, ack: None },
             Queued::Api { call, respond } => {
                 self.apis.insert(token, respond);
                 Input::Api { call, token }
@@ -564,12 +566,24 @@ async fn publish_event(deps: &LeaderDeps, ev: ChangeEvent) {
 
 /// Consumes `MUSTER_REPORTS` with the leader's durable consumer; Prep-rejected reports are refused (term-acked)
 /// and counted here, the rest go to the core and are acked after commit.
+///
+/// Final task reports are also heard early, on a core subscription to the same subjects: an agent's publish reaches
+/// subscribers as the stream stores it, while the consumer delivers it only after the stream's backlog — in a
+/// 100,000-host fan-out, tens of thousands of reports wait behind fsyncs for tens of seconds. The early copy ends
+/// its task at once (committed to the log like any transition); the stored copy still arrives, is recognised as
+/// its duplicate and acked, so a report is removed from the stream only after what it caused is committed. Early
+/// copies never wait: when the core's queue is full, or anything about one is off, the stored copy decides.
 async fn consume_reports(
     deps: &LeaderDeps,
     queue: mpsc::Sender<Queued>,
     stop: CancellationToken,
 ) -> Result<(), LeaderError> {
     let consumer = log::reports_consumer(&deps.js, &deps.subjects).await?;
+    let mut early = deps
+        .client
+        .subscribe(deps.subjects.report_all())
+        .await
+        .map_err(|e| LogError::Stream(format!("subscribing to early reports: {e}")))?;
     // Pulls of up to 1,000 reports (a fan-out returns them by the thousand) that expire after a few seconds: a pull
     // that was lost or used up is replaced within REPORT_PULL_EXPIRES rather than the client's default 30 s.
     let mut messages = consumer
@@ -583,6 +597,10 @@ async fn consume_reports(
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            m = early.next() => match m {
+                Some(m) => { early_report(deps, &queue, &m); continue }
+                None => return Err(LogError::Stream("early report subscription ended".into()).into()),
+            },
             m = messages.next() => match m {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => { warn!(error = %e, "report stream error"); continue }
@@ -591,7 +609,8 @@ async fn consume_reports(
         };
         match crate::prep::report(&deps.subjects, msg.subject.as_str(), &msg.payload) {
             Ok(report) => {
-                if queue.send(Queued::Report { report: Box::new(report), msg: Box::new(msg) }).await.is_err() {
+                let q = Queued::Report { report: Box::new(report), msg: Some(Box::new(msg)) };
+                if queue.send(q).await.is_err() {
                     return Ok(());
                 }
             }
@@ -601,6 +620,19 @@ async fn consume_reports(
                 let _ = msg.ack_with(AckKind::Term).await;
             }
         }
+    }
+}
+
+/// Hands the early copy of a final task report to the core if it passes Prep and the core has room; anything else
+/// is left to the stored copy (which is counted and logged if it is bad).
+fn early_report(deps: &LeaderDeps, queue: &mpsc::Sender<Queued>, msg: &async_nats::Message) {
+    let Ok(report) = crate::prep::report(&deps.subjects, msg.subject.as_str(), &msg.payload) else { return };
+    let ReportBody::Task(t) = &report.body else { return };
+    if !t.phase.is_final() {
+        return;
+    }
+    if queue.try_send(Queued::Report { report: Box::new(report), msg: None }).is_err() {
+        deps.metrics.inc("report.early.skipped");
     }
 }
 

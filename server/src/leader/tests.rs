@@ -156,6 +156,12 @@ impl Harness {
     }
 
     fn report(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase) -> Output {
+        self.report_copy(host, task, attempt, phase, false)
+    }
+
+    /// A report as the stream delivers it (`early` false: with an ack token) or its early copy from the core
+    /// subscription (no token).
+    fn report_copy(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase, early: bool) -> Output {
         self.next_token += 1;
         let report = Report {
             schema: PROTOCOL_VERSION,
@@ -177,7 +183,8 @@ impl Harness {
                 stderr: String::new(),
             }),
         };
-        self.step(Input::Report { report: Box::new(report), ack: self.next_token })
+        let ack = (!early).then_some(self.next_token);
+        self.step(Input::Report { report: Box::new(report), ack })
     }
 
     /// Executions sent and not yet reported, as (host, task, attempt).
@@ -227,15 +234,7 @@ fn acked(out: &Output, term: bool) -> bool {
 }
 
 fn counted(out: &Output, name: &str) -> bool {
-    out.effects.contains(&Effect::Count(match name {
-        "report.rejected.unknown_task" => "report.rejected.unknown_task",
-        "report.rejected.wrong_host" => "report.rejected.wrong_host",
-        "report.rejected.finished_task" => "report.rejected.finished_task",
-        "hb.rejected.unknown_host" => "hb.rejected.unknown_host",
-        "fsm.illegal_transitions" => "fsm.illegal_transitions",
-        "hosts.lost" => "hosts.lost",
-        _ => unreachable!("add {name}"),
-    }))
+    out.effects.iter().any(|e| matches!(e, Effect::Count(n) if *n == name))
 }
 
 #[tokio::test(start_paused = true)]
@@ -460,7 +459,61 @@ async fn reports_for_unknown_foreign_or_finished_tasks_change_nothing() {
     let out = h.report(&host, task, attempt, TaskPhase::Completed);
     assert!(acked(&out, false) && !out.dirty.is_empty());
     let out = h.report(&host, task, attempt, TaskPhase::Completed);
-    assert!(counted(&out, "report.rejected.finished_task") && out.dirty.is_empty(), "a duplicate completes once");
+    assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.dirty.is_empty(), "completes once");
+    let out = h.report(&host, task, attempt, TaskPhase::Failed);
+    assert!(counted(&out, "report.rejected.finished_task") && acked(&out, true) && out.dirty.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_final_report_ends_its_task_and_its_stored_copy_is_acked_as_a_duplicate() {
+    let mut h = Harness::new();
+    for i in 0..3 {
+        h.register(&format!("h{i}"));
+        h.beat(&format!("h{i}"), &[]);
+    }
+    let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
+    let tasks = h.executions();
+    // Early copies: progress is left to the stream; a final one ends its task, with nothing to ack.
+    let (host, task, attempt) = tasks[0].clone();
+    let out = h.report_copy(&host, task, attempt, TaskPhase::InProgress, true);
+    assert!(out.dirty.is_empty() && out.effects.is_empty());
+    let out = h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
+    assert!(counted(&out, "report.early") && !out.dirty.is_empty());
+    assert!(!out.effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
+    // Its retry's early copy changes nothing and is not refused loudly.
+    let out = h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
+    assert!(counted(&out, "report.early.ignored") && out.dirty.is_empty());
+    assert!(!out.effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
+    // The rest end the request from early copies alone.
+    for (host, task, attempt) in &tasks[1..] {
+        h.report_copy(host, *task, *attempt, TaskPhase::Completed, true);
+    }
+    assert_eq!(h.written.get(&request), Some(&TaskStatus::Completed));
+    assert_eq!(h.core.early_finals.len(), 3);
+    // The stored copies arrive after the request ended and its tasks left memory: acked as duplicates, and so is a
+    // redelivery of one.
+    for (host, task, attempt) in tasks.iter().chain(&tasks[..1]) {
+        let out = h.report(host, *task, *attempt, TaskPhase::Completed);
+        assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.dirty.is_empty());
+    }
+    // Early copies for unknown tasks are ignored without an ack or a warning counter.
+    let out = h.report_copy("h1", 9_999, 1, TaskPhase::Failed, true);
+    assert!(counted(&out, "report.early.ignored") && !counted(&out, "report.rejected.unknown_task"));
+}
+
+#[test]
+fn early_finals_are_forgotten_after_a_while() {
+    let mut f = super::core::EarlyFinals::default();
+    let t0 = Instant::now();
+    f.insert(1, 1, t0);
+    f.insert(2, 1, t0 + Duration::from_secs(300));
+    f.expire(t0 + Duration::from_secs(599));
+    assert_eq!(f.len(), 2);
+    f.expire(t0 + Duration::from_secs(601));
+    assert_eq!(f.len(), 1);
+    assert!(!f.contains(1, 1) && f.contains(2, 1));
+    f.expire(t0 + Duration::from_secs(2_000));
+    assert!(f.is_empty() && !f.contains(2, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -562,7 +615,7 @@ async fn lost_hosts_make_components_unknown_and_status_reports_restore_them() {
             nonce: "1".into(),
         },
     };
-    h.step(Input::Report { report: Box::new(status), ack: h.next_token });
+    h.step(Input::Report { report: Box::new(status), ack: Some(h.next_token) });
     assert_eq!(h.state("h2", "worker"), ComponentState::Started);
 }
 
@@ -588,7 +641,7 @@ async fn a_component_already_running_completes_without_a_command_and_requests_en
                 nonce: host.into(),
             },
         };
-        h.step(Input::Report { report: Box::new(status), ack: h.next_token });
+        h.step(Input::Report { report: Box::new(status), ack: Some(h.next_token) });
     }
     let (host, task, attempt) = h.executions()[4].clone();
     let out = h.report(&host, task, attempt, TaskPhase::Completed);

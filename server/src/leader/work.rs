@@ -14,7 +14,8 @@ use muster_schemas::commands::{
 use muster_schemas::events::{ComponentChanged, RequestChanged, TaskChanged};
 use muster_schemas::{HostId, HostState, UnixMillis};
 use serde_json::json;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use super::core::{command, ApiCall, ApiFailure, ChangeEvent, Dirty, Effect, LeaderCore, Outgoing, Output};
 use crate::fsm::component::{transition, ComponentEvent};
@@ -729,14 +730,22 @@ impl LeaderCore {
 
     // ---- reports -----------------------------------------------------------------------------------------------
 
-    pub(super) fn report(&mut self, report: Report, ack: u64, wall: UnixMillis, out: &mut Output) {
+    pub(super) fn report(
+        &mut self,
+        report: Report,
+        ack: Option<u64>,
+        now: Instant,
+        wall: UnixMillis,
+        out: &mut Output,
+    ) {
         let host = report.host.clone();
         match report.body {
-            ReportBody::Task(t) => self.task_report(host, t, ack, wall, out),
+            ReportBody::Task(t) => self.task_report(host, t, ack, now, wall, out),
+            // Status reports only come from the stream (early copies are final task reports).
             ReportBody::Status { statuses, .. } => {
                 if !self.hosts.contains_key(&host) {
                     out.effects.push(Effect::Count("report.rejected.unknown_host"));
-                    out.effects.push(Effect::Ack { token: ack, term: true });
+                    push_ack(out, ack, true);
                     return;
                 }
                 for s in statuses {
@@ -758,16 +767,41 @@ impl LeaderCore {
                     );
                 }
                 out.effects.push(Effect::Count("report.status"));
-                out.effects.push(Effect::Ack { token: ack, term: false });
+                push_ack(out, ack, false);
             }
         }
     }
 
-    fn task_report(&mut self, host: HostId, r: TaskReport, ack: u64, wall: UnixMillis, out: &mut Output) {
+    /// A task report. Its stored copy (`ack` set) is acked once its effect is committed; an early copy (`ack`
+    /// `None`, final reports only) ends its task at once, or is ignored quietly when anything is off — the stored
+    /// copy follows and gets the full checks, counters and warnings.
+    fn task_report(
+        &mut self,
+        host: HostId,
+        r: TaskReport,
+        ack: Option<u64>,
+        now: Instant,
+        wall: UnixMillis,
+        out: &mut Output,
+    ) {
+        let early = ack.is_none();
+        if early && !r.phase.is_final() {
+            return;
+        }
+        if !early && r.phase.is_final() && self.early_finals.contains(r.task, r.attempt) {
+            out.effects.push(Effect::Count("report.duplicate"));
+            push_ack(out, ack, false);
+            return;
+        }
         let refuse = |out: &mut Output, counter: &'static str, why: String| {
-            warn!(%host, task = r.task, "report refused: {why}");
-            out.effects.push(Effect::Count(counter));
-            out.effects.push(Effect::Ack { token: ack, term: true });
+            if early {
+                debug!(%host, task = r.task, "early copy of a report ignored: {why}");
+                out.effects.push(Effect::Count("report.early.ignored"));
+            } else {
+                warn!(%host, task = r.task, "report refused: {why}");
+                out.effects.push(Effect::Count(counter));
+                push_ack(out, ack, true);
+            }
         };
         let Some(task) = self.tasks.get_mut(&r.task) else {
             return refuse(
@@ -780,6 +814,12 @@ impl LeaderCore {
             return refuse(out, "report.rejected.wrong_host", format!("task {} belongs to host {}", r.task, task.host));
         }
         if task.status.is_terminal() {
+            if !early && r.attempt == task.attempt && final_status(r.phase) == Some(task.status) {
+                // The stored copy of a final report whose early copy a previous leader applied.
+                out.effects.push(Effect::Count("report.duplicate"));
+                push_ack(out, ack, false);
+                return;
+            }
             // A cancelled task's agent confirms the abort: expected, quiet.
             let counter =
                 if task.status == TaskStatus::Aborted { "report.late" } else { "report.rejected.finished_task" };
@@ -792,8 +832,13 @@ impl LeaderCore {
                 format!("attempt {} of task {} was superseded by {}", r.attempt, r.task, task.attempt),
             );
         }
-        out.effects.push(Effect::Ack { token: ack, term: false });
-        out.effects.push(Effect::Count("report.task"));
+        if early {
+            out.effects.push(Effect::Count("report.early"));
+            self.early_finals.insert(r.task, r.attempt, now);
+        } else {
+            push_ack(out, ack, false);
+            out.effects.push(Effect::Count("report.task"));
+        }
         if r.started_at > 0 && task.started_at != r.started_at {
             task.started_at = r.started_at;
         }
@@ -801,19 +846,13 @@ impl LeaderCore {
         task.stderr = r.stderr;
         task.exit_code = r.exit_code;
         out.dirty.insert(Dirty::Task(r.task));
-        let status = match r.phase {
-            TaskPhase::InProgress => {
-                if task.status == TaskStatus::Queued {
-                    task.status = TaskStatus::InProgress;
-                    let ev = task_event(task, wall);
-                    out.effects.push(Effect::Event(ChangeEvent::Task(ev)));
-                }
-                return;
+        let Some(status) = final_status(r.phase) else {
+            if task.status == TaskStatus::Queued {
+                task.status = TaskStatus::InProgress;
+                let ev = task_event(task, wall);
+                out.effects.push(Effect::Event(ChangeEvent::Task(ev)));
             }
-            TaskPhase::Completed => TaskStatus::Completed,
-            TaskPhase::Failed => TaskStatus::Failed,
-            TaskPhase::TimedOut => TaskStatus::TimedOut,
-            TaskPhase::Aborted => TaskStatus::Aborted,
+            return;
         };
         let detail = match r.phase {
             TaskPhase::TimedOut => format!("killed after {} s", task.spec.timeout_ms / 1000),
@@ -1004,5 +1043,23 @@ fn task_event(t: &TaskRecord, wall: UnixMillis) -> TaskChanged {
         status: t.status,
         attempt: t.attempt,
         at: wall,
+    }
+}
+
+/// The status a final report ends its task with (`None` for progress).
+fn final_status(phase: TaskPhase) -> Option<TaskStatus> {
+    match phase {
+        TaskPhase::InProgress => None,
+        TaskPhase::Completed => Some(TaskStatus::Completed),
+        TaskPhase::Failed => Some(TaskStatus::Failed),
+        TaskPhase::TimedOut => Some(TaskStatus::TimedOut),
+        TaskPhase::Aborted => Some(TaskStatus::Aborted),
+    }
+}
+
+/// Acks the stored report behind `ack`, if there is one (`term`: refused, never to be redelivered).
+fn push_ack(out: &mut Output, ack: Option<u64>, term: bool) {
+    if let Some(token) = ack {
+        out.effects.push(Effect::Ack { token, term });
     }
 }

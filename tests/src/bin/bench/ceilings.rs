@@ -1,6 +1,6 @@
 //! The ceilings every result is compared with, measured in the same run on the same nats-server with async-nats:
 //! raw core-NATS publish → subscribe throughput, and JetStream publish throughput with `sync_interval: always`
-//! (pipelined, and one ack awaited at a time).
+//! (pipelined, one ack awaited at a time, and into two streams at once as a fan-out stores commands and reports).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,13 +38,17 @@ pub struct Ceilings {
     pub js_pipelined_per_sec: f64,
     /// JetStream publishes acked per second, one at a time.
     pub js_serial_per_sec: f64,
+    /// JetStream publishes acked per second into two streams at once (each pipelined, on its own connection): the
+    /// shape of a fan-out, whose commands and reports are stored by two streams, each fsyncing on its own.
+    pub js_two_streams_per_sec: f64,
 }
 
 /// Measures the ceilings against the nats-server at `url`.
 pub async fn measure(url: &str, sizes: CeilingSizes) -> anyhow::Result<Ceilings> {
     let (core_msgs_per_sec, core_dropped) = core(url, sizes.core).await?;
     let (js_pipelined_per_sec, js_serial_per_sec) = jetstream(url, sizes.js_pipelined, sizes.js_serial).await?;
-    Ok(Ceilings { core_msgs_per_sec, core_dropped, js_pipelined_per_sec, js_serial_per_sec })
+    let js_two_streams_per_sec = two_streams(url, sizes.js_pipelined / 2).await?;
+    Ok(Ceilings { core_msgs_per_sec, core_dropped, js_pipelined_per_sec, js_serial_per_sec, js_two_streams_per_sec })
 }
 
 async fn core(url: &str, count: u64) -> anyhow::Result<(f64, u64)> {
@@ -130,4 +134,47 @@ async fn jetstream(url: &str, pipelined: u64, serial: u64) -> anyhow::Result<(f6
     let serial_rate = serial as f64 / started.elapsed().as_secs_f64();
     let _ = js.delete_stream(name).await;
     Ok((pipelined_rate, serial_rate))
+}
+
+/// `each` pipelined publishes into each of two streams at once, from two connections; acks per second in all.
+async fn two_streams(url: &str, each: u64) -> anyhow::Result<f64> {
+    let mut contexts = Vec::new();
+    for i in 0..2 {
+        let js = jetstream::new(async_nats::connect(url).await?);
+        let name = format!("BENCH_CEILING_{i}");
+        let _ = js.delete_stream(&name).await;
+        js.create_stream(jetstream::stream::Config {
+            name,
+            subjects: vec![format!("bench.ceiling.two.{i}")],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating a two-stream ceiling stream")?;
+        contexts.push((i, js));
+    }
+    let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
+    let started = Instant::now();
+    let runs = contexts.iter().map(|(i, js)| {
+        let (js, payload, subject) = (js.clone(), payload.clone(), format!("bench.ceiling.two.{i}"));
+        async move {
+            let acks = futures::stream::iter(0..each)
+                .map(|_| {
+                    let (js, payload, subject) = (js.clone(), payload.clone(), subject.clone());
+                    async move { js.publish(subject, payload).await?.await.map(|_| ()) }
+                })
+                .buffer_unordered(JS_WINDOW)
+                .collect::<Vec<_>>()
+                .await;
+            acks.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+        }
+    });
+    for result in futures::future::join_all(runs).await {
+        result.context("two-stream ceiling: a publish failed")?;
+    }
+    let rate = (2 * each) as f64 / started.elapsed().as_secs_f64();
+    for (i, js) in &contexts {
+        let _ = js.delete_stream(format!("BENCH_CEILING_{i}")).await;
+    }
+    Ok(rate)
 }

@@ -146,6 +146,11 @@ pub fn render(run: &Run) -> String {
         "| JetStream publish, `sync_interval: always`, one ack at a time | {} msg/s |",
         thousands(c.js_serial_per_sec)
     );
+    let _ = writeln!(
+        out,
+        "| JetStream publish, `sync_interval: always`, two streams at once (1,024 acks in flight each) | {} msg/s |",
+        thousands(c.js_two_streams_per_sec)
+    );
     for s in &run.scenarios {
         let _ = writeln!(out, "\n#### {}\n\n{}\n", s.title, s.setup);
         let _ = writeln!(out, "| metric | result | target | ceiling (same run) | verdict |\n|---|---|---|---|---|");
