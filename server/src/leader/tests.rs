@@ -484,6 +484,9 @@ async fn an_early_final_report_ends_its_task_and_its_stored_copy_is_acked_as_a_d
     let out = h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
     assert!(counted(&out, "report.early.ignored") && out.dirty.is_empty());
     assert!(!out.effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
+    // A progress report of that attempt still in the stream's backlog is acked quietly.
+    let out = h.report(&host, task, attempt, TaskPhase::InProgress);
+    assert!(counted(&out, "report.late") && acked(&out, false) && out.dirty.is_empty());
     // The rest end the request from early copies alone.
     for (host, task, attempt) in &tasks[1..] {
         h.report_copy(host, *task, *attempt, TaskPhase::Completed, true);

@@ -788,8 +788,10 @@ impl LeaderCore {
         if early && !r.phase.is_final() {
             return;
         }
-        if !early && r.phase.is_final() && self.early_finals.contains(r.task, r.attempt) {
-            out.effects.push(Effect::Count("report.duplicate"));
+        if !early && self.early_finals.contains(r.task, r.attempt) {
+            // The stored copy of an applied early final, or a progress report of that attempt still in the
+            // stream's backlog behind it.
+            out.effects.push(Effect::Count(if r.phase.is_final() { "report.duplicate" } else { "report.late" }));
             push_ack(out, ack, false);
             return;
         }
@@ -814,11 +816,22 @@ impl LeaderCore {
             return refuse(out, "report.rejected.wrong_host", format!("task {} belongs to host {}", r.task, task.host));
         }
         if task.status.is_terminal() {
-            if !early && r.attempt == task.attempt && final_status(r.phase) == Some(task.status) {
-                // The stored copy of a final report whose early copy a previous leader applied.
-                out.effects.push(Effect::Count("report.duplicate"));
-                push_ack(out, ack, false);
-                return;
+            if !early && r.attempt == task.attempt {
+                match final_status(r.phase) {
+                    // The stored copy of a final report whose early copy a previous leader applied.
+                    Some(status) if status == task.status => {
+                        out.effects.push(Effect::Count("report.duplicate"));
+                        push_ack(out, ack, false);
+                        return;
+                    }
+                    // A progress report that was still in the stream's backlog when the final one was heard early.
+                    None => {
+                        out.effects.push(Effect::Count("report.late"));
+                        push_ack(out, ack, false);
+                        return;
+                    }
+                    Some(_) => {}
+                }
             }
             // A cancelled task's agent confirms the abort: expected, quiet.
             let counter =
