@@ -21,13 +21,16 @@ use crate::status::Status;
 pub type LeaderSlot = watch::Receiver<Option<mpsc::Sender<Queued>>>;
 
 /// Shortest back-off suggested to an agent refused by admission control.
-const BUSY_RETRY_MIN_MS: u64 = 1000;
+const BUSY_RETRY_MIN_MS: u64 = 200;
+/// Narrowest spread of the suggested back-offs: a brief overload (a few thousand hosts over the limit) is over
+/// within a second.
+const BUSY_SPREAD_MIN_MS: u64 = 800;
 /// Longest back-off suggested (the agent honours up to 300 s).
 const BUSY_RETRY_MAX_MS: u64 = 60_000;
 
 /// Admission control's back-off: the refused agents of one second are spread over as many seconds as admitting
-/// them takes at the admission limit per second (at least 1–3 s), so a 100k-host storm comes back at the rate it
-/// can be served instead of all at once, again and again.
+/// them takes at the admission limit per second (at least 0.2–1 s), so a 100k-host storm comes back at the rate
+/// it can be served instead of all at once, again and again.
 struct BusyBackoff {
     limit: u64,
     window_start: std::time::Instant,
@@ -50,7 +53,7 @@ impl BusyBackoff {
         }
         self.this_window += 1;
         let refused = self.this_window.max(self.last_window);
-        let spread = (BUSY_RETRY_MIN_MS * refused / self.limit).clamp(2 * BUSY_RETRY_MIN_MS, BUSY_RETRY_MAX_MS);
+        let spread = (1000 * refused / self.limit).clamp(BUSY_SPREAD_MIN_MS, BUSY_RETRY_MAX_MS);
         rng.random_range(BUSY_RETRY_MIN_MS..BUSY_RETRY_MIN_MS + spread)
     }
 }
@@ -267,17 +270,17 @@ mod tests {
         let mut rng = rand::rng();
         let mut b = BusyBackoff::new(1000);
         let t0 = Instant::now();
-        // A few refusals: 1–3 s, as for any brief overload.
+        // A few refusals: 0.2–1 s, as for any brief overload.
         let first: Vec<u64> = (0..10).map(|_| b.refuse(t0, &mut rng)).collect();
-        assert!(first.iter().all(|r| (1000..3000).contains(r)), "{first:?}");
-        // 20,000 refused within a second at a limit of 1,000: spread over up to 1 + 20 s.
+        assert!(first.iter().all(|r| (200..1000).contains(r)), "{first:?}");
+        // 20,000 refused within a second at a limit of 1,000: spread over up to 0.2 + 20 s.
         let storm: Vec<u64> = (0..20_000).map(|_| b.refuse(t0, &mut rng)).collect();
         let last = *storm.last().unwrap();
-        assert!(last < 21_000);
+        assert!(last < 20_200);
         assert!(storm.iter().any(|r| *r > 15_000), "the spread grows with the storm");
         // The next second remembers the storm; two quiet seconds later it is forgotten.
         assert!((0..100).map(|_| b.refuse(t0 + Duration::from_millis(1500), &mut rng)).any(|r| r > 15_000));
         let calm: Vec<u64> = (0..10).map(|_| b.refuse(t0 + Duration::from_secs(10), &mut rng)).collect();
-        assert!(calm.iter().all(|r| (1000..3000).contains(r)), "{calm:?}");
+        assert!(calm.iter().all(|r| (200..1000).contains(r)), "{calm:?}");
     }
 }
