@@ -10,7 +10,7 @@
 //! later batch. If any of that fails the leader steps down and this core is dropped: the next leader starts again
 //! from the log, so the core never needs to undo anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use muster_schemas::api::RequestSpec;
@@ -303,20 +303,22 @@ const EARLY_FINAL_MEMORY: Duration = Duration::from_secs(600);
 /// until the stored copy arrives: a stored copy may never come (its store failed and the agent died).
 #[derive(Debug, Default)]
 pub struct EarlyFinals {
-    keys: HashMap<(TaskId, u32), Instant>,
+    keys: HashSet<(TaskId, u32)>,
+    /// The same keys in the order they were remembered (an attempt ends once, so each key is in here once).
     order: VecDeque<(Instant, TaskId, u32)>,
 }
 
 impl EarlyFinals {
     /// Remembers that `attempt` of `task` ended from its early copy at `now`.
     pub fn insert(&mut self, task: TaskId, attempt: u32, now: Instant) {
-        self.keys.insert((task, attempt), now);
-        self.order.push_back((now, task, attempt));
+        if self.keys.insert((task, attempt)) {
+            self.order.push_back((now, task, attempt));
+        }
     }
 
     /// Whether a stored copy of `attempt` of `task` is the duplicate of an applied early one.
     pub fn contains(&self, task: TaskId, attempt: u32) -> bool {
-        self.keys.contains_key(&(task, attempt))
+        self.keys.contains(&(task, attempt))
     }
 
     /// Forgets what was remembered longer than [`EARLY_FINAL_MEMORY`] before `now`.
@@ -326,9 +328,7 @@ impl EarlyFinals {
                 break;
             }
             self.order.pop_front();
-            if self.keys.get(&(task, attempt)) == Some(&at) {
-                self.keys.remove(&(task, attempt));
-            }
+            self.keys.remove(&(task, attempt));
         }
     }
 

@@ -218,11 +218,16 @@ impl Harness {
     }
 
     /// Sets up three healthy hosts, the toy stack and the blueprint; returns the blueprint's request id.
-    fn cluster(&mut self) -> u64 {
-        for h in ["h1", "h2", "h3"] {
-            self.register(h);
-            self.beat(h, &[]);
+    /// Registers `hosts` and heartbeats each once (HEALTHY).
+    fn healthy(&mut self, hosts: impl IntoIterator<Item = String>) {
+        for h in hosts {
+            self.register(&h);
+            self.beat(&h, &[]);
         }
+    }
+
+    fn cluster(&mut self) -> u64 {
+        self.healthy(["h1", "h2", "h3"].map(String::from));
         self.api(ApiCall::ApplyStack { source: STACK.into() }).unwrap();
         let r = self.api(ApiCall::ApplyBlueprint { source: BLUEPRINT.into() }).unwrap();
         r["request"].as_u64().expect("blueprint plans a request")
@@ -341,10 +346,7 @@ async fn a_heartbeat_heard_but_not_yet_stepped_keeps_its_host_alive() {
 #[tokio::test(start_paused = true)]
 async fn a_stage_ends_exactly_when_its_last_task_reports() {
     let mut h = Harness::new();
-    for i in 0..50 {
-        h.register(&format!("h{i}"));
-        h.beat(&format!("h{i}"), &[]);
-    }
+    h.healthy((0..50).map(|i| format!("h{i}")));
     let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
     let tasks = h.executions();
     assert_eq!(tasks.len(), 50);
@@ -467,10 +469,7 @@ async fn reports_for_unknown_foreign_or_finished_tasks_change_nothing() {
 #[tokio::test(start_paused = true)]
 async fn an_early_final_report_ends_its_task_and_its_stored_copy_is_acked_as_a_duplicate() {
     let mut h = Harness::new();
-    for i in 0..3 {
-        h.register(&format!("h{i}"));
-        h.beat(&format!("h{i}"), &[]);
-    }
+    h.healthy((0..3).map(|i| format!("h{i}")));
     let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
     let tasks = h.executions();
     // Early copies: progress is left to the stream; a final one ends its task, with nothing to ack.

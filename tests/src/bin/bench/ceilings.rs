@@ -102,15 +102,7 @@ async fn jetstream(url: &str, pipelined: u64, serial: u64) -> anyhow::Result<(f6
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client);
     let name = "BENCH_CEILING";
-    let _ = js.delete_stream(name).await;
-    js.create_stream(jetstream::stream::Config {
-        name: name.to_owned(),
-        subjects: vec!["bench.ceiling.js".to_owned()],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("creating the ceiling stream")?;
+    fresh_stream(&js, name, "bench.ceiling.js").await?;
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
 
     let started = Instant::now();
@@ -141,16 +133,7 @@ async fn two_streams(url: &str, each: u64) -> anyhow::Result<f64> {
     let mut contexts = Vec::new();
     for i in 0..2 {
         let js = jetstream::new(async_nats::connect(url).await?);
-        let name = format!("BENCH_CEILING_{i}");
-        let _ = js.delete_stream(&name).await;
-        js.create_stream(jetstream::stream::Config {
-            name,
-            subjects: vec![format!("bench.ceiling.two.{i}")],
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .context("creating a two-stream ceiling stream")?;
+        fresh_stream(&js, &format!("BENCH_CEILING_{i}"), &format!("bench.ceiling.two.{i}")).await?;
         contexts.push((i, js));
     }
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
@@ -177,4 +160,18 @@ async fn two_streams(url: &str, each: u64) -> anyhow::Result<f64> {
         let _ = js.delete_stream(format!("BENCH_CEILING_{i}")).await;
     }
     Ok(rate)
+}
+
+/// An empty file stream `name` on `subject` (one left over from an earlier run is deleted first).
+async fn fresh_stream(js: &jetstream::Context, name: &str, subject: &str) -> anyhow::Result<()> {
+    let _ = js.delete_stream(name).await;
+    js.create_stream(jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating the ceiling stream {name}"))?;
+    Ok(())
 }

@@ -202,20 +202,9 @@ fn server_log_filter() -> String {
     std::env::var("BENCH_MUSTER_LOG").unwrap_or_else(|_| "info".to_owned())
 }
 
-/// `muster-agent swarm` with `count` hosts `<prefix>-<index>` from `first_index`, all at once.
+/// `muster-agent swarm` with `count` hosts `<prefix>-<index>` from `first_index`, their starts spread over `ramp`
+/// (`--ramp-ms`; zero: all at once).
 pub fn start_swarm(
-    dir: &Path,
-    nats_url: &str,
-    name: &str,
-    prefix: &str,
-    first: usize,
-    count: usize,
-) -> anyhow::Result<Proc> {
-    start_swarm_ramped(dir, nats_url, name, prefix, first, count, Duration::ZERO)
-}
-
-/// [`start_swarm`] with the hosts' starts spread over `ramp` (`--ramp-ms`).
-pub fn start_swarm_ramped(
     dir: &Path,
     nats_url: &str,
     name: &str,

@@ -13,7 +13,7 @@ use muster_schemas::HostState;
 use serde_json::Value;
 
 use crate::api::{self, counter_of, describe_servers, now_millis, Api, ServerStatus};
-use crate::env::{describe_usage, start_ensemble, start_swarm_ramped, Instance, Nats, RunDir, ServerTiming, Usage};
+use crate::env::{describe_usage, start_ensemble, start_swarm, Instance, Nats, RunDir, ServerTiming, Usage};
 use crate::report::{secs, thousands, Row, Scenario, Verdict};
 use crate::scenarios::{percentile, Plan};
 
@@ -138,7 +138,7 @@ pub async fn failover(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     let mut instances = start_ensemble(&dir, &nats.url, TIMING, LEASE_TTL, &IDS, &api).await?;
     let host_events = api::host_events(&nats.url).await?;
     let ramp = Duration::from_secs_f64(n as f64 / RAMP_HOSTS_PER_SEC);
-    let mut swarm = start_swarm_ramped(&dir, &nats.url, "swarm", "swarm", 1, n, ramp)?;
+    let mut swarm = start_swarm(&dir, &nats.url, "swarm", "swarm", 1, n, ramp)?;
 
     // Every host HEALTHY.
     let started = Instant::now();

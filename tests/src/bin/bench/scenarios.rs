@@ -117,7 +117,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     eprintln!("bench: storm of {n} hosts");
     let wall0 = now_millis();
     let t0 = Instant::now();
-    let mut swarm = start_swarm(&dir, &nats.url, "swarm", "swarm", 0, n)?;
+    let mut swarm = start_swarm(&dir, &nats.url, "swarm", "swarm", 0, n, Duration::ZERO)?;
     let usage = Usage::start(&[("muster-server", &server), ("nats-server", &nats.proc), ("swarm", &swarm)])?;
     let mut next_progress = Instant::now() + Duration::from_secs(10);
     let healthy = loop {
@@ -408,8 +408,8 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     let (fleet, victims) = (plan.failure_fleet, plan.failure_victims);
     let stay = fleet - victims;
     eprintln!("bench: failure detection: {fleet} hosts, {victims} of them in a swarm that is killed");
-    let mut stayers = start_swarm(&dir, &nats.url, "swarm-stays", "swarm", 1, stay)?;
-    let mut doomed = start_swarm(&dir, &nats.url, "swarm-killed", "swarm", stay + 1, victims)?;
+    let mut stayers = start_swarm(&dir, &nats.url, "swarm-stays", "swarm", 1, stay, Duration::ZERO)?;
+    let mut doomed = start_swarm(&dir, &nats.url, "swarm-killed", "swarm", stay + 1, victims, Duration::ZERO)?;
     let started = Instant::now();
     loop {
         for p in [&mut nats.proc, &mut server, &mut stayers, &mut doomed] {
