@@ -19,7 +19,7 @@ pub const TMPDIR_ENV: &str = "MUSTER_TEST_TMPDIR";
 /// When set (to anything), test directories are kept even when the test passes.
 pub const KEEP_ENV: &str = "MUSTER_KEEP_TEST_DIRS";
 
-/// The oldest nats-server that works: async-nats 0.51's KV and account calls need 2.10 (see DESIGN.md).
+/// The oldest nats-server that works: async-nats 0.51's KV and account calls need 2.10 (Debian bookworm's 2.9 lacks them).
 const MIN_NATS_SERVER: (u32, u32) = (2, 10);
 
 /// The workspace root (the directory holding `Cargo.lock`, `nats/` and `.tools/`).

@@ -1,4 +1,4 @@
-//! Deadlines for everything a test waits on (STYLE rule 11): a wait that fails says what did not happen and what
+//! Deadlines for everything a test waits on: a wait that fails says what did not happen and what
 //! was seen last, instead of hanging the suite.
 
 use std::fmt;

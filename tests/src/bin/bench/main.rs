@@ -11,7 +11,7 @@
 //! ```
 //!
 //! `--only` runs some of the scenario groups — `fleet` (1, 2 and 4 share one fleet), `failure` (3), `failover`
-//! (5), `footprint` (6) — and prints the results instead of writing them, unless `--out` names a file.
+//! (5), `footprint` (6), `cli` (7) — and prints the results instead of writing them, unless `--out` names a file.
 //!
 //! # Layout
 //! - `env`       — processes (nats-server with monitoring, muster-server, swarms, an agent) and `/proc` readings.
@@ -19,10 +19,12 @@
 //! - `ceilings`  — core-NATS and JetStream throughput, measured in the same run.
 //! - `scenarios` — scenarios 1, 2, 3, 4 and 6.
 //! - `failover`  — scenario 5: three instances, the leader SIGKILLed under load.
+//! - `cli`       — scenario 7: `muster run` on 100 real agents, timed as the operator waits for it.
 //! - `report`    — the markdown tables and the marked block in docs/benchmarks.md.
 
 mod api;
 mod ceilings;
+mod cli;
 mod env;
 mod failover;
 mod report;
@@ -51,12 +53,13 @@ struct Options {
 }
 
 /// The scenario groups, in the order they run: each starts its own processes.
-const GROUPS: [&str; 4] = ["fleet", "failure", "failover", "footprint"];
+const GROUPS: [&str; 5] = ["fleet", "failure", "failover", "footprint", "cli"];
 
 const USAGE: &str = "usage: bench [--quick] [--fleet N] [--only GROUP[,GROUP...]] [--out FILE | --no-write] [--keep]
   --quick        the bench-quick plan: a 10,000-host fleet, short windows (< 5 min)
   --fleet N      the fleet of scenarios 1, 2, 4 and 5 (storm target scaled to 5,000 hosts/s)
-  --only GROUPS  run only these groups: fleet (scenarios 1, 2, 4), failure (3), failover (5), footprint (6);
+  --only GROUPS  run only these groups: fleet (scenarios 1, 2, 4), failure (3), failover (5), footprint (6),
+                 cli (7);
                  prints the results unless --out is given
   --out FILE     write the results between the bench:<mode> markers of FILE (default docs/benchmarks.md)
   --no-write     print the results instead
@@ -189,6 +192,9 @@ async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run>
     }
     if options.runs("footprint") {
         scenarios.push(scenarios::footprint(dir, &plan).await?);
+    }
+    if options.runs("cli") {
+        scenarios.push(cli::cli(dir).await?);
     }
     scenarios.sort_by(|a, b| a.title.cmp(&b.title));
     let command = std::iter::once(if options.quick { "make bench-quick →" } else { "make bench →" }.to_owned())
