@@ -39,11 +39,11 @@ test: tools lint build
 # writes docs/benchmarks.md only if every scenario completed; a failed run exits non-zero and keeps its logs under
 # target/bench/.
 bench: tools
-	$(CARGO) build --release -p muster-server -p muster-agent -p muster-tests
+	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent -p muster-tests
 	MUSTER_NATS_SERVER="$$(scripts/install-nats.sh --path)" target/release/bench
 
 bench-quick: tools
-	$(CARGO) build --release -p muster-server -p muster-agent -p muster-tests
+	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent -p muster-tests
 	MUSTER_NATS_SERVER="$$(scripts/install-nats.sh --path)" target/release/bench --quick
 
 demo:

@@ -34,7 +34,7 @@ pub const HEARTBEAT_JITTER: f64 = 0.10;
 pub struct Backoff {
     /// Ceiling after the first failure.
     pub initial: Duration,
-    /// Largest ceiling.
+    /// The ceiling the doubling stops at: no delay is ever longer.
     pub max: Duration,
 }
 

@@ -1,47 +1,28 @@
 //! The agent's configuration: built-in defaults, overridden by a TOML file (`--config FILE`), overridden by
-//! environment variables `MUSTER_<NAME>`.
+//! environment variables `MUSTER_<NAME>`, through the one settings engine of `muster_nats`.
 //!
-//! Layering goes through the `config` crate; every value is then validated here so that a bad value is reported
-//! with the name the operator actually typed (`MUSTER_REGISTER_TIMEOUT_MS`, or `register_timeout_ms in
-//! /etc/muster/agent.toml`), never with a serde path.
+//! Every setting is declared once, in [`TABLE`], with its default taken from [`crate::params`]; the same table
+//! loads the values, refuses unknown file keys, lists unknown `MUSTER_*` variables, renders `--help`, and is
+//! compared with the table in docs/agent.md by a test. A bad value is reported with the name the operator
+//! actually typed (`MUSTER_REGISTER_TIMEOUT_MS`, or `register_timeout_ms in /etc/muster/agent.toml`).
+//!
+//! This module sits on top of the runtime modules: it builds their parameters ([`AgentConfig::session_params`]),
+//! and none of them reads the configuration.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
-use config::{Config, FileFormat, Source, Value, ValueKind};
-use muster_schemas::subjects::DEFAULT_PREFIX;
-use muster_schemas::HostId;
+use muster_nats::settings::{self, DefaultValue, Setting, SettingsError, Table, Values};
+use muster_schemas::{HostId, Subjects, UnixMillis};
 
-use crate::recovery::RestartLimits;
-use crate::runner;
-
-/// Prefix of every environment variable the agent reads.
-pub const ENV_PREFIX: &str = "MUSTER_";
-
-/// The variable naming the config file (read by the command line parser, not a setting itself).
-pub const ENV_CONFIG_FILE: &str = "MUSTER_CONFIG";
-
-/// The variable holding the log filter (`tracing_subscriber::EnvFilter` syntax).
-pub const ENV_LOG: &str = "MUSTER_LOG";
-
-/// Log filter used when `MUSTER_LOG` is unset: lifecycle events without per-heartbeat noise.
-pub const DEFAULT_LOG: &str = "info";
-
-/// Default NATS server: a nats-server on the same host, as in the single-node dev setup.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-
-/// Default registration timeout. Ambari's server gives a registration 8 s; the leader here answers in
-/// milliseconds unless it is at its admission limit, and then it answers `busy` rather than staying silent, so
-/// 5 s only expires when nobody is really there.
-pub const DEFAULT_REGISTER_TIMEOUT_MS: u64 = 5_000;
-
-/// Default disk threshold: above 95% used, services start failing writes (ext4 keeps 5% for root), so the host
-/// is reported UNHEALTHY while there is still time to act.
-pub const DEFAULT_DISK_FULL_PERCENT: u8 = 95;
+use crate::params::{
+    CommandParams, RestartLimits, SessionParams, DEFAULT_AUTO_RESTART, DEFAULT_DISK_FULL_PERCENT, DEFAULT_LIFETIME_MAX,
+    DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_WINDOW, DEFAULT_MIN_GAP, DEFAULT_PROGRESS_INTERVAL, DEFAULT_REGISTER_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATUS_INTERVAL, DEFAULT_WINDOW,
+};
+use crate::stats::SessionStats;
 
 /// Least interval accepted for progress reports and status checks: each progress report is a JetStream write
 /// carrying all the output so far, and each status check forks a process; below 100 ms either becomes load.
@@ -51,113 +32,111 @@ pub const MIN_INTERVAL_MS: u64 = 100;
 /// small guest on its host.
 pub const MAX_PARALLEL_LIMIT: u64 = 256;
 
-/// One configuration setting: its key in the TOML file, its environment variable, its default and meaning.
-/// The single source for `--help`, unknown-key detection and docs/agent.md.
-#[derive(Debug, Clone, Copy)]
-pub struct Setting {
-    /// Key in the TOML file.
-    pub key: &'static str,
-    /// Environment variable.
-    pub env: &'static str,
-    /// Default, as shown to operators.
-    pub default: &'static str,
-    /// What it means.
-    pub meaning: &'static str,
+/// A duration default in milliseconds, as the table shows and reads it. Every default is far below `u64::MAX` ms.
+const fn millis(d: Duration) -> DefaultValue {
+    DefaultValue::Int(d.as_millis() as u64)
 }
 
-/// Every setting the agent reads.
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "nats_url",
-        env: "MUSTER_NATS_URL",
-        default: DEFAULT_NATS_URL,
-        meaning: "NATS server URL; several separated by commas",
-    },
-    Setting {
-        key: "host_id",
-        env: "MUSTER_HOST_ID",
-        default: "the hostname, encoded (dots become '_')",
-        meaning: "this host's id: 1-64 of [A-Za-z0-9_-]",
-    },
-    Setting {
-        key: "prefix",
-        env: "MUSTER_PREFIX",
-        default: DEFAULT_PREFIX,
-        meaning: "subject prefix shared with the server",
-    },
-    Setting {
-        key: "labels",
-        env: "MUSTER_LABELS",
-        default: "(none)",
-        meaning: "host labels: \"k=v,k2=v2\" (a table in the file)",
-    },
-    Setting {
-        key: "register_timeout_ms",
-        env: "MUSTER_REGISTER_TIMEOUT_MS",
-        default: "5000",
-        meaning: "how long to wait for a registration reply",
-    },
-    Setting {
-        key: "disk_full_percent",
-        env: "MUSTER_DISK_FULL_PERCENT",
-        default: "95",
-        meaning: "a mount used above this percentage makes the host UNHEALTHY",
-    },
-    Setting {
-        key: "max_parallel",
-        env: "MUSTER_MAX_PARALLEL",
-        default: "4",
-        meaning: "commands running at once (1-256); one per component at a time",
-    },
-    Setting {
-        key: "progress_interval_ms",
-        env: "MUSTER_PROGRESS_INTERVAL_MS",
-        default: "5000",
-        meaning: "IN_PROGRESS report interval of a running command (>= 100)",
-    },
-    Setting {
-        key: "status_interval_ms",
-        env: "MUSTER_STATUS_INTERVAL_MS",
-        default: "10000",
-        meaning: "component status check interval (>= 100)",
-    },
-    Setting {
-        key: "auto_restart",
-        env: "MUSTER_AUTO_RESTART",
-        default: "true",
-        meaning: "restart components that should run but are found dead",
-    },
-    Setting {
-        key: "auto_restart_max_per_window",
-        env: "MUSTER_AUTO_RESTART_MAX_PER_WINDOW",
-        default: "6",
-        meaning: "auto-restarts of one component allowed per window",
-    },
-    Setting {
-        key: "auto_restart_window_ms",
-        env: "MUSTER_AUTO_RESTART_WINDOW_MS",
-        default: "3600000",
-        meaning: "the auto-restart window (>= 1)",
-    },
-    Setting {
-        key: "auto_restart_min_gap_ms",
-        env: "MUSTER_AUTO_RESTART_MIN_GAP_MS",
-        default: "300000",
-        meaning: "least time between two auto-restarts of one component",
-    },
-    Setting {
-        key: "auto_restart_lifetime_max",
-        env: "MUSTER_AUTO_RESTART_LIFETIME_MAX",
-        default: "24",
-        meaning: "auto-restarts of one component allowed per agent run",
-    },
-    Setting {
-        key: "shutdown_grace_ms",
-        env: "MUSTER_SHUTDOWN_GRACE_MS",
-        default: "10000",
-        meaning: "on SIGTERM, how long running commands may still finish and report",
-    },
+const HOST_ID: Setting = Setting {
+    key: "host_id",
+    env: "MUSTER_HOST_ID",
+    default: DefaultValue::Computed("the hostname, encoded"),
+    meaning:
+        "this host's id, 1-64 characters of [A-Za-z0-9_-]; the default lower-cases the hostname and turns . into _",
+};
+const LABELS: Setting = Setting {
+    key: "labels",
+    env: "MUSTER_LABELS",
+    default: DefaultValue::Unset,
+    meaning: "host labels: k=v,k2=v2 in the variable, a table in the file",
+};
+const REGISTER_TIMEOUT: Setting = Setting {
+    key: "register_timeout_ms",
+    env: "MUSTER_REGISTER_TIMEOUT_MS",
+    default: millis(DEFAULT_REGISTER_TIMEOUT),
+    meaning: "how long to wait for a registration reply (>= 1)",
+};
+const DISK_FULL_PERCENT: Setting = Setting {
+    key: "disk_full_percent",
+    env: "MUSTER_DISK_FULL_PERCENT",
+    default: DefaultValue::Int(DEFAULT_DISK_FULL_PERCENT as u64),
+    meaning: "a mount used above this percentage makes the host UNHEALTHY (1-100; 100 disables the check)",
+};
+const MAX_PARALLEL: Setting = Setting {
+    key: "max_parallel",
+    env: "MUSTER_MAX_PARALLEL",
+    default: DefaultValue::Int(DEFAULT_MAX_PARALLEL as u64),
+    meaning: "commands running at once over all components (1-256); each component runs one at a time regardless",
+};
+const PROGRESS_INTERVAL: Setting = Setting {
+    key: "progress_interval_ms",
+    env: "MUSTER_PROGRESS_INTERVAL_MS",
+    default: millis(DEFAULT_PROGRESS_INTERVAL),
+    meaning: "interval of IN_PROGRESS reports of a running command (>= 100)",
+};
+const STATUS_INTERVAL: Setting = Setting {
+    key: "status_interval_ms",
+    env: "MUSTER_STATUS_INTERVAL_MS",
+    default: millis(DEFAULT_STATUS_INTERVAL),
+    meaning: "interval of component status checks (>= 100)",
+};
+const AUTO_RESTART: Setting = Setting {
+    key: "auto_restart",
+    env: "MUSTER_AUTO_RESTART",
+    default: DefaultValue::Bool(DEFAULT_AUTO_RESTART),
+    meaning: "restart components that should run but are found dead (true/false, also 1/0, yes/no, on/off)",
+};
+const AUTO_RESTART_MAX_PER_WINDOW: Setting = Setting {
+    key: "auto_restart_max_per_window",
+    env: "MUSTER_AUTO_RESTART_MAX_PER_WINDOW",
+    default: DefaultValue::Int(DEFAULT_MAX_PER_WINDOW as u64),
+    meaning: "auto-restarts of one component allowed per window (0 disables)",
+};
+const AUTO_RESTART_WINDOW: Setting = Setting {
+    key: "auto_restart_window_ms",
+    env: "MUSTER_AUTO_RESTART_WINDOW_MS",
+    default: millis(DEFAULT_WINDOW),
+    meaning: "the sliding window of that limit (>= 1)",
+};
+const AUTO_RESTART_MIN_GAP: Setting = Setting {
+    key: "auto_restart_min_gap_ms",
+    env: "MUSTER_AUTO_RESTART_MIN_GAP_MS",
+    default: millis(DEFAULT_MIN_GAP),
+    meaning: "least time between two auto-restarts of one component",
+};
+const AUTO_RESTART_LIFETIME_MAX: Setting = Setting {
+    key: "auto_restart_lifetime_max",
+    env: "MUSTER_AUTO_RESTART_LIFETIME_MAX",
+    default: DefaultValue::Int(DEFAULT_LIFETIME_MAX as u64),
+    meaning: "auto-restarts of one component allowed per agent run (0 disables)",
+};
+const SHUTDOWN_GRACE: Setting = Setting {
+    key: "shutdown_grace_ms",
+    env: "MUSTER_SHUTDOWN_GRACE_MS",
+    default: millis(DEFAULT_SHUTDOWN_GRACE),
+    meaning: "on SIGTERM, how long running commands may still finish and report",
+};
+
+/// The settings only the agent has, after the ones every binary shares (`nats_url`, `prefix`).
+const AGENT: &[Setting] = &[
+    HOST_ID,
+    LABELS,
+    REGISTER_TIMEOUT,
+    DISK_FULL_PERCENT,
+    MAX_PARALLEL,
+    PROGRESS_INTERVAL,
+    STATUS_INTERVAL,
+    AUTO_RESTART,
+    AUTO_RESTART_MAX_PER_WINDOW,
+    AUTO_RESTART_WINDOW,
+    AUTO_RESTART_MIN_GAP,
+    AUTO_RESTART_LIFETIME_MAX,
+    SHUTDOWN_GRACE,
 ];
+
+/// Every setting the agent reads, and the variables its binary reads itself (the config file, the log filter):
+/// the single source of loading, `--help` and the table in docs/agent.md.
+pub static TABLE: Table = Table { groups: &[settings::COMMON, AGENT], env_only: &[settings::CONFIG, settings::LOG] };
 
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
@@ -174,7 +153,7 @@ pub struct AgentConfig {
     pub register_timeout: Duration,
     /// A mount used above this percentage makes the host UNHEALTHY.
     pub disk_full_percent: u8,
-    /// Commands running at once.
+    /// Commands running at once, over all components.
     pub max_parallel: usize,
     /// Interval of IN_PROGRESS reports of a running command.
     pub progress_interval: Duration,
@@ -189,30 +168,18 @@ pub struct AgentConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read or parsed.
-    #[error("cannot load configuration: {0}")]
-    Load(config::ConfigError),
-    /// A value was present but not valid. `setting` names where it came from.
-    #[error("invalid {setting}: {reason}")]
-    Invalid {
-        /// The environment variable or `key in FILE`.
-        setting: String,
-        /// What is wrong with it.
+    /// The file could not be read, a value is invalid, or a file key is unknown; the error names the variable or
+    /// the key and file.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// No host id was configured and the hostname does not make a valid one.
+    #[error("invalid hostname {hostname:?} (used because MUSTER_HOST_ID is unset): {reason}")]
+    InvalidHostname {
+        /// The machine's hostname.
+        hostname: String,
+        /// Why it cannot be turned into a host id.
         reason: String,
     },
-    /// The file held a key the agent does not know (most likely a typo).
-    #[error("unknown setting `{key}` in {origin}; known settings: {known}")]
-    Unknown {
-        /// The unknown key.
-        key: String,
-        /// The file it came from.
-        origin: String,
-        /// The known keys, for the error message.
-        known: String,
-    },
-    /// An agent variable was not valid UTF-8.
-    #[error("environment variable {0} is not valid UTF-8")]
-    NotUnicode(String),
     /// No host id was configured and the hostname could not be read.
     #[error("cannot determine the hostname to derive the host id; set MUSTER_HOST_ID")]
     NoHostname,
@@ -221,354 +188,104 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Loads the configuration from `file` (if any), the process environment and the machine's hostname.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env = agent_env(std::env::vars_os())?;
+        let values = TABLE.load(file)?;
         let hostname = sysinfo::System::host_name().ok();
-        match file {
-            Some(path) => Self::from_sources(
-                Some(config::File::from(path).format(FileFormat::Toml).required(true)),
-                &env,
-                hostname.as_deref(),
-            ),
-            None => {
-                Self::from_sources(None::<config::File<config::FileSourceFile, FileFormat>>, &env, hostname.as_deref())
-            }
-        }
+        Self::from_values(&values, hostname.as_deref())
     }
 
-    /// Builds the configuration from explicit sources: an optional file source, the `MUSTER_*` variables, and the
-    /// hostname used when no host id is configured. Tests use this instead of touching the process environment.
-    pub fn from_sources<S>(
-        file: Option<S>,
-        env: &HashMap<String, String>,
-        hostname: Option<&str>,
-    ) -> Result<Self, ConfigError>
-    where
-        S: Source + Send + Sync + 'static,
-    {
-        let settings: HashMap<String, String> = env
-            .iter()
-            .filter(|(name, value)| !value.is_empty() && setting_for_env(name).is_some())
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        let mut builder = Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(file);
-        }
-        // No separator: `MUSTER_NATS_URL` is the flat key `nats_url`, not `nats.url`.
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
-                .prefix_separator("_")
-                .source(Some(settings.into_iter().collect())),
-        );
-        let mut values = builder.build().and_then(|c| c.collect()).map_err(ConfigError::Load)?;
-
-        let nats_servers = match values.remove("nats_url") {
-            Some(v) => parse_servers(&v)?,
-            None => parse_server_list(DEFAULT_NATS_URL).map_err(|reason| invalid("nats_url", None, reason))?,
+    /// Validates loaded settings; `hostname` gives the host id when none is configured. Tests use this with
+    /// [`Table::load_from`] instead of touching the process environment.
+    pub fn from_values(values: &Values, hostname: Option<&str>) -> Result<Self, ConfigError> {
+        let host_id = if values.is_set(&HOST_ID) {
+            values.parse::<HostId>(&HOST_ID)?
+        } else {
+            let name = hostname.filter(|h| !h.trim().is_empty()).ok_or(ConfigError::NoHostname)?;
+            HostId::from_hostname(name)
+                .map_err(|e| ConfigError::InvalidHostname { hostname: name.to_owned(), reason: e.to_string() })?
         };
-        let host_id = match values.remove("host_id") {
-            Some(v) => {
-                let text = string_value("host_id", &v)?;
-                HostId::new(text.trim()).map_err(|e| invalid("host_id", Some(&v), e.to_string()))?
-            }
-            None => {
-                let name = hostname.filter(|h| !h.trim().is_empty()).ok_or(ConfigError::NoHostname)?;
-                HostId::from_hostname(name).map_err(|e| ConfigError::Invalid {
-                    setting: format!("hostname {name:?} (used because MUSTER_HOST_ID is unset)"),
-                    reason: e.to_string(),
-                })?
-            }
+        let disk_full_percent = values.integer(&DISK_FULL_PERCENT, 1, 100)?;
+        let max_parallel = values.integer(&MAX_PARALLEL, 1, MAX_PARALLEL_LIMIT)?;
+        let u32_setting = |s: &Setting| -> Result<u32, SettingsError> {
+            // The range check makes the conversion exact.
+            Ok(u32::try_from(values.integer(s, 0, u64::from(u32::MAX))?).unwrap_or(u32::MAX))
         };
-        let prefix = match values.remove("prefix") {
-            Some(v) => {
-                let text = string_value("prefix", &v)?;
-                validate_prefix(text.trim()).map_err(|reason| invalid("prefix", Some(&v), reason))?;
-                text.trim().to_owned()
-            }
-            None => DEFAULT_PREFIX.to_owned(),
-        };
-        let labels = match values.remove("labels") {
-            Some(v) => labels_value(&v)?,
-            None => BTreeMap::new(),
-        };
-        let register_timeout_ms = match values.remove("register_timeout_ms") {
-            Some(v) => integer_value("register_timeout_ms", &v, 1, u64::MAX)?,
-            None => DEFAULT_REGISTER_TIMEOUT_MS,
-        };
-        let disk_full_percent = match values.remove("disk_full_percent") {
-            Some(v) => integer_value("disk_full_percent", &v, 1, 100)?,
-            None => u64::from(DEFAULT_DISK_FULL_PERCENT),
-        };
-
-        let max_parallel = optional_integer(&mut values, "max_parallel", 1, MAX_PARALLEL_LIMIT)?
-            .unwrap_or(runner::DEFAULT_MAX_PARALLEL as u64);
-        let progress_interval = optional_millis(&mut values, "progress_interval_ms", MIN_INTERVAL_MS)?
-            .unwrap_or(runner::DEFAULT_PROGRESS_INTERVAL);
-        let status_interval = optional_millis(&mut values, "status_interval_ms", MIN_INTERVAL_MS)?
-            .unwrap_or(runner::DEFAULT_STATUS_INTERVAL);
-        let defaults = RestartLimits::default();
-        let auto_restart = RestartLimits {
-            enabled: match values.remove("auto_restart") {
-                Some(v) => bool_value("auto_restart", &v)?,
-                None => defaults.enabled,
-            },
-            max_per_window: optional_u32(&mut values, "auto_restart_max_per_window")?
-                .unwrap_or(defaults.max_per_window),
-            window: optional_millis(&mut values, "auto_restart_window_ms", 1)?.unwrap_or(defaults.window),
-            min_gap: optional_millis(&mut values, "auto_restart_min_gap_ms", 0)?.unwrap_or(defaults.min_gap),
-            lifetime_max: optional_u32(&mut values, "auto_restart_lifetime_max")?.unwrap_or(defaults.lifetime_max),
-        };
-        let shutdown_grace =
-            optional_millis(&mut values, "shutdown_grace_ms", 0)?.unwrap_or(runner::DEFAULT_SHUTDOWN_GRACE);
-
-        // Only file keys can remain: the environment map was filtered to known settings above.
-        if let Some((key, value)) = values.into_iter().next() {
-            return Err(ConfigError::Unknown {
-                key,
-                origin: value.origin().unwrap_or("the configuration").to_owned(),
-                known: SETTINGS.iter().map(|s| s.key).collect::<Vec<_>>().join(", "),
-            });
-        }
-
         Ok(Self {
-            nats_servers,
+            nats_servers: values.urls(&settings::NATS_URL)?,
             host_id,
-            prefix,
-            labels,
-            register_timeout: Duration::from_millis(register_timeout_ms),
+            prefix: values.subject_prefix(&settings::PREFIX)?,
+            labels: values.labels(&LABELS)?,
+            register_timeout: values.millis(&REGISTER_TIMEOUT, 1)?,
             disk_full_percent: u8::try_from(disk_full_percent).unwrap_or(100),
-            max_parallel: usize::try_from(max_parallel).unwrap_or(runner::DEFAULT_MAX_PARALLEL),
-            progress_interval,
-            status_interval,
-            auto_restart,
-            shutdown_grace,
+            max_parallel: usize::try_from(max_parallel).unwrap_or(DEFAULT_MAX_PARALLEL),
+            progress_interval: values.millis(&PROGRESS_INTERVAL, MIN_INTERVAL_MS)?,
+            status_interval: values.millis(&STATUS_INTERVAL, MIN_INTERVAL_MS)?,
+            auto_restart: RestartLimits {
+                enabled: values.bool(&AUTO_RESTART)?,
+                max_per_window: u32_setting(&AUTO_RESTART_MAX_PER_WINDOW)?,
+                window: values.millis(&AUTO_RESTART_WINDOW, 1)?,
+                min_gap: values.millis(&AUTO_RESTART_MIN_GAP, 0)?,
+                lifetime_max: u32_setting(&AUTO_RESTART_LIFETIME_MAX)?,
+            },
+            shutdown_grace: values.millis(&SHUTDOWN_GRACE, 0)?,
         })
     }
-}
 
-/// The `MUSTER_*` variables from an environment listing, as UTF-8. Non-agent variables are skipped, even if they
-/// are not UTF-8.
-pub fn agent_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<HashMap<String, String>, ConfigError> {
-    let mut env = HashMap::new();
-    for (name, value) in vars {
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(ENV_PREFIX) {
-            continue;
-        }
-        let value = value.into_string().map_err(|_| ConfigError::NotUnicode(name.to_owned()))?;
-        env.insert(name.to_owned(), value);
-    }
-    Ok(env)
-}
-
-/// `MUSTER_*` variables that are neither a setting nor one of the agent's other variables: most likely typos,
-/// worth a warning at startup.
-pub fn unknown_env_vars(env: &HashMap<String, String>) -> Vec<String> {
-    let mut unknown: Vec<String> = env
-        .keys()
-        .filter(|name| setting_for_env(name).is_none() && *name != ENV_CONFIG_FILE && *name != ENV_LOG)
-        .cloned()
-        .collect();
-    unknown.sort();
-    unknown
-}
-
-/// The `--help` text listing every environment variable.
-pub fn env_help() -> String {
-    let mut out = String::from("Environment (overrides the config file, which overrides the defaults):\n");
-    let rows = [
-        (ENV_CONFIG_FILE, "(none)", "config file, same as --config"),
-        (ENV_LOG, DEFAULT_LOG, "log filter, e.g. \"debug\" or \"muster_agent=debug,async_nats=warn\""),
-    ];
-    let all = rows.iter().copied().chain(SETTINGS.iter().map(|s| (s.env, s.default, s.meaning)));
-    for (env, default, meaning) in all {
-        // Writing into a String cannot fail.
-        let _ = writeln!(out, "  {env:<28} {meaning}\n  {:<28} default: {default}", "");
-    }
-    out.push_str("\nEvery setting can also be given in the TOML file under its lower-case name without the\nMUSTER_ prefix (e.g. nats_url = \"nats://10.0.0.1:4222\"; labels = { rack = \"r1\" }).\nAn empty variable counts as unset.");
-    out
-}
-
-/// Parses `k=v,k2=v2` into labels. Whitespace around keys and values is ignored; empty entries are skipped.
-pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut labels = BTreeMap::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (key, value) =
-            entry.split_once('=').ok_or_else(|| format!("label {entry:?} is not of the form key=value"))?;
-        insert_label(&mut labels, key.trim(), value.trim())?;
-    }
-    Ok(labels)
-}
-
-fn insert_label(labels: &mut BTreeMap<String, String>, key: &str, value: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err(format!("label with value {value:?} has an empty key"));
-    }
-    if key.contains(['=', ',']) {
-        return Err(format!("label key {key:?} may not contain '=' or ','"));
-    }
-    if labels.insert(key.to_owned(), value.to_owned()).is_some() {
-        return Err(format!("label {key:?} is given twice"));
-    }
-    Ok(())
-}
-
-fn setting_for_env(name: &str) -> Option<&'static Setting> {
-    SETTINGS.iter().find(|s| s.env == name)
-}
-
-/// Where a value came from, in the operator's words.
-fn describe(key: &str, value: Option<&Value>) -> String {
-    let env = SETTINGS.iter().find(|s| s.key == key).map_or(key, |s| s.env);
-    match value.and_then(Value::origin) {
-        Some("the environment") => env.to_owned(),
-        Some(origin) => format!("{key} in {origin}"),
-        None => format!("{key} in the config file"),
-    }
-}
-
-fn invalid(key: &str, value: Option<&Value>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { setting: describe(key, value), reason: reason.into() }
-}
-
-fn string_value(key: &str, value: &Value) -> Result<String, ConfigError> {
-    match &value.kind {
-        ValueKind::String(s) => Ok(s.clone()),
-        _ => Err(invalid(key, Some(value), "expected a string")),
-    }
-}
-
-fn integer_value(key: &str, value: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let parsed = match &value.kind {
-        ValueKind::I64(n) => u64::try_from(*n).ok(),
-        ValueKind::U64(n) => Some(*n),
-        ValueKind::I128(n) => u64::try_from(*n).ok(),
-        ValueKind::U128(n) => u64::try_from(*n).ok(),
-        ValueKind::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    match parsed {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => {
-            let shown = match &value.kind {
-                ValueKind::String(s) => format!("{s:?}"),
-                other => other.to_string(),
-            };
-            let range = if max == u64::MAX { format!("at least {min}") } else { format!("{min} to {max}") };
-            Err(invalid(key, Some(value), format!("expected a whole number, {range}; got {shown}")))
+    /// The session parameters of this host, with fresh counters. `agent_started_at` is when this process started.
+    pub fn session_params(&self, agent_started_at: UnixMillis) -> SessionParams {
+        SessionParams {
+            host: self.host_id.clone(),
+            subjects: Subjects::new(self.prefix.clone()),
+            labels: self.labels.clone(),
+            register_timeout: self.register_timeout,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_started_at,
+            commands: self.command_params(),
+            stats: SessionStats::default(),
         }
     }
-}
 
-fn optional_integer(
-    values: &mut config::Map<String, Value>,
-    key: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, ConfigError> {
-    values.remove(key).map(|v| integer_value(key, &v, min, max)).transpose()
-}
-
-fn optional_u32(values: &mut config::Map<String, Value>, key: &str) -> Result<Option<u32>, ConfigError> {
-    // The range check makes the conversion exact.
-    Ok(optional_integer(values, key, 0, u64::from(u32::MAX))?.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
-}
-
-fn optional_millis(
-    values: &mut config::Map<String, Value>,
-    key: &str,
-    min: u64,
-) -> Result<Option<Duration>, ConfigError> {
-    Ok(optional_integer(values, key, min, u64::MAX)?.map(Duration::from_millis))
-}
-
-fn bool_value(key: &str, value: &Value) -> Result<bool, ConfigError> {
-    match &value.kind {
-        ValueKind::Boolean(b) => Ok(*b),
-        ValueKind::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(invalid(key, Some(value), format!("expected true or false; got {s:?}"))),
-        },
-        other => Err(invalid(key, Some(value), format!("expected true or false; got {other}"))),
-    }
-}
-
-fn labels_value(value: &Value) -> Result<BTreeMap<String, String>, ConfigError> {
-    match &value.kind {
-        ValueKind::String(text) => parse_labels(text).map_err(|reason| invalid("labels", Some(value), reason)),
-        ValueKind::Table(table) => {
-            let mut labels = BTreeMap::new();
-            for (key, v) in table {
-                let text = match &v.kind {
-                    ValueKind::String(s) => s.clone(),
-                    ValueKind::Boolean(_)
-                    | ValueKind::I64(_)
-                    | ValueKind::U64(_)
-                    | ValueKind::I128(_)
-                    | ValueKind::U128(_)
-                    | ValueKind::Float(_) => v.kind.to_string(),
-                    _ => return Err(invalid("labels", Some(value), format!("label {key:?} must be a string"))),
-                };
-                insert_label(&mut labels, key.trim(), text.trim())
-                    .map_err(|reason| invalid("labels", Some(value), reason))?;
-            }
-            Ok(labels)
-        }
-        _ => Err(invalid("labels", Some(value), "expected a table or \"key=value,key2=value2\"")),
-    }
-}
-
-fn parse_servers(value: &Value) -> Result<Vec<ServerAddr>, ConfigError> {
-    let text = string_value("nats_url", value)?;
-    parse_server_list(&text).map_err(|reason| invalid("nats_url", Some(value), reason))
-}
-
-fn parse_server_list(text: &str) -> Result<Vec<ServerAddr>, String> {
-    let servers = text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<ServerAddr>().map_err(|e| format!("{e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if servers.is_empty() {
-        return Err("no server URL given".to_owned());
-    }
-    Ok(servers)
-}
-
-/// A prefix is one or more dot-separated subject tokens of `[A-Za-z0-9_-]`.
-fn validate_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty() {
-        return Err("the prefix is empty".to_owned());
-    }
-    for token in prefix.split('.') {
-        if token.is_empty() {
-            return Err(format!("{prefix:?} has an empty token"));
-        }
-        if let Some(c) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-            return Err(format!("{prefix:?} contains {c:?}; tokens may hold only letters, digits, '-' and '_'"));
+    /// How this agent runs commands.
+    pub fn command_params(&self) -> CommandParams {
+        CommandParams {
+            max_parallel: self.max_parallel,
+            progress_interval: self.progress_interval,
+            status_interval: self.status_interval,
+            auto_restart: self.auto_restart,
+            shutdown_grace: self.shutdown_grace,
+            ..CommandParams::default()
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
-    type TomlText = config::File<config::FileSourceString, FileFormat>;
+    use muster_nats::settings::{parse_labels, FileSource};
+
+    /// How the tests name an inline file, as errors about it show.
+    const INLINE_FILE: &str = "the config file";
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
-    fn toml(text: &str) -> Option<TomlText> {
-        Some(config::File::from_str(text, FileFormat::Toml))
+    fn toml(text: &str) -> Option<FileSource> {
+        Some(FileSource::parse(INLINE_FILE, text).unwrap())
     }
 
-    fn load(file: Option<TomlText>, pairs: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
-        AgentConfig::from_sources(file, &env(pairs), Some("Node1.example.com"))
+    fn load_with(
+        file: Option<FileSource>,
+        pairs: &[(&str, &str)],
+        hostname: Option<&str>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let values = TABLE.load_from(file, env(pairs))?;
+        AgentConfig::from_values(&values, hostname)
+    }
+
+    fn load(file: Option<FileSource>, pairs: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        load_with(file, pairs, Some("Node1.example.com"))
     }
 
     fn url(c: &AgentConfig) -> Vec<String> {
@@ -732,31 +449,28 @@ mod tests {
 
         let path = std::env::temp_dir().join(format!("muster-agent-config-test-{}.toml", std::process::id()));
         std::fs::write(&path, "register_timeout_ms = -5\n").unwrap();
-        let file = config::File::from(path.as_path()).format(FileFormat::Toml);
-        let result = AgentConfig::from_sources(Some(file), &env(&[]), Some("h"));
+        let file = FileSource::read(&path);
         std::fs::remove_file(&path).unwrap();
-        let err = result.unwrap_err().to_string();
-        // The config crate names the file relative to the working directory.
+        let err = load_with(Some(file.unwrap()), &[], Some("h")).unwrap_err().to_string();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(err.contains("register_timeout_ms in ") && err.contains(&name), "{err}");
     }
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let file = config::File::from(Path::new("/nonexistent/muster-agent.toml")).format(FileFormat::Toml);
-        let err = AgentConfig::from_sources(Some(file), &env(&[]), Some("h")).unwrap_err().to_string();
+        let err = AgentConfig::load(Some(Path::new("/nonexistent/muster-agent.toml"))).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/muster-agent.toml"), "{err}");
     }
 
     #[test]
     fn unknown_file_keys_are_refused() {
         let err = load(toml("hostid = \"x\""), &[]).unwrap_err();
-        assert!(matches!(&err, ConfigError::Unknown { key, .. } if key == "hostid"), "{err}");
+        assert!(matches!(&err, ConfigError::Settings(SettingsError::Unknown { key, .. }) if key == "hostid"), "{err}");
     }
 
     #[test]
     fn missing_hostname_without_host_id_is_a_clear_error() {
-        let err = AgentConfig::from_sources(None::<TomlText>, &env(&[]), None).unwrap_err();
+        let err = load_with(None, &[], None).unwrap_err();
         assert!(err.to_string().contains("MUSTER_HOST_ID"), "{err}");
     }
 
@@ -776,15 +490,30 @@ mod tests {
     fn unknown_muster_vars_are_reported() {
         let e =
             env(&[("MUSTER_HOSTID", "x"), ("MUSTER_LOG", "info"), ("MUSTER_CONFIG", "f"), ("MUSTER_NATS_URL", "u")]);
-        assert_eq!(unknown_env_vars(&e), ["MUSTER_HOSTID"]);
+        assert_eq!(TABLE.unknown_env_vars(&e), ["MUSTER_HOSTID"]);
     }
 
     #[test]
     fn help_lists_every_variable() {
-        let help = env_help();
-        for s in SETTINGS {
+        let help = TABLE.help();
+        for s in TABLE.settings() {
             assert!(help.contains(s.env), "{} missing from help", s.env);
         }
-        assert!(help.contains(ENV_LOG) && help.contains(ENV_CONFIG_FILE));
+        assert!(help.contains(settings::LOG.env) && help.contains(settings::CONFIG.env));
+    }
+
+    #[test]
+    fn the_docs_list_every_setting_as_the_table_does() {
+        let docs = include_str!("../../docs/agent.md");
+        let table = TABLE.markdown();
+        assert!(docs.contains(&table), "docs/agent.md must hold the settings table exactly as generated:\n{table}");
+    }
+
+    #[test]
+    fn defaults_are_the_params_defaults() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.command_params(), CommandParams::default());
+        assert_eq!(c.register_timeout, DEFAULT_REGISTER_TIMEOUT);
+        assert_eq!(c.disk_full_percent, DEFAULT_DISK_FULL_PERCENT);
     }
 }

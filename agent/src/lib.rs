@@ -3,22 +3,36 @@
 //! Stateless: nothing is written to disk; everything it must not forget lives on the server or in JetStream.
 //!
 //! # Layout
-//! - [`config`]     — [`AgentConfig`]: defaults < TOML file < `MUSTER_*` environment, validated with clear errors.
-//! - [`facts`]      — [`FactSource`]: host facts for registration and health for heartbeats (sysinfo or static).
-//! - [`protocol`]   — the pure registration/heartbeat state machine: `transition(&state, event) -> (state, effects)`.
-//! - [`session`]    — [`run_session`]: the I/O shell that performs the protocol's effects and runs the command path.
-//! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor, dedup.
+//! Four layers; a module imports only from its own layer or the layers below it.
+//!
+//! Leaves — data, parameters and small helpers, importing no module of the layers above (the NATS connection, the
+//! clock, message headers and the counters facility come from `muster_nats` and `muster_schemas`):
+//! - [`params`]     — [`SessionParams`], [`params::CommandParams`], [`params::RestartLimits`] and their defaults.
+//! - [`stats`]      — [`SessionStats`]: a session's typed counters, summed by the swarm.
 //! - [`feed`]       — [`feed::Feed`]: a session's inbound messages, from its own subscription or a routed mailbox.
-//! - [`queue`]      — the pure action queue: per-component FIFO lanes under a global concurrency limit, cancel.
-//! - [`runner`]     — the command path's shell: queue → executor → reports, status checks, auto-restart, shutdown.
-//! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree.
 //! - [`output`]     — bounded head-and-tail capture of a command's stdout and stderr.
-//! - [`status`]     — the pure component status book: which statuses changed since last reported.
-//! - [`recovery`]   — the pure auto-restart limiter (per window, minimum gap, lifetime cap) with injected time.
-//! - [`reporter`]   — reports out: JetStream publish with `Nats-Msg-Id`, retried with the same id until acked.
+//!
+//! Pure logic — no I/O, time and randomness passed in:
 //! - [`backoff`]    — exponential backoff with full jitter, and heartbeat jitter.
-//! - [`connection`] — NATS connect options and [`Reconnects`], the reconnect signal sessions watch.
+//! - [`protocol`]   — the registration/heartbeat state machine: `transition(&state, event) -> (state, effects)`.
+//! - [`queue`]      — the action queue: per-component FIFO lanes under a global concurrency limit, cancel.
+//! - [`status`]     — the component status book: which statuses changed since last reported.
+//! - [`recovery`]   — the auto-restart limiter (per window, minimum gap, lifetime cap).
+//! - [`intake`]     — command checks, catch-up planning, repeat suppression; what delivery hands the runner.
+//!
+//! I/O shells — perform what the pure parts decide:
+//! - [`facts`]      — [`FactSource`]: host facts for registration and health for heartbeats (sysinfo or static).
+//! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree.
+//! - [`reporter`]   — reports out: JetStream publish with `Nats-Msg-Id`, retried with the same id until acked.
+//! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor.
+//! - [`runner`]     — the command path: queue → executor → reports (`task`), status checks and auto-restart
+//!   (`components`, pure), shutdown.
+//! - [`session`]    — [`run_session`]: registration and heartbeats per the protocol, alongside the command path.
+//!
+//! Top — configuration and entry points:
+//! - [`config`]     — [`AgentConfig`]: defaults < TOML file < `MUSTER_*` environment, validated; builds the params.
 //! - [`swarm`]      — `muster-agent swarm`: many simulated hosts in one process over shared connections.
+//! - [`run`] (here) — one real host's agent.
 //!
 //! The binary (`src/main.rs`) parses arguments, loads the config, sets up tracing and signals, connects, and
 //! calls [`run`] (or [`swarm::run_swarm`] for `muster-agent swarm`).
@@ -26,31 +40,35 @@
 
 pub mod backoff;
 pub mod config;
-pub mod connection;
 pub mod delivery;
 pub mod executor;
 pub mod facts;
 pub mod feed;
+pub mod intake;
 pub mod output;
+pub mod params;
 pub mod protocol;
 pub mod queue;
 pub mod recovery;
 pub mod reporter;
 pub mod runner;
 pub mod session;
+pub mod stats;
 pub mod status;
 pub mod swarm;
 
 use std::sync::Arc;
 
 use async_nats::Client;
+use muster_nats::Reconnects;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
-pub use connection::{ConnectionEvents, Reconnects};
 pub use executor::{Executor, ProcessExecutor};
 pub use facts::{FactSource, StaticFacts, SystemFacts};
-pub use session::{run_session, run_session_with, SessionError, SessionIo, SessionParams, SessionStats};
+pub use params::SessionParams;
+pub use session::{run_session, run_session_with, SessionError, SessionIo};
+pub use stats::SessionStats;
 
 /// Why the agent stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +83,7 @@ pub enum RunError {
 
 /// Runs the agent for the real host described by `config` until `shutdown` is cancelled.
 ///
-/// `reconnects` must come from the [`ConnectionEvents`] wired into `client`'s event callback.
+/// `reconnects` must come from the [`muster_nats::ConnectionEvents`] wired into `client`'s event callback.
 pub async fn run(
     config: &AgentConfig,
     client: Client,
@@ -73,7 +91,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let facts = SystemFacts::new(config.disk_full_percent)?;
-    let params = SessionParams::from_config(config, session::now_millis());
+    let params = config.session_params(muster_nats::unix_millis());
     run_session(client, params, facts, Arc::new(ProcessExecutor), reconnects, shutdown).await?;
     Ok(())
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use muster_agent::config::{self, AgentConfig};
-use muster_agent::connection::{self, ConnectionEvents};
 use muster_agent::swarm::{self, SwarmParams};
+use muster_nats::settings::{self, DefaultValue};
+use muster_nats::{ConnectParams, ConnectionEvents};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,16 +33,23 @@ const FORCED_EXIT_CODE: i32 = 130;
 /// own warnings.
 const SWARM_DEFAULT_LOG: &str = "error,muster_agent::swarm=warn";
 
+/// Log filter of the agent when `MUSTER_LOG` is unset: the settings table's default, so `--help` shows what
+/// applies (a table whose default is not a filter text fails to compile here).
+const DEFAULT_LOG: &str = match settings::LOG.default {
+    DefaultValue::Text(filter) => filter,
+    _ => panic!("MUSTER_LOG's default must be a filter text"),
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "muster-agent",
     version,
     about = "muster agent: registers this host with the muster leader over NATS, heartbeats, runs its commands",
-    after_help = config::env_help()
+    after_help = config::TABLE.help()
 )]
 struct Cli {
     /// TOML config file; environment variables override it.
-    #[arg(long, value_name = "FILE", env = config::ENV_CONFIG_FILE, global = true)]
+    #[arg(long, value_name = "FILE", env = settings::CONFIG.env, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,7 +66,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct SwarmArgs {
-    /// Simulated hosts.
+    /// How many hosts to simulate.
     #[arg(long)]
     count: usize,
     /// NATS connections the hosts share [default: one per 5,000 hosts].
@@ -94,7 +102,7 @@ impl SwarmArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let swarm = matches!(cli.command, Some(Command::Swarm(_)));
-    if let Err(e) = init_tracing(if swarm { SWARM_DEFAULT_LOG } else { config::DEFAULT_LOG }) {
+    if let Err(e) = init_tracing(if swarm { SWARM_DEFAULT_LOG } else { DEFAULT_LOG }) {
         eprintln!("muster-agent: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -120,9 +128,9 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(default: &str) -> anyhow::Result<()> {
-    let directives = std::env::var(config::ENV_LOG).unwrap_or_else(|_| default.to_owned());
-    let filter =
-        EnvFilter::try_new(&directives).with_context(|| format!("invalid {}={directives:?}", config::ENV_LOG))?;
+    let variable = settings::LOG.env;
+    let directives = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
+    let filter = EnvFilter::try_new(&directives).with_context(|| format!("invalid {variable}={directives:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -134,8 +142,8 @@ fn init_tracing(default: &str) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = AgentConfig::load(cli.config.as_deref())?;
-    if let Ok(env) = config::agent_env(std::env::vars_os()) {
-        for name in config::unknown_env_vars(&env) {
+    if let Ok(env) = settings::env_vars(std::env::vars_os()) {
+        for name in config::TABLE.unknown_env_vars(&env) {
             tracing::warn!(variable = %name, "ignoring unknown MUSTER_ variable (typo?)");
         }
     }
@@ -155,9 +163,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let events = ConnectionEvents::new();
     let reconnects = events.reconnects();
-    let client = connection::connect(config.nats_servers.clone(), format!("muster-agent {}", config.host_id), events)
-        .await
-        .context("cannot set up the NATS connection")?;
+    let connect = ConnectParams {
+        urls: config.nats_servers.clone(),
+        name: format!("muster-agent {}", config.host_id),
+        // The agent may start before NATS: it keeps trying, and sessions wait for the first connection.
+        retry_initial_connect: true,
+        events,
+        ..ConnectParams::default()
+    };
+    let client = muster_nats::connect(connect).await.context("cannot set up the NATS connection")?;
 
     let result = muster_agent::run(&config, client.clone(), reconnects, shutdown.clone()).await;
 

@@ -45,9 +45,9 @@ pub enum SessionState {
     },
     /// The server refused the registration for a reason retrying cannot fix. Terminal.
     Refused {
-        /// The server's code.
+        /// The non-retryable code the server refused with.
         code: ErrorCode,
-        /// The server's message.
+        /// The server's explanation, returned in the session's error.
         message: String,
     },
 }
@@ -100,9 +100,9 @@ pub enum SessionEvent {
     },
     /// The leader refused the registration.
     RegisterRejected {
-        /// Machine-readable reason.
+        /// Why, as a code; [`ErrorCode::is_retryable`] decides between retrying and giving up.
         code: ErrorCode,
-        /// Human-readable reason.
+        /// Why, in the server's words, for the log.
         message: String,
         /// For retryable codes, how long the server wants the agent to wait.
         retry_after_ms: Option<u64>,
@@ -111,14 +111,14 @@ pub enum SessionEvent {
     RegisterUnanswered(Unanswered),
     /// The server answered a heartbeat with "register again".
     ReregisterRequested {
-        /// The server's reason.
+        /// Why the server asks (e.g. it does not know the host after a failover), for the log.
         reason: String,
     },
     /// The server refused a heartbeat.
     HeartbeatRejected {
-        /// Machine-readable reason.
+        /// Why, as a code (a version skew or a bug: heartbeats are not retried).
         code: ErrorCode,
-        /// Human-readable reason.
+        /// Why, in the server's words, for the log.
         message: String,
     },
     /// The NATS connection was re-established.
@@ -142,7 +142,7 @@ impl SessionEvent {
 /// When to send the next registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDelay {
-    /// At once.
+    /// At once: the server asked for a re-registration, or NATS reconnected.
     Now,
     /// After the backoff for this many consecutive failures (jittered by the shell).
     Backoff {
@@ -158,19 +158,19 @@ pub enum RetryDelay {
 pub enum Effect {
     /// Send a registration after `after`.
     Register {
-        /// When.
+        /// How long to wait first: nothing, a backoff the shell draws, or what the server asked for.
         after: RetryDelay,
     },
     /// Send a heartbeat now, then every `interval` (jittered).
     StartHeartbeats {
-        /// The heartbeat interval.
+        /// The heartbeat interval the registration granted, already clamped to sane bounds.
         interval: Duration,
     },
     /// End the session: the server refused the host for good.
     Refuse {
-        /// The server's code.
+        /// The non-retryable code the server refused with (e.g. `invalid_host_id`).
         code: ErrorCode,
-        /// The server's message.
+        /// The server's explanation, logged for the operator.
         message: String,
     },
 }
@@ -181,7 +181,7 @@ pub enum Effect {
 pub struct InvalidTransition {
     /// The state the event arrived in.
     pub state: SessionState,
-    /// The event.
+    /// The event the state does not allow.
     pub event: SessionEvent,
 }
 

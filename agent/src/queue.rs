@@ -7,39 +7,23 @@
 //! start, runs them, and reports back with [`ActionQueue::finish`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use muster_schemas::commands::{ComponentRef, TaskId};
+use muster_schemas::commands::ComponentRef;
+use muster_schemas::ids::TaskAttempt;
 
 /// A job's id in the queue: increasing in arrival order, so it doubles as the FIFO position.
 pub type JobId = u64;
 
-/// One attempt of one task: the unit of delivery, dedup and cancellation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskKey {
-    /// Task id.
-    pub task: TaskId,
-    /// Attempt number.
-    pub attempt: u32,
-}
-
-impl fmt::Display for TaskKey {
-    /// `<task>-a<attempt>`, the form of the `Muster-Task` header.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-a{}", self.task, self.attempt)
-    }
-}
-
 /// A queued job and what the shell needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job<T> {
-    /// Its id.
+    /// Its place in arrival order; the shell hands it back to [`ActionQueue::finish`].
     pub id: JobId,
     /// The component lane, `None` for ad-hoc runs.
     pub lane: Option<ComponentRef>,
     /// The task attempt it runs, `None` for the agent's own jobs (auto-restarts).
-    pub task: Option<TaskKey>,
-    /// What to run.
+    pub task: Option<TaskAttempt>,
+    /// What the shell runs for this job (the queue never looks at it).
     pub payload: T,
 }
 
@@ -59,7 +43,7 @@ pub enum Cancelled<T> {
 pub enum QueueError {
     /// [`ActionQueue::push`] of a task attempt that is already queued or running.
     #[error("task {0} is already queued or running")]
-    Duplicate(TaskKey),
+    Duplicate(TaskAttempt),
     /// [`ActionQueue::finish`] of a job that is not running.
     #[error("job {0} finished but was not running")]
     NotRunning(JobId),
@@ -69,7 +53,7 @@ pub enum QueueError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Running {
     lane: Option<ComponentRef>,
-    task: Option<TaskKey>,
+    task: Option<TaskAttempt>,
 }
 
 /// Per-component FIFO lanes under a global concurrency limit.
@@ -83,7 +67,7 @@ pub struct ActionQueue<T> {
     /// Queued plus running jobs per component lane, so "is anything of this component in flight" is O(1).
     lane_load: HashMap<ComponentRef, usize>,
     /// Task attempts queued or running, and their job.
-    tasks: HashMap<TaskKey, JobId>,
+    tasks: HashMap<TaskAttempt, JobId>,
 }
 
 impl<T> ActionQueue<T> {
@@ -100,7 +84,12 @@ impl<T> ActionQueue<T> {
     }
 
     /// Queues a job at the end of its lane.
-    pub fn push(&mut self, lane: Option<ComponentRef>, task: Option<TaskKey>, payload: T) -> Result<JobId, QueueError> {
+    pub fn push(
+        &mut self,
+        lane: Option<ComponentRef>,
+        task: Option<TaskAttempt>,
+        payload: T,
+    ) -> Result<JobId, QueueError> {
         if let Some(key) = task {
             if self.tasks.contains_key(&key) {
                 return Err(QueueError::Duplicate(key));
@@ -143,7 +132,7 @@ impl<T> ActionQueue<T> {
     }
 
     /// Cancels a task attempt: removes it if it waits, or names the running job the shell must kill.
-    pub fn cancel(&mut self, key: TaskKey) -> Cancelled<T> {
+    pub fn cancel(&mut self, key: TaskAttempt) -> Cancelled<T> {
         let Some(&id) = self.tasks.get(&key) else { return Cancelled::NotFound };
         if self.running.contains_key(&id) {
             return Cancelled::Running(id);
@@ -177,7 +166,7 @@ impl<T> ActionQueue<T> {
     }
 
     /// Whether `key` is queued or running.
-    pub fn contains(&self, key: TaskKey) -> bool {
+    pub fn contains(&self, key: TaskAttempt) -> bool {
         self.tasks.contains_key(&key)
     }
 
@@ -191,7 +180,7 @@ impl<T> ActionQueue<T> {
         self.pending.len()
     }
 
-    fn forget(&mut self, lane: Option<&ComponentRef>, task: Option<TaskKey>) {
+    fn forget(&mut self, lane: Option<&ComponentRef>, task: Option<TaskAttempt>) {
         if let Some(key) = task {
             self.tasks.remove(&key);
         }
@@ -209,13 +198,14 @@ impl<T> ActionQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use muster_schemas::commands::TaskId;
 
     fn comp(name: &str) -> Option<ComponentRef> {
         Some(ComponentRef { service: "svc".into(), component: name.into() })
     }
 
-    fn key(task: TaskId) -> Option<TaskKey> {
-        Some(TaskKey { task, attempt: 1 })
+    fn key(task: TaskId) -> Option<TaskAttempt> {
+        Some(TaskAttempt { task, attempt: 1 })
     }
 
     fn started(q: &mut ActionQueue<&'static str>) -> Vec<&'static str> {
@@ -339,10 +329,5 @@ mod tests {
         let mut q = ActionQueue::new(0);
         q.push(None, key(1), "x").unwrap();
         assert_eq!(started(&mut q), ["x"]);
-    }
-
-    #[test]
-    fn task_key_displays_like_the_task_header() {
-        assert_eq!(TaskKey { task: 42, attempt: 2 }.to_string(), "42-a2");
     }
 }

@@ -10,43 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Default restarts allowed per window (Ambari: 6 per hour).
-pub const DEFAULT_MAX_PER_WINDOW: u32 = 6;
-/// Default window (Ambari: 60 minutes).
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3_600);
-/// Default minimum gap between two restarts of one component (Ambari: 5 minutes): long enough for a slow daemon
-/// to come up before it is judged dead again.
-pub const DEFAULT_MIN_GAP: Duration = Duration::from_secs(300);
-/// Default restarts of one component in the agent's lifetime (Ambari's lifetime cap): past this, a human must
-/// look at it.
-pub const DEFAULT_LIFETIME_MAX: u32 = 24;
-
-/// The configured limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartLimits {
-    /// Whether the agent restarts components at all.
-    pub enabled: bool,
-    /// Restarts allowed in any `window`.
-    pub max_per_window: u32,
-    /// The sliding window.
-    pub window: Duration,
-    /// Least time between two restarts.
-    pub min_gap: Duration,
-    /// Restarts allowed over the agent's lifetime.
-    pub lifetime_max: u32,
-}
-
-impl Default for RestartLimits {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_per_window: DEFAULT_MAX_PER_WINDOW,
-            window: DEFAULT_WINDOW,
-            min_gap: DEFAULT_MIN_GAP,
-            lifetime_max: DEFAULT_LIFETIME_MAX,
-        }
-    }
-}
+use crate::params::RestartLimits;
 
 /// Why a restart is not allowed now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,16 +11,16 @@
 //! timeout). An ack that can no longer come — the connection was lost, and with it the reply — is not waited
 //! for: a reconnect retries at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::{HeaderMap, Subject};
+use muster_nats::wire::header_map;
+use muster_nats::Reconnects;
 use muster_schemas::commands::{Report, ReportBody};
-use muster_schemas::headers::{self, MessageKind};
+use muster_schemas::headers;
 use muster_schemas::limits::MAX_REPORT_BYTES;
 use muster_schemas::{encode, HostId, Subjects};
 use rand::rngs::SmallRng;
@@ -28,9 +28,7 @@ use rand::SeedableRng as _;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::connection::Reconnects;
-use crate::queue::TaskKey;
-use crate::session::{message_headers, SessionStats};
+use crate::stats::{SessionCounter, SessionStats};
 
 /// Reports queued for the reporter. Progress reports are dropped when it is full (the next one carries all the
 /// output anyway); final and status reports wait. 256 is minutes of reports for a busy host and a few MiB at most.
@@ -55,8 +53,7 @@ enum AttemptError {
 pub struct Reporter {
     jetstream: jetstream::Context,
     subject: Subject,
-    host: HostId,
-    stats: Arc<SessionStats>,
+    stats: SessionStats,
     reconnects: Reconnects,
     rng: SmallRng,
 }
@@ -67,13 +64,13 @@ impl Reporter {
     pub fn new(
         mut jetstream: jetstream::Context,
         subjects: &Subjects,
-        host: HostId,
-        stats: Arc<SessionStats>,
+        host: &HostId,
+        stats: SessionStats,
         reconnects: Reconnects,
     ) -> Self {
         jetstream.set_timeout(REPORT_ACK_TIMEOUT);
-        let subject = Subject::from(subjects.report(&host));
-        Self { jetstream, subject, host, stats, reconnects, rng: SmallRng::from_os_rng() }
+        let subject = Subject::from(subjects.report(host));
+        Self { jetstream, subject, stats, reconnects, rng: SmallRng::from_os_rng() }
     }
 
     /// Publishes every report from `reports` in order until the channel is closed and drained. Dropping the
@@ -88,17 +85,17 @@ impl Reporter {
 
     async fn publish(&mut self, report: Report) {
         let Some(body) = fit(report.clone()) else {
-            bump(&self.stats.reports_dropped);
+            self.stats.inc(SessionCounter::ReportsDropped);
             tracing::error!(id = %report.msg_id(), "report over the size limit even without output; dropped");
             return;
         };
         let id = report.msg_id();
-        let headers = report_headers(&report, &self.host);
+        let headers = header_map(headers::report(&report));
         let mut failures = 0u32;
         loop {
             match self.try_publish(&headers, &body, &id).await {
                 Ok(ack) => {
-                    bump(&self.stats.reports_published);
+                    self.stats.inc(SessionCounter::ReportsPublished);
                     tracing::trace!(%id, seq = ack.sequence, duplicate = ack.duplicate, "report stored");
                     if failures > 0 {
                         tracing::info!(%id, failures, "report stored after retrying");
@@ -107,7 +104,7 @@ impl Reporter {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    bump(&self.stats.report_retries);
+                    self.stats.inc(SessionCounter::ReportRetries);
                     let delay = Backoff::JETSTREAM_RETRY.delay(failures, &mut self.rng);
                     if failures == 1 {
                         tracing::warn!(%id, error = %e, "cannot store a report; retrying with the same id");
@@ -132,15 +129,6 @@ impl Reporter {
     }
 }
 
-/// The headers of a report: the common ones, plus `Muster-Task` for task reports.
-pub fn report_headers(report: &Report, host: &HostId) -> HeaderMap {
-    let mut h = message_headers(MessageKind::Report, host);
-    if let ReportBody::Task(t) = &report.body {
-        h.insert(headers::TASK, TaskKey { task: t.task, attempt: t.attempt }.to_string().as_str());
-    }
-    h
-}
-
 /// Encodes a report within `MAX_REPORT_BYTES`, shortening a task's output if it would not fit (it always fits
 /// when the output was captured with the default limit). `None` if even an empty output does not fit.
 pub fn fit(mut report: Report) -> Option<Vec<u8>> {
@@ -163,14 +151,10 @@ pub fn fit(mut report: Report) -> Option<Vec<u8>> {
     }
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muster_schemas::commands::{ComponentRef, ComponentStatus, TaskPhase, TaskReport};
+    use muster_schemas::commands::{TaskPhase, TaskReport};
     use muster_schemas::PROTOCOL_VERSION;
 
     fn task_report(stdout: String) -> Report {
@@ -190,29 +174,6 @@ mod tests {
                 stderr: String::new(),
             }),
         }
-    }
-
-    #[test]
-    fn task_reports_name_the_task() {
-        let r = task_report(String::new());
-        let h = report_headers(&r, &r.host);
-        assert_eq!(h.get("Muster-Kind").unwrap().as_str(), "report");
-        assert_eq!(h.get("Muster-Host").unwrap().as_str(), "web-1");
-        assert_eq!(h.get("Muster-Task").unwrap().as_str(), "42-a2");
-        assert_eq!(h.get("Content-Type").unwrap().as_str(), "application/msgpack");
-        let status = Report {
-            body: ReportBody::Status {
-                statuses: vec![ComponentStatus {
-                    component: ComponentRef { service: "s".into(), component: "c".into() },
-                    running: true,
-                    auto_restarts: 0,
-                }],
-                full: true,
-                nonce: "1-1".into(),
-            },
-            ..r
-        };
-        assert!(report_headers(&status, &status.host).get("Muster-Task").is_none());
     }
 
     #[test]

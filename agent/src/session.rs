@@ -11,19 +11,20 @@
 //! Its inbound messages arrive through a [`SessionIo`]: subscriptions of its own ([`run_session`]), or mailboxes
 //! fed by shared subscriptions ([`run_session_with`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, HeaderMap, Message, Request, RequestError, RequestErrorKind, Subject};
+use async_nats::{Client, Message, Request, RequestError, RequestErrorKind, Subject};
 use futures::{FutureExt as _, StreamExt as _};
+use muster_nats::unix_millis;
+use muster_nats::wire::header_map;
+use muster_nats::Reconnects;
 use muster_schemas::headers::{self, MessageKind};
 use muster_schemas::limits::{MAX_COMMAND_BYTES, MAX_HEARTBEAT_BYTES, MAX_REGISTER_BYTES};
 use muster_schemas::{
-    decode, encode, ErrorCode, Heartbeat, HeartbeatReply, HostId, RegisterReply, RegisterRequest, Subjects, UnixMillis,
+    decode, encode, ErrorCode, Heartbeat, HeartbeatReply, HostId, RegisterReply, RegisterRequest, Subjects,
     PROTOCOL_VERSION,
 };
 use rand::rngs::SmallRng;
@@ -34,14 +35,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::backoff::{self, Backoff, HEARTBEAT_JITTER};
-use crate::config::AgentConfig;
-use crate::connection::Reconnects;
-use crate::delivery::{Delivery, DeliveryError, Registration};
+use crate::delivery::{Delivery, DeliveryError};
 use crate::executor::Executor;
 use crate::facts::{bound_health, FactSource};
 use crate::feed::Feed;
+use crate::intake::Registration;
+use crate::params::SessionParams;
 use crate::protocol::{transition, Effect, RetryDelay, SessionEvent, SessionState, Unanswered};
-use crate::runner::{run_command_path, CommandParams, RUNNER_INPUT_QUEUE};
+use crate::runner::{run_command_path, RUNNER_INPUT_QUEUE};
+use crate::stats::SessionCounter;
 
 /// Largest control message the agent decodes. Control messages are a few hundred bytes; this bound only stops a
 /// broken or hostile peer from making the agent decode megabytes.
@@ -60,104 +62,23 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// outage worth waiting out.
 pub const CONNECTION_POLL: Duration = Duration::from_secs(1);
 
-/// What a session needs to know about its host.
-#[derive(Debug, Clone)]
-pub struct SessionParams {
-    /// The host this session speaks for.
-    pub host: HostId,
-    /// Subject names (the prefix must match the server's).
-    pub subjects: Subjects,
-    /// Labels sent with each registration.
-    pub labels: BTreeMap<String, String>,
-    /// How long to wait for a registration reply.
-    pub register_timeout: Duration,
-    /// Reported in the registration (`RegisterRequest::agent_version`).
-    pub agent_version: String,
-    /// When the agent process started, reported in the registration.
-    pub agent_started_at: UnixMillis,
-    /// How commands are run.
-    pub commands: CommandParams,
-    /// Counters, shared with whoever wants to read them (the swarm sums them).
-    pub stats: Arc<SessionStats>,
-}
-
-impl SessionParams {
-    /// Parameters for the real host described by `config`, with fresh counters.
-    pub fn from_config(config: &AgentConfig, agent_started_at: UnixMillis) -> Self {
-        Self {
-            host: config.host_id.clone(),
-            subjects: Subjects::new(config.prefix.clone()),
-            labels: config.labels.clone(),
-            register_timeout: config.register_timeout,
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            agent_started_at,
-            commands: CommandParams::from_config(config),
-            stats: Arc::default(),
-        }
-    }
-}
-
-/// Counters of one session (or, shared, of many). Monotonic; read them with `load(Ordering::Relaxed)`.
-#[derive(Debug, Default)]
-pub struct SessionStats {
-    /// Registration requests sent.
-    pub register_attempts: AtomicU64,
-    /// Registrations accepted.
-    pub registrations: AtomicU64,
-    /// Heartbeats handed to the client.
-    pub heartbeats: AtomicU64,
-    /// Heartbeats the client refused to send.
-    pub heartbeat_errors: AtomicU64,
-    /// Re-registrations asked for by the server or caused by a reconnect.
-    pub reregistrations: AtomicU64,
-    /// Control-inbox messages that could not be used (undecodable or of an unknown kind).
-    pub bad_control_messages: AtomicU64,
-    /// Events that were illegal in the session's state, or calls the action queue refused (a bug).
-    pub illegal_transitions: AtomicU64,
-    /// Valid commands received (live and read back from the stream), repeats included.
-    pub commands_received: AtomicU64,
-    /// Command messages that could not be used (undecodable, wrong version, wrong host).
-    pub bad_commands: AtomicU64,
-    /// Commands dropped as repeats of one already seen.
-    pub duplicate_commands: AtomicU64,
-    /// Tasks started.
-    pub tasks_started: AtomicU64,
-    /// Tasks ended (reported or not).
-    pub tasks_finished: AtomicU64,
-    /// Status checks started.
-    pub status_checks: AtomicU64,
-    /// Auto-restarts started.
-    pub auto_restarts: AtomicU64,
-    /// Reports stored by JetStream.
-    pub reports_published: AtomicU64,
-    /// Report publishes that failed and were retried.
-    pub report_retries: AtomicU64,
-    /// Reports given up on: progress reports skipped while the reporter was behind, and reports lost at
-    /// shutdown or past the runner's backlog limit.
-    pub reports_dropped: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 /// Why a session ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The server refused the registration for a reason retrying cannot fix.
     #[error("registration refused by the server ({code}): {message}")]
     Refused {
-        /// The server's code.
+        /// The non-retryable code the server refused with (e.g. `invalid_host_id`).
         code: ErrorCode,
-        /// The server's message.
+        /// The server's explanation, shown to the operator.
         message: String,
     },
     /// The registration would exceed the protocol's size limit (too many labels).
     #[error("registration is {len} bytes, over the {limit}-byte limit; reduce the labels")]
     RegistrationTooLarge {
-        /// Encoded size.
+        /// Encoded size of the registration request.
         len: usize,
-        /// The limit.
+        /// The protocol's limit, `MAX_REGISTER_BYTES`.
         limit: usize,
     },
     /// The control inbox could not be subscribed.
@@ -175,7 +96,7 @@ pub enum SessionError {
 /// Either way it returns only after the host's command path has shut down (at most the configured shutdown
 /// grace plus a short report flush).
 ///
-/// `reconnects` must be fed by the client's connection events ([`crate::connection::ConnectionEvents`]); the
+/// `reconnects` must be fed by the client's connection events ([`muster_nats::ConnectionEvents`]); the
 /// session waits for the first connection before registering. `executor` runs the host's commands.
 ///
 /// The session subscribes to its own control inbox and command subject ([`SessionIo::subscribe`]); to share
@@ -390,7 +311,7 @@ impl<F: FactSource> Shell<F> {
             let (next, effects) = match transition(&state, event) {
                 Ok(step) => step,
                 Err(illegal) => {
-                    bump(&self.params.stats.illegal_transitions);
+                    self.params.stats.inc(SessionCounter::IllegalTransitions);
                     tracing::error!(%illegal, "ignoring an event the protocol does not allow here");
                     continue;
                 }
@@ -400,12 +321,12 @@ impl<F: FactSource> Shell<F> {
                 match effect {
                     Effect::Register { after } => {
                         if after == RetryDelay::Now {
-                            bump(&self.params.stats.reregistrations);
+                            self.params.stats.inc(SessionCounter::Reregistrations);
                         }
                         register_at = Instant::now() + self.retry_delay(after);
                     }
                     Effect::StartHeartbeats { interval } => {
-                        bump(&self.params.stats.registrations);
+                        self.params.stats.inc(SessionCounter::Registrations);
                         if let Some(registration) = self.accepted.take() {
                             self.delivery.registered(registration);
                         }
@@ -445,10 +366,10 @@ impl<F: FactSource> Shell<F> {
         if body.len() > MAX_REGISTER_BYTES {
             return Err(SessionError::RegistrationTooLarge { len: body.len(), limit: MAX_REGISTER_BYTES });
         }
-        bump(&self.params.stats.register_attempts);
+        self.params.stats.inc(SessionCounter::RegisterAttempts);
         tracing::debug!(bytes = body.len(), "registering");
         let request = Request::new()
-            .headers(message_headers(MessageKind::Register, &self.params.host))
+            .headers(header_map(headers::message(MessageKind::Register, self.params.host.as_str())))
             .payload(body.into())
             .timeout(Some(self.params.register_timeout));
         let result = self.client.send_request(self.reg_subject.clone(), request).await;
@@ -472,28 +393,28 @@ impl<F: FactSource> Shell<F> {
             schema: PROTOCOL_VERSION,
             host: self.params.host.clone(),
             seq: self.seq,
-            sent_at: now_millis(),
+            sent_at: unix_millis(),
             health: bound_health(self.facts.health()),
         };
         let body = encode(&beat);
         if body.len() > MAX_HEARTBEAT_BYTES {
             // bound_health makes this unreachable for any sane host id; never send what the server must refuse.
-            bump(&self.params.stats.heartbeat_errors);
+            self.params.stats.inc(SessionCounter::HeartbeatErrors);
             tracing::error!(bytes = body.len(), seq = self.seq, "heartbeat over the size limit; not sent");
             return;
         }
-        let headers = message_headers(MessageKind::Heartbeat, &self.params.host);
+        let headers = header_map(headers::message(MessageKind::Heartbeat, self.params.host.as_str()));
         let sent = self
             .client
             .publish_with_reply_and_headers(self.hb_subject.clone(), self.inbox_subject.clone(), headers, body.into())
             .await;
         match sent {
             Ok(()) => {
-                bump(&self.params.stats.heartbeats);
+                self.params.stats.inc(SessionCounter::Heartbeats);
                 tracing::trace!(seq = self.seq, healthy = beat.health.is_healthy(), "heartbeat");
             }
             Err(e) => {
-                bump(&self.params.stats.heartbeat_errors);
+                self.params.stats.inc(SessionCounter::HeartbeatErrors);
                 tracing::warn!(error = %e, seq = self.seq, "cannot send heartbeat");
             }
         }
@@ -510,7 +431,7 @@ impl<F: FactSource> Shell<F> {
         match control_event(message) {
             Ok(event) => Some(event),
             Err(why) => {
-                bump(&self.params.stats.bad_control_messages);
+                self.params.stats.inc(SessionCounter::BadControlMessages);
                 tracing::warn!(subject = %message.subject, %why, "ignoring control message");
                 None
             }
@@ -558,16 +479,6 @@ impl<F: FactSource> Shell<F> {
     }
 }
 
-/// The headers every agent message carries, so `nats sub` shows what it is without decoding the body.
-pub fn message_headers(kind: MessageKind, host: &HostId) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
-    h.insert(headers::KIND, kind.as_str());
-    h.insert(headers::HOST, host.as_str());
-    h.insert(headers::SCHEMA, PROTOCOL_VERSION.to_string().as_str());
-    h
-}
-
 /// What a registration request's outcome means for the protocol, and for an accepted one what it says about
 /// command delivery.
 pub fn classify_register(result: Result<Message, RequestError>) -> (SessionEvent, Option<Registration>) {
@@ -595,7 +506,7 @@ pub fn classify_register(result: Result<Message, RequestError>) -> (SessionEvent
             cursor,
             done_after_cursor,
         }) => {
-            let skew = Duration::from_millis(now_millis().abs_diff(server_time));
+            let skew = Duration::from_millis(unix_millis().abs_diff(server_time));
             if skew > MAX_CLOCK_SKEW {
                 tracing::warn!(skew_secs = skew.as_secs(), "agent and server clocks differ; check NTP");
             }
@@ -621,11 +532,6 @@ pub fn control_event(message: &Message) -> Result<SessionEvent, String> {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_millis() -> UnixMillis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,7 +539,7 @@ mod tests {
     use muster_schemas::commands::{Category, ComponentSpec};
 
     fn message(payload: Vec<u8>, kind: Option<MessageKind>) -> Message {
-        let headers = kind.map(|k| message_headers(k, &HostId::new("web-1").unwrap()));
+        let headers = kind.map(|k| header_map(headers::message(k, "web-1")));
         Message {
             subject: Subject::from("_INBOX.x"),
             reply: None,
@@ -664,15 +570,6 @@ mod tests {
     }
 
     #[test]
-    fn headers_name_kind_host_and_schema() {
-        let h = message_headers(MessageKind::Heartbeat, &HostId::new("web-1").unwrap());
-        assert_eq!(h.get("Content-Type").unwrap().as_str(), "application/msgpack");
-        assert_eq!(h.get("Muster-Kind").unwrap().as_str(), "heartbeat");
-        assert_eq!(h.get("Muster-Host").unwrap().as_str(), "web-1");
-        assert_eq!(h.get("Muster-Schema").unwrap().as_str(), "1");
-    }
-
-    #[test]
     fn register_outcomes_are_classified() {
         let component = ComponentSpec {
             service: "svc".into(),
@@ -685,7 +582,7 @@ mod tests {
         let accepted = RegisterReply::Accepted {
             heartbeat_interval_ms: 2_000,
             epoch: 9,
-            server_time: now_millis(),
+            server_time: unix_millis(),
             components: vec![component.clone()],
             cursor: 41,
             done_after_cursor: vec![43, 47],

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use async_nats::{jetstream, Client, Subject, Subscriber};
 use futures::{FutureExt as _, StreamExt as _};
+use muster_nats::counters::Counters;
+use muster_nats::{unix_millis, ConnectParams, ConnectionEvents};
 use muster_schemas::commands::CommandSpec;
 use muster_schemas::host::Mount;
 use muster_schemas::{HostFacts, HostId, Subjects};
@@ -31,13 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
-use crate::connection::{self, ConnectionEvents};
 use crate::executor::{Executor, Outcome};
 use crate::facts::StaticFacts;
 use crate::feed::{mailbox, Feed, Mailbox};
 use crate::output::OutputCapture;
-use crate::runner::CommandParams;
-use crate::session::{now_millis, run_session_with, SessionIo, SessionParams, SessionStats};
+use crate::params::SessionParams;
+use crate::session::{run_session_with, SessionIo};
+use crate::stats::{SessionCounter, SessionStats};
 
 /// Hosts per connection when `--connections` is not given: one connection's reader and writer keep up with
 /// 5,000 hosts' heartbeats and commands with room to spare, and a handful of connections spread the load over
@@ -61,7 +63,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(365 * 24 * 3600);
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmParams {
-    /// Simulated hosts.
+    /// Simulated hosts, each a full session with its own host id.
     pub count: usize,
     /// NATS connections shared by the hosts; `None` is one per [`HOSTS_PER_CONNECTION`] hosts.
     pub connections: Option<usize>,
@@ -103,31 +105,31 @@ pub enum SwarmError {
     /// The prefix and index do not make a valid host id.
     #[error("`{id}` is not a valid host id ({reason}); choose another --id-prefix")]
     InvalidHostId {
-        /// The id that was built.
+        /// The id built from the prefix and an index.
         id: String,
-        /// Why it is invalid.
+        /// What the host-id rules refuse in it.
         reason: String,
     },
     /// A connection could not be set up.
     #[error("cannot set up NATS connection #{index}: {source}")]
     Connect {
-        /// Which connection.
+        /// The connection's number, from 0.
         index: usize,
-        /// The client's error.
-        source: async_nats::ConnectError,
+        /// Why the client could not be set up.
+        source: muster_nats::connect::ConnectError,
     },
     /// A shared subscription could not be made.
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
-        /// The wildcard subject.
+        /// The wildcard subject the routers needed.
         subject: String,
-        /// The client's error.
+        /// Why the client refused the subscription.
         source: async_nats::SubscribeError,
     },
     /// Some simulated hosts' sessions ended with an error (e.g. the server refused them).
     #[error("{failed} simulated host(s) stopped with an error; the first: {first}")]
     Sessions {
-        /// How many.
+        /// Simulated hosts whose session ended with an error.
         failed: usize,
         /// The first error, with its host.
         first: String,
@@ -218,16 +220,20 @@ fn parse_sleep(arg: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_SLEEP.as_secs_f64())))
 }
 
-/// Counters of the routers.
-#[derive(Debug, Default)]
-pub struct RouterStats {
-    /// Messages handed to a simulated host.
-    pub routed: AtomicU64,
-    /// Messages for hosts this process does not simulate.
-    pub unrouted: AtomicU64,
-    /// Messages dropped because the host's mailbox was full.
-    pub dropped: AtomicU64,
+muster_nats::counters! {
+    /// What the routers of shared subscriptions count.
+    pub enum RouterCounter {
+        /// Messages handed to a simulated host's mailbox.
+        Routed = "router.routed",
+        /// Messages for hosts this process does not simulate.
+        Unrouted = "router.unrouted",
+        /// Messages dropped because the host's mailbox was full.
+        Dropped = "router.dropped",
+    }
 }
+
+/// The counters of all routers of one swarm.
+pub type RouterStats = Counters<RouterCounter>;
 
 /// Where a router puts a host's messages.
 #[derive(Debug)]
@@ -268,9 +274,14 @@ pub async fn run_swarm(
     for index in 0..connection_count {
         let events = ConnectionEvents::new();
         let name = format!("muster-agent swarm {} #{index}", params.id_prefix);
-        let client = connection::connect(config.nats_servers.clone(), name, events.clone())
-            .await
-            .map_err(|source| SwarmError::Connect { index, source })?;
+        let connect = ConnectParams {
+            urls: config.nats_servers.clone(),
+            name,
+            retry_initial_connect: true,
+            events: events.clone(),
+            ..ConnectParams::default()
+        };
+        let client = muster_nats::connect(connect).await.map_err(|source| SwarmError::Connect { index, source })?;
         let jetstream = jetstream::new(client.clone());
         connections.push(Connection { client, events, jetstream });
     }
@@ -295,7 +306,7 @@ pub async fn run_swarm(
         });
     }
     let routes = Arc::new(routes);
-    let router_stats = Arc::new(RouterStats::default());
+    let router_stats = RouterStats::default();
     let routers_stop = CancellationToken::new();
     let routers = TaskTracker::new();
     for connection in &connections {
@@ -311,20 +322,12 @@ pub async fn run_swarm(
     }
     routers.close();
 
-    let stats = Arc::new(SessionStats::default());
+    let stats = SessionStats::default();
     let failures = Arc::new(Mutex::new(Failures::default()));
     let started = Arc::new(AtomicU64::new(0));
     let sessions = TaskTracker::new();
-    let template = SessionParams {
-        host: hosts[0].clone(),
-        subjects,
-        labels: config.labels.clone(),
-        register_timeout: config.register_timeout,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        agent_started_at: now_millis(),
-        commands: CommandParams::from_config(config),
-        stats: stats.clone(),
-    };
+    let template =
+        SessionParams { host: hosts[0].clone(), stats: stats.clone(), ..config.session_params(unix_millis()) };
     let reconnects: Vec<_> = connections.iter().map(|c| c.events.reconnects()).collect();
     eprintln!(
         "muster-agent swarm: {} hosts {}…{} over {connection_count} connection(s), ramp {:?}",
@@ -379,7 +382,7 @@ async fn route(
     mut sub: Subscriber,
     kind: FeedKind,
     routes: Arc<HashMap<String, Route>>,
-    stats: Arc<RouterStats>,
+    stats: RouterStats,
     stop: CancellationToken,
 ) {
     loop {
@@ -392,7 +395,7 @@ async fn route(
         };
         let token = message.subject.rsplit('.').next().unwrap_or_default();
         let Some((host, route)) = routes.get_key_value(token) else {
-            stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            stats.inc(RouterCounter::Unrouted);
             continue;
         };
         let mailbox = match kind {
@@ -400,10 +403,10 @@ async fn route(
             FeedKind::Commands => &route.commands,
         };
         match mailbox.push(message) {
-            Ok(()) => stats.routed.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => stats.inc(RouterCounter::Routed),
             Err(_) => {
                 tracing::warn!(%host, ?kind, "simulated host's mailbox is full; message dropped");
-                stats.dropped.fetch_add(1, Ordering::Relaxed)
+                stats.inc(RouterCounter::Dropped)
             }
         };
     }
@@ -414,7 +417,7 @@ struct Spawn {
     hosts: Vec<HostId>,
     ios: Vec<SessionIo>,
     template: SessionParams,
-    reconnects: Vec<crate::connection::Reconnects>,
+    reconnects: Vec<muster_nats::Reconnects>,
     ramp: Duration,
     tracker: TaskTracker,
     failures: Arc<Mutex<Failures>>,
@@ -487,35 +490,34 @@ impl Summary {
         started: u64,
         begun: Instant,
     ) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let now = Instant::now();
-        let heartbeats = get(&stats.heartbeats);
+        let heartbeats = stats.get(SessionCounter::Heartbeats);
         let rate =
             (heartbeats - self.last_heartbeats) as f64 / now.duration_since(self.last_at).as_secs_f64().max(1e-3);
         self.last_heartbeats = heartbeats;
         self.last_at = now;
         let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).count as u64;
-        let errors = get(&stats.heartbeat_errors)
-            + get(&stats.bad_control_messages)
-            + get(&stats.illegal_transitions)
-            + get(&stats.bad_commands)
-            + get(&stats.reports_dropped)
-            + get(&routers.dropped)
+        let errors = stats.get(SessionCounter::HeartbeatErrors)
+            + stats.get(SessionCounter::BadControlMessages)
+            + stats.get(SessionCounter::IllegalTransitions)
+            + stats.get(SessionCounter::BadCommands)
+            + stats.get(SessionCounter::ReportsDropped)
+            + routers.get(RouterCounter::Dropped)
             + failed;
         let mut line = format!(
             "swarm t={:.0}s started={started}/{} registered={} register_attempts={} reregistrations={} \
              heartbeats/s={rate:.0} commands={} tasks={}/{} reports={} report_retries={} unrouted={} errors={errors}",
             now.duration_since(begun).as_secs_f64(),
             self.count,
-            get(&stats.registrations),
-            get(&stats.register_attempts),
-            get(&stats.reregistrations),
-            get(&stats.commands_received),
-            get(&stats.tasks_finished),
-            get(&stats.tasks_started),
-            get(&stats.reports_published),
-            get(&stats.report_retries),
-            get(&routers.unrouted),
+            stats.get(SessionCounter::Registrations),
+            stats.get(SessionCounter::RegisterAttempts),
+            stats.get(SessionCounter::Reregistrations),
+            stats.get(SessionCounter::CommandsReceived),
+            stats.get(SessionCounter::TasksFinished),
+            stats.get(SessionCounter::TasksStarted),
+            stats.get(SessionCounter::ReportsPublished),
+            stats.get(SessionCounter::ReportRetries),
+            routers.get(RouterCounter::Unrouted),
         );
         if let Some(rss) = rss_bytes() {
             let _ = write!(line, " rss={:.0}MiB", rss as f64 / (1 << 20) as f64);

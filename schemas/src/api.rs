@@ -1,17 +1,270 @@
-//! JSON views returned by the `muster.api.*` services endpoints (JSON so `nats req` output is readable as is).
+//! The operator API's JSON types: what every `muster.api.*` endpoint takes and answers, reads and writes alike, and
+//! the one error type that travels from the leader through the answering instance to the CLI. JSON rather than
+//! MessagePack so `nats req muster.api.hosts ''` output is readable as is.
+//!
+//! | endpoint ([`Endpoint`]) | request body | reply |
+//! |---|---|---|
+//! | `summary` | empty | [`ClusterSummary`] |
+//! | `hosts` | empty | `[`[`HostSummary`]`]` |
+//! | `host` | a host id (plain text) | [`HostDetail`] |
+//! | `stats` | empty | [`ServerStats`] |
+//! | `components` | empty | `[`[`ComponentView`]`]` |
+//! | `stacks` | empty | `[`[`StackView`]`]` |
+//! | `requests` | empty | `[`[`RequestSummary`]`]`, newest first |
+//! | `request` | a request id (plain text) | [`RequestView`] |
+//! | `stack.apply` (write) | stack TOML | [`Committed`]`<`[`StackApplied`]`>` |
+//! | `blueprint.apply` (write) | blueprint TOML | [`Committed`]`<`[`BlueprintApplied`]`>` |
+//! | `request.create` (write) | [`RequestSpec`] JSON | [`Committed`]`<`[`RequestCreated`]`>` |
+//! | `request.cancel` (write) | a request id (plain text) | [`Committed`]`<`[`RequestCancelled`]`>` |
+//! | `<prefix>.servers` (every instance answers, no queue group) | empty | [`ServerStatus`] |
+//!
+//! A failed call answers with the services framework's error headers ([`SERVICE_ERROR_HEADER`],
+//! [`SERVICE_ERROR_CODE_HEADER`]), which [`ApiError::from_service_error`] turns back into an [`ApiError`]; the
+//! leader's answers also carry the error as a JSON body.
+
+use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HostRecord, HostState};
+use crate::cluster::{ComponentState, DesiredState, RequestAction, TaskStatus};
+use crate::commands::{RequestId, TaskId};
+use crate::{HostRecord, HostState, UnixMillis};
+
+// ---- endpoints and errors -------------------------------------------------------------------------------------
+
+/// Every endpoint of the `muster` service, so neither the server nor the CLI spells an endpoint name by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Counts of hosts, components and requests by state.
+    Summary,
+    /// Every host.
+    Hosts,
+    /// One host with its record.
+    Host,
+    /// The answering instance's role, epoch and counters.
+    Stats,
+    /// Every host component.
+    Components,
+    /// Every stack.
+    Stacks,
+    /// Every request, newest first.
+    Requests,
+    /// One request with its stages and tasks.
+    Request,
+    /// Store a stack (write).
+    StackApply,
+    /// Store a blueprint and start the request that maps it (write).
+    BlueprintApply,
+    /// Start a request (write).
+    RequestCreate,
+    /// Cancel a running request (write).
+    RequestCancel,
+}
+
+impl Endpoint {
+    /// Every endpoint, reads first.
+    pub const ALL: [Endpoint; 12] = [
+        Self::Summary,
+        Self::Hosts,
+        Self::Host,
+        Self::Stats,
+        Self::Components,
+        Self::Stacks,
+        Self::Requests,
+        Self::Request,
+        Self::StackApply,
+        Self::BlueprintApply,
+        Self::RequestCreate,
+        Self::RequestCancel,
+    ];
+
+    /// The name under `<prefix>.api.` (and under `<prefix>.leader.` for writes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Summary => "summary",
+            Self::Hosts => "hosts",
+            Self::Host => "host",
+            Self::Stats => "stats",
+            Self::Components => "components",
+            Self::Stacks => "stacks",
+            Self::Requests => "requests",
+            Self::Request => "request",
+            Self::StackApply => "stack.apply",
+            Self::BlueprintApply => "blueprint.apply",
+            Self::RequestCreate => "request.create",
+            Self::RequestCancel => "request.cancel",
+        }
+    }
+
+    /// The endpoint a name stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// Writes change the log, so only the leader can answer them; the answering instance forwards them.
+    pub fn is_write(self) -> bool {
+        matches!(self, Self::StackApply | Self::BlueprintApply | Self::RequestCreate | Self::RequestCancel)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The header in which the services framework carries an error's message (async-nats `NATS_SERVICE_ERROR`).
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+/// The header in which the services framework carries an error's numeric code (`NATS_SERVICE_ERROR_CODE`).
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// Why an API call failed. On the wire it is the HTTP-style number the services framework carries in
+/// [`SERVICE_ERROR_CODE_HEADER`] (and in the `code` field of [`ApiError`]'s JSON), so `nats req` shows it as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u16", try_from = "u16")]
+pub enum ApiErrorCode {
+    /// 400: the call is malformed or asks for something impossible (unknown target, invalid stack); retrying the
+    /// same call fails the same way.
+    BadRequest,
+    /// 404: the host, request or endpoint named does not exist (or, for a cancel, is no longer running).
+    NotFound,
+    /// 413: the body is over the size limit and was not read.
+    TooLarge,
+    /// 500: the answering instance failed (its database, a bug); the call may or may not have taken effect.
+    Internal,
+    /// 503: no leader right now, the leader stepped down, or this instance lags behind the sequence asked for;
+    /// retry in a moment.
+    Unavailable,
+    /// 504: the leader did not answer in time; the write may still commit.
+    Timeout,
+}
+
+impl ApiErrorCode {
+    /// Every code, for tables and round-trip tests.
+    pub const ALL: [ApiErrorCode; 6] =
+        [Self::BadRequest, Self::NotFound, Self::TooLarge, Self::Internal, Self::Unavailable, Self::Timeout];
+
+    /// The number on the wire.
+    pub fn as_u16(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::NotFound => 404,
+            Self::TooLarge => 413,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+            Self::Timeout => 504,
+        }
+    }
+}
+
+impl From<ApiErrorCode> for u16 {
+    fn from(c: ApiErrorCode) -> u16 {
+        c.as_u16()
+    }
+}
+
+/// A number that is no [`ApiErrorCode`] (a newer server, or not a muster service at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown API error code {0}")]
+pub struct UnknownApiErrorCode(pub u16);
+
+impl TryFrom<u16> for ApiErrorCode {
+    type Error = UnknownApiErrorCode;
+    fn try_from(n: u16) -> Result<Self, Self::Error> {
+        Self::ALL.into_iter().find(|c| c.as_u16() == n).ok_or(UnknownApiErrorCode(n))
+    }
+}
+
+impl fmt::Display for ApiErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_u16())
+    }
+}
+
+/// A failed API call, the same value from the leader's core to the CLI: the core returns it, the leader and the
+/// answering instance carry it in the services framework's error headers, and the CLI shows
+/// `<message> (code <n>)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct ApiError {
+    /// Why, for a caller that branches on it.
+    pub code: ApiErrorCode,
+    /// What went wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this code.
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// [`ApiErrorCode::BadRequest`].
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::BadRequest, message)
+    }
+
+    /// [`ApiErrorCode::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::NotFound, message)
+    }
+
+    /// [`ApiErrorCode::Internal`].
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::Internal, message)
+    }
+
+    /// [`ApiErrorCode::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::Unavailable, message)
+    }
+
+    /// [`ApiErrorCode::Timeout`].
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ApiErrorCode::Timeout, message)
+    }
+
+    /// The error carried by a reply's [`SERVICE_ERROR_HEADER`] (`message`) and [`SERVICE_ERROR_CODE_HEADER`]
+    /// (`code`, absent or not a known code: kept in the message and taken as [`ApiErrorCode::Internal`], so no
+    /// failure is ever mistaken for a success or loses its words).
+    pub fn from_service_error(message: &str, code: Option<&str>) -> Self {
+        match code.map(|c| c.trim().parse::<u16>().map(ApiErrorCode::try_from)) {
+            Some(Ok(Ok(code))) => Self::new(code, message),
+            Some(_) => Self::internal(format!("{message} (code {})", code.unwrap_or_default().trim())),
+            None => Self::internal(message),
+        }
+    }
+}
+
+// ---- reads ----------------------------------------------------------------------------------------------------
+
+/// `summary`: counts only, cheap at any fleet size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Hosts registered.
+    pub hosts: u64,
+    /// Hosts by state name (`HEALTHY`, ...); states with no host are absent.
+    pub hosts_by_state: BTreeMap<String, u64>,
+    /// Host components known.
+    pub components: u64,
+    /// Host components by state name.
+    pub components_by_state: BTreeMap<String, u64>,
+    /// Requests by status name.
+    pub requests_by_status: BTreeMap<String, u64>,
+    /// The log sequence the answering instance had applied when it counted.
+    pub applied_seq: u64,
+}
 
 /// One row of `muster hosts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostSummary {
     /// Host id.
     pub id: String,
-    /// Host state (reference name).
+    /// Host state.
     pub state: HostState,
-    /// Seconds since this server last heard a heartbeat from the host; `null` if none since it started.
+    /// Seconds since the answering instance last heard a heartbeat from the host; `null` if none since it started
+    /// (each instance hears heartbeats itself, so a new instance knows nothing for a moment).
     pub last_heartbeat_secs: Option<f64>,
     /// Hostname as the host reports it.
     pub hostname: String,
@@ -19,85 +272,177 @@ pub struct HostSummary {
     pub agent_version: String,
     /// Seconds in the current state.
     pub state_secs: f64,
-    /// Problems, when UNHEALTHY.
+    /// What the agent reported wrong, when UNHEALTHY.
     pub problems: Vec<String>,
 }
 
-/// `muster host <id>`: every fact the server holds.
+/// `host <id>`: the summary fields plus the persisted record (facts, labels, registrations).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostDetail {
-    /// The summary fields.
+    /// The same fields as a row of `hosts`.
     #[serde(flatten)]
     pub summary: HostSummary,
-    /// The persisted record.
+    /// The record as the log holds it.
     pub record: HostRecord,
 }
 
-/// Error body of an API reply (also signalled through the services framework's error headers).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiError {
-    /// Machine-readable code.
-    pub code: String,
-    /// Human-readable message.
-    pub message: String,
+/// The role an instance plays right now (ZooKeeper's names), as `stats` and `servers` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Holds the lease; the one writer.
+    Leader,
+    /// Applies the log and may become leader.
+    Follower,
+    /// Applies the log and never campaigns.
+    Observer,
 }
 
-/// An operator request (`muster.api.request.create`): what to do, where, and how.
+impl ServerRole {
+    /// The lower-case name on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Follower => "follower",
+            Self::Observer => "observer",
+        }
+    }
+}
+
+impl fmt::Display for ServerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `stats`: the answering instance and its counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestSpec {
-    /// `install`, `start`, `stop`, `restart`, `uninstall`, `custom:<name>` or `run`.
-    pub action: String,
-    /// Service or component name (all actions but `run`).
-    #[serde(default)]
-    pub target: Option<String>,
-    /// Host selector: comma-separated terms, a host matching any term is selected. A term is an id glob
-    /// (`web-*`), `label:<key>=<value>` or `state:<HOST_STATE>`. Empty selects every host.
-    #[serde(default)]
-    pub hosts: Option<String>,
-    /// Program and arguments (`run` only).
-    #[serde(default)]
-    pub argv: Vec<String>,
-    /// Timeout for `run` (default 60 s).
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
-    /// Hosts per rolling batch (0 = all at once).
-    #[serde(default)]
-    pub batch: u32,
-    /// Failed tasks tolerated before the request is aborted.
-    #[serde(default)]
-    pub max_failures: u32,
-    /// Fraction of a stage's tasks that must complete (default 1.0).
-    #[serde(default)]
-    pub success_factor: Option<f64>,
+pub struct ServerStats {
+    /// `MUSTER_SERVER_ID` of the instance that answered (the service's queue group picks any).
+    pub server_id: String,
+    /// Its role.
+    pub role: ServerRole,
+    /// The newest epoch it knows (from leading, or from the log it applied).
+    pub epoch: u64,
+    /// The last log sequence it applied.
+    pub applied_seq: u64,
+    /// Seconds since the process started.
+    pub uptime_secs: f64,
+    /// Counters by dotted name; a counter never bumped may be absent (read it as zero).
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One instance's answer on `<prefix>.servers`: how far it applied the log, how far behind it is, and the digest
+/// that is equal on replicas that applied the same log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// `MUSTER_SERVER_ID`.
+    pub id: String,
+    /// Its role.
+    pub role: ServerRole,
+    /// The newest epoch it knows.
+    pub epoch: u64,
+    /// The last log sequence it applied to its redb.
+    pub applied_seq: u64,
+    /// The log's last sequence as it sees it; `null` when JetStream did not answer.
+    pub log_end: Option<u64>,
+    /// `log_end - applied_seq`; `null` with `log_end`.
+    pub lag: Option<u64>,
+    /// Seconds since the process started.
+    pub uptime_secs: f64,
+    /// Hash over every state table; `null` when it could not be computed.
+    pub digest: Option<String>,
+}
+
+/// One host component as `components` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentView {
+    /// Host.
+    pub host: String,
+    /// Service the component belongs to.
+    pub service: String,
+    /// Component name.
+    pub component: String,
+    /// State the agent last reported or the leader last decided.
+    pub state: ComponentState,
+    /// State the operator asked for.
+    pub desired: DesiredState,
+    /// Seconds in the current state.
+    pub state_secs: f64,
+    /// How often the agent restarted it on its own.
+    pub auto_restarts: u32,
+}
+
+/// One stack as `stacks` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackView {
+    /// Stack name.
+    pub name: String,
+    /// Version, from 1, bumped by each apply that changes it.
+    pub version: u32,
+    /// When the current version was applied.
+    pub applied_at: UnixMillis,
+    /// Its services, in definition order.
+    pub services: Vec<ServiceView>,
+}
+
+/// One service of a [`StackView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Its component names, in definition order.
+    pub components: Vec<String>,
+}
+
+/// One row of `requests`: the request without its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// Request id.
+    pub id: RequestId,
+    /// What was asked, e.g. `START master on all hosts`.
+    pub description: String,
+    /// Status.
+    pub status: TaskStatus,
+    /// Created.
+    pub created_at: UnixMillis,
+    /// Finished; 0 while running.
+    pub finished_at: UnixMillis,
+    /// Tasks in all stages.
+    pub tasks: u64,
+    /// Tasks in the stages that ended.
+    pub stages_done_tasks: u64,
+    /// Why it ended as it did (empty while running).
+    pub detail: String,
 }
 
 /// One task as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
     /// Task id.
-    pub id: u64,
-    /// Stage index.
+    pub id: TaskId,
+    /// Index of its stage in the request.
     pub stage: u32,
-    /// Host.
+    /// Host it runs on.
     pub host: String,
     /// `service/component`, or null for ad-hoc runs.
     pub component: Option<String>,
     /// Verb (INSTALL, START, ..., RUN).
     pub command: String,
     /// Status.
-    pub status: crate::cluster::TaskStatus,
-    /// Attempts sent.
+    pub status: TaskStatus,
+    /// Attempts sent (a task is resent after a lost agent comes back).
     pub attempt: u32,
-    /// Exit code.
+    /// Exit code of the command, once it ended.
     pub exit_code: Option<i32>,
-    /// Bounded stdout.
+    /// Head and tail of stdout (bounded by [`crate::limits::MAX_OUTPUT_BYTES`]).
     pub stdout: String,
-    /// Bounded stderr.
+    /// Head and tail of stderr.
     pub stderr: String,
-    /// Started (ms since epoch, 0 if not).
-    pub started_at: u64,
-    /// Finished (ms since epoch, 0 if not).
-    pub finished_at: u64,
+    /// Started; 0 if not yet.
+    pub started_at: UnixMillis,
+    /// Finished; 0 if not yet.
+    pub finished_at: UnixMillis,
     /// Why it ended as it did.
     pub detail: String,
 }
@@ -109,12 +454,12 @@ pub const MAX_TASKS_IN_VIEW: usize = 1_000;
 /// One stage as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageView {
-    /// Name.
+    /// Stage name, e.g. `START master`.
     pub name: String,
     /// Status.
-    pub status: crate::cluster::TaskStatus,
+    pub status: TaskStatus,
     /// Task ids (empty when the request has more than [`MAX_TASKS_IN_VIEW`] tasks).
-    pub tasks: Vec<u64>,
+    pub tasks: Vec<TaskId>,
     /// Tasks in the stage.
     #[serde(default)]
     pub total: u64,
@@ -129,19 +474,19 @@ pub struct StageView {
     pub running: u64,
 }
 
-/// A request as the API shows it (`muster.api.request`, `muster request <id> --json`).
+/// `request <id>`: a request with its stages and (the first [`MAX_TASKS_IN_VIEW`] of) its tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestView {
-    /// Id.
-    pub id: u64,
+    /// Request id.
+    pub id: RequestId,
     /// What was asked.
     pub description: String,
     /// Status.
-    pub status: crate::cluster::TaskStatus,
-    /// Created (ms since epoch).
-    pub created_at: u64,
-    /// Finished (ms since epoch, 0 while running).
-    pub finished_at: u64,
+    pub status: TaskStatus,
+    /// Created.
+    pub created_at: UnixMillis,
+    /// Finished; 0 while running.
+    pub finished_at: UnixMillis,
     /// Why it ended as it did.
     pub detail: String,
     /// Stages in order.
@@ -151,26 +496,206 @@ pub struct RequestView {
     /// Tasks in the request.
     #[serde(default)]
     pub tasks_total: u64,
-    /// Tasks by status, over all tasks.
+    /// Tasks by status name, over all tasks.
     #[serde(default)]
-    pub counts: std::collections::BTreeMap<String, u64>,
+    pub counts: BTreeMap<String, u64>,
 }
 
-/// One host component as `muster components` shows it.
+// ---- writes ---------------------------------------------------------------------------------------------------
+
+/// An operator request (`request.create`): what to do, where, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ComponentView {
-    /// Host.
-    pub host: String,
-    /// Service.
-    pub service: String,
-    /// Component.
-    pub component: String,
-    /// Current state.
-    pub state: crate::cluster::ComponentState,
-    /// Desired state.
-    pub desired: crate::cluster::DesiredState,
-    /// Seconds in the current state.
-    pub state_secs: f64,
-    /// Auto-restarts the agent reported.
-    pub auto_restarts: u32,
+pub struct RequestSpec {
+    /// What to do; on the wire `install`, `start`, `stop`, `restart`, `uninstall`, `custom:<name>` or `run`.
+    pub action: RequestAction,
+    /// Service or component name (all actions but `run`).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Host selector: comma-separated terms, a host matching any term is selected. A term is an id glob
+    /// (`web-*`), `label:<key>=<value>` or `state:<HOST_STATE>`. Empty selects every host.
+    #[serde(default)]
+    pub hosts: Option<String>,
+    /// Program and arguments (`run` only).
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// Seconds before the agent kills a `run` (the leader's default when absent).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Hosts per rolling batch (0 = all at once).
+    #[serde(default)]
+    pub batch: u32,
+    /// Failed tasks tolerated before the request is aborted.
+    #[serde(default)]
+    pub max_failures: u32,
+    /// Fraction of a stage's tasks that must complete (1.0 when absent).
+    #[serde(default)]
+    pub success_factor: Option<f64>,
+}
+
+/// `stack.apply`: the stack as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackApplied {
+    /// Stack name.
+    pub stack: String,
+    /// Its version now (unchanged when the same definition was applied again).
+    pub version: u32,
+    /// Whether this apply changed the stored definition.
+    pub changed: bool,
+    /// Every component the stack defines.
+    pub components: Vec<String>,
+}
+
+/// `blueprint.apply`: the blueprint as stored and the request that brings the hosts to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueprintApplied {
+    /// Blueprint name.
+    pub blueprint: String,
+    /// Its version now (every apply bumps it).
+    pub version: u32,
+    /// Host components newly mapped by this apply.
+    pub mapped: u64,
+    /// The request closing the gap between desired and current states; `null` when there was none.
+    pub request: Option<RequestId>,
+}
+
+/// `request.create`: the request as planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCreated {
+    /// The new request's id.
+    pub request: RequestId,
+    /// Stages planned.
+    pub stages: u64,
+    /// Tasks planned over all stages.
+    pub tasks: u64,
+    /// Selected hosts left out because they are HEARTBEAT_LOST.
+    pub skipped_lost_hosts: Vec<String>,
+}
+
+/// `request.cancel`: what the cancel stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCancelled {
+    /// The request, now ABORTED.
+    pub request: RequestId,
+    /// Tasks that were still queued or running and are now aborted.
+    pub aborted_tasks: u64,
+}
+
+/// What a write returns, before the shell knows the sequence it committed at. Serialized without a tag: each
+/// endpoint has its own reply type, and a caller reads the one its endpoint returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum WriteReply {
+    /// `stack.apply`.
+    StackApplied(StackApplied),
+    /// `blueprint.apply`.
+    BlueprintApplied(BlueprintApplied),
+    /// `request.create`.
+    RequestCreated(RequestCreated),
+    /// `request.cancel`.
+    RequestCancelled(RequestCancelled),
+}
+
+/// A write's reply with the log sequence its changes were committed at: a caller passes it as
+/// [`crate::headers::MIN_SEQ`] to read its own write on any instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed<T> {
+    /// The endpoint's reply, its fields at the top level of the JSON object.
+    #[serde(flatten)]
+    pub reply: T,
+    /// The log sequence the write is in.
+    pub seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_round_trip_by_name_and_only_the_four_writes_are_writes() {
+        for e in Endpoint::ALL {
+            assert_eq!(Endpoint::from_name(e.name()), Some(e));
+        }
+        let writes: Vec<&str> = Endpoint::ALL.into_iter().filter(|e| e.is_write()).map(Endpoint::name).collect();
+        assert_eq!(writes, ["stack.apply", "blueprint.apply", "request.create", "request.cancel"]);
+        assert_eq!(Endpoint::from_name("nope"), None);
+    }
+
+    #[test]
+    fn error_codes_are_numbers_on_the_wire() {
+        for c in ApiErrorCode::ALL {
+            assert_eq!(ApiErrorCode::try_from(c.as_u16()), Ok(c));
+        }
+        let e = ApiError::not_found("no request 9");
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"code":404,"message":"no request 9"}"#);
+        assert_eq!(serde_json::from_str::<ApiError>(&json).unwrap(), e);
+        assert!(serde_json::from_str::<ApiError>(r#"{"code":418,"message":"teapot"}"#).is_err());
+        assert_eq!(e.to_string(), "no request 9 (code 404)");
+    }
+
+    #[test]
+    fn service_error_headers_become_the_same_error() {
+        assert_eq!(ApiError::from_service_error("bad", Some("400")), ApiError::bad_request("bad"));
+        assert_eq!(ApiError::from_service_error("slow", Some(" 504 ")), ApiError::timeout("slow"));
+        // Unknown or missing codes are still failures, and the words survive.
+        assert_eq!(ApiError::from_service_error("odd", Some("418")), ApiError::internal("odd (code 418)"));
+        assert_eq!(ApiError::from_service_error("odd", Some("x")), ApiError::internal("odd (code x)"));
+        assert_eq!(ApiError::from_service_error("bare", None), ApiError::internal("bare"));
+    }
+
+    #[test]
+    fn write_replies_keep_their_field_names_with_the_seq_beside_them() {
+        let reply = WriteReply::RequestCreated(RequestCreated {
+            request: 7,
+            stages: 2,
+            tasks: 3,
+            skipped_lost_hosts: vec!["h9".into()],
+        });
+        let v = serde_json::to_value(Committed { reply, seq: 41 }).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"request": 7, "stages": 2, "tasks": 3, "skipped_lost_hosts": ["h9"], "seq": 41})
+        );
+        let back: Committed<RequestCreated> = serde_json::from_value(v).unwrap();
+        assert_eq!((back.reply.request, back.seq), (7, 41));
+
+        let v = serde_json::to_value(WriteReply::BlueprintApplied(BlueprintApplied {
+            blueprint: "bp".into(),
+            version: 2,
+            mapped: 4,
+            request: None,
+        }))
+        .unwrap();
+        assert_eq!(v, serde_json::json!({"blueprint": "bp", "version": 2, "mapped": 4, "request": null}));
+        let v = serde_json::to_value(WriteReply::StackApplied(StackApplied {
+            stack: "s".into(),
+            version: 1,
+            changed: false,
+            components: vec!["master".into()],
+        }))
+        .unwrap();
+        assert_eq!(v, serde_json::json!({"stack": "s", "version": 1, "changed": false, "components": ["master"]}));
+        let v = serde_json::to_value(WriteReply::RequestCancelled(RequestCancelled { request: 3, aborted_tasks: 5 }))
+            .unwrap();
+        assert_eq!(v, serde_json::json!({"request": 3, "aborted_tasks": 5}));
+    }
+
+    #[test]
+    fn a_request_spec_names_its_action_as_before() {
+        let json = r#"{"action": "custom:rebalance", "target": "worker", "hosts": "web-*"}"#;
+        let spec: RequestSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.action, RequestAction::Custom("rebalance".into()));
+        assert_eq!((spec.batch, spec.max_failures, spec.argv.len()), (0, 0, 0), "defaults");
+        assert_eq!(serde_json::to_value(&spec).unwrap()["action"], "custom:rebalance");
+        let run: RequestSpec = serde_json::from_str(r#"{"action": "run", "argv": ["true"]}"#).unwrap();
+        assert_eq!(run.action, RequestAction::Run);
+        let err = serde_json::from_str::<RequestSpec>(r#"{"action": "explode"}"#).unwrap_err();
+        assert!(err.to_string().contains("explode"), "{err}");
+    }
+
+    #[test]
+    fn server_roles_are_lower_case() {
+        assert_eq!(serde_json::to_value(ServerRole::Observer).unwrap(), "observer");
+        assert_eq!(serde_json::from_value::<ServerRole>("leader".into()).unwrap(), ServerRole::Leader);
+    }
 }

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::commands::{Category, CommandSpec, ComponentRef, RequestId, RoleCommand, TaskId};
+use crate::names::{parse_name, UnknownName};
 use crate::{HostId, UnixMillis};
 
 /// A stack: services and their components with the commands that manage them.
@@ -104,7 +106,7 @@ pub struct BlueprintRecord {
     pub applied_at: UnixMillis,
 }
 
-/// Component states (REFERENCE.md, "Host-component FSM").
+/// Component states, with the names of Ambari's host-component FSM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ComponentState {
@@ -133,7 +135,22 @@ pub enum ComponentState {
 }
 
 impl ComponentState {
-    /// The reference name.
+    /// Every state.
+    pub const ALL: [Self; 11] = [
+        Self::Init,
+        Self::Installing,
+        Self::InstallFailed,
+        Self::Installed,
+        Self::Starting,
+        Self::Started,
+        Self::Stopping,
+        Self::Uninstalling,
+        Self::Uninstalled,
+        Self::Unknown,
+        Self::Disabled,
+    ];
+
+    /// The reference name, as shown by the CLI and in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Init => "INIT",
@@ -157,6 +174,15 @@ impl fmt::Display for ComponentState {
     }
 }
 
+impl FromStr for ComponentState {
+    type Err = UnknownName;
+
+    /// Parses the reference name ([`ComponentState::as_str`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_name("component state", &Self::ALL, s)
+    }
+}
+
 /// Desired states of a host component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -171,6 +197,37 @@ pub enum DesiredState {
     Uninstalled,
     /// Disabled.
     Disabled,
+}
+
+impl DesiredState {
+    /// Every desired state.
+    pub const ALL: [Self; 5] = [Self::Init, Self::Installed, Self::Started, Self::Uninstalled, Self::Disabled];
+
+    /// The reference name, as shown by the CLI and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "INIT",
+            Self::Installed => "INSTALLED",
+            Self::Started => "STARTED",
+            Self::Uninstalled => "UNINSTALLED",
+            Self::Disabled => "DISABLED",
+        }
+    }
+}
+
+impl fmt::Display for DesiredState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DesiredState {
+    type Err = UnknownName;
+
+    /// Parses the reference name ([`DesiredState::as_str`]).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_name("desired state", &Self::ALL, s)
+    }
 }
 
 /// One component on one host.
@@ -232,12 +289,25 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 8] = [
+        Self::Pending,
+        Self::Queued,
+        Self::InProgress,
+        Self::Completed,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Aborted,
+        Self::SkippedFailed,
+    ];
+
     /// Whether nothing more will happen to it.
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Pending | Self::Queued | Self::InProgress)
     }
 
-    /// Reference name.
+    /// The reference name, as the CLI shows it. `TimedOut` is `TIMEDOUT` here (Ambari's spelling) but `TIMED_OUT`
+    /// in serde's JSON and MessagePack; the wire keeps serde's form for compatibility with stored records.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -255,6 +325,19 @@ impl TaskStatus {
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = UnknownName;
+
+    /// Parses the reference name ([`TaskStatus::as_str`]); serde's `TIMED_OUT` is accepted too, so a status read
+    /// from JSON parses whichever form it came in.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "TIMED_OUT" => Ok(Self::TimedOut),
+            _ => parse_name("task status", &Self::ALL, s),
+        }
     }
 }
 
@@ -306,6 +389,84 @@ pub struct StageRecord {
     pub tasks: Vec<TaskId>,
     /// Status.
     pub status: TaskStatus,
+}
+
+/// What an operator request asks for (`RequestSpec.action` on the API, the verb of `muster request`).
+///
+/// Written and read as the same strings everywhere (Display, FromStr and serde): `install`, `start`, `stop`,
+/// `restart`, `uninstall`, `custom:<name>`, `run`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum RequestAction {
+    /// Install the target's components.
+    Install,
+    /// Start them, installing first where needed.
+    Start,
+    /// Stop them.
+    Stop,
+    /// Stop where running, then start.
+    Restart,
+    /// Stop where running, then uninstall.
+    Uninstall,
+    /// A custom command the stack defines for the target (`custom:<name>`, the name non-empty).
+    Custom(String),
+    /// An ad-hoc command line on the selected hosts (`muster run -- argv`), no target.
+    Run,
+}
+
+/// The prefix of a custom action's name.
+const CUSTOM_PREFIX: &str = "custom:";
+
+impl fmt::Display for RequestAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Install => f.write_str("install"),
+            Self::Start => f.write_str("start"),
+            Self::Stop => f.write_str("stop"),
+            Self::Restart => f.write_str("restart"),
+            Self::Uninstall => f.write_str("uninstall"),
+            Self::Custom(name) => write!(f, "{CUSTOM_PREFIX}{name}"),
+            Self::Run => f.write_str("run"),
+        }
+    }
+}
+
+/// A request action that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action {0:?}; expected install, start, stop, restart, uninstall, custom:<name> or run")]
+pub struct UnknownAction(pub String);
+
+impl FromStr for RequestAction {
+    type Err = UnknownAction;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "install" => Self::Install,
+            "start" => Self::Start,
+            "stop" => Self::Stop,
+            "restart" => Self::Restart,
+            "uninstall" => Self::Uninstall,
+            "run" => Self::Run,
+            other => match other.strip_prefix(CUSTOM_PREFIX) {
+                Some(name) if !name.is_empty() => Self::Custom(name.to_owned()),
+                _ => return Err(UnknownAction(other.to_owned())),
+            },
+        })
+    }
+}
+
+impl From<RequestAction> for String {
+    fn from(action: RequestAction) -> Self {
+        action.to_string()
+    }
+}
+
+impl TryFrom<String> for RequestAction {
+    type Error = UnknownAction;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
 }
 
 /// Options of a request.
@@ -407,6 +568,51 @@ impl CommandCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_and_status_names_round_trip() {
+        for s in ComponentState::ALL {
+            assert_eq!(s.as_str().parse::<ComponentState>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in DesiredState::ALL {
+            assert_eq!(s.as_str().parse::<DesiredState>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in TaskStatus::ALL {
+            assert_eq!(s.as_str().parse::<TaskStatus>(), Ok(s));
+            let wire: String = serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap();
+            assert_eq!(wire.parse::<TaskStatus>(), Ok(s), "serde's name {wire} parses too");
+        }
+        for bad in ["", "started", "RUNNING", " STARTED"] {
+            assert!(bad.parse::<ComponentState>().is_err(), "{bad:?}");
+            assert!(bad.parse::<DesiredState>().is_err(), "{bad:?}");
+            assert!(bad.parse::<TaskStatus>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_actions_are_the_strings_the_api_sends() {
+        let cases = [
+            ("install", RequestAction::Install),
+            ("start", RequestAction::Start),
+            ("stop", RequestAction::Stop),
+            ("restart", RequestAction::Restart),
+            ("uninstall", RequestAction::Uninstall),
+            ("custom:reload", RequestAction::Custom("reload".into())),
+            ("run", RequestAction::Run),
+        ];
+        for (text, action) in cases {
+            assert_eq!(text.parse::<RequestAction>(), Ok(action.clone()));
+            assert_eq!(action.to_string(), text);
+            assert_eq!(serde_json::to_value(&action).unwrap(), text);
+            assert_eq!(serde_json::from_value::<RequestAction>(text.into()).unwrap(), action);
+        }
+        for bad in ["", "START", "custom:", "custom", "reload", "run "] {
+            assert!(bad.parse::<RequestAction>().is_err(), "{bad:?}");
+            assert!(serde_json::from_value::<RequestAction>(bad.into()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn cursor_advances_over_out_of_order_finishes() {

@@ -1,11 +1,12 @@
-//! Commands and reports: the delivery and result paths of DESIGN.md ("Commands and results").
+//! Commands and reports: the delivery and result paths (docs/protocol.md, "Commands" and "Reports").
 //!
-//! - `muster.cmd.<host>` (stream `MUSTER_COMMANDS`): [`Command`], leader → agent. `Nats-Msg-Id` is
-//!   `t<task>-a<attempt>` for executions, `c<task>-a<attempt>` for cancels, so a re-publish by a new leader lands
-//!   once. Agents receive commands live through a core subscription and, after registering, catch up from the
-//!   stream with direct gets starting after the `cursor` the registration reply gives.
+//! - `muster.cmd.<host>` (stream `MUSTER_COMMANDS`): [`Command`], leader → agent. `Nats-Msg-Id` is a
+//!   [`crate::ids::CommandMsgId`] (`t<task>-a<attempt>` for executions, `c<task>-a<attempt>` for cancels), so a
+//!   re-publish by a new leader lands once. Agents receive commands live through a core subscription and, after
+//!   registering, catch up from the stream with direct gets starting after the `cursor` the registration reply
+//!   gives.
 //! - `muster.report.<host>` (stream `MUSTER_REPORTS`): [`Report`], agent → leader, published through JetStream with
-//!   `Nats-Msg-Id` = [`Report::msg_id`] and retried with the same id until acked; the leader acks only after the
+//!   `Nats-Msg-Id` = [`Report::report_id`] and retried with the same id until acked; the leader acks only after the
 //!   transition the report caused is committed.
 
 use std::collections::BTreeMap;
@@ -13,12 +14,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ReportMsgId, TaskAttempt};
 use crate::{HostId, UnixMillis};
 
-/// A task id: unique in the cluster, assigned by the leader.
-pub type TaskId = u64;
-/// A request id: unique in the cluster, assigned by the leader.
-pub type RequestId = u64;
+pub use crate::ids::{RequestId, TaskId};
 
 /// How to run one command on a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,18 +241,25 @@ pub struct ComponentStatus {
 }
 
 impl Report {
-    /// The `Nats-Msg-Id` of this report: the same report retried is stored once.
-    ///
-    /// A final report has its own id (`-f`), never a progress counter: an agent restarted in the middle of a task
-    /// starts counting progress reports from 0 again, and a final id that could equal an earlier progress id would
-    /// be dropped as a duplicate.
-    pub fn msg_id(&self) -> String {
+    /// The `Nats-Msg-Id` of this report (see [`ReportMsgId`] for why each part is there).
+    pub fn report_id(&self) -> ReportMsgId {
+        let host = self.host.clone();
         match &self.body {
-            // The host is part of the id: dedup spans the whole stream, so without it a forged report for another
-            // host's task (refused by the leader) would still claim the id of that task's genuine report.
-            ReportBody::Task(t) if t.phase.is_final() => format!("r-{}-{}-a{}-f", self.host, t.task, t.attempt),
-            ReportBody::Task(t) => format!("r-{}-{}-a{}-p{}", self.host, t.task, t.attempt, t.report_seq),
-            ReportBody::Status { nonce, .. } => format!("s-{}-{nonce}", self.host),
+            ReportBody::Task(t) if t.phase.is_final() => ReportMsgId::Final { host, task: t.attempt_key() },
+            ReportBody::Task(t) => ReportMsgId::Progress { host, task: t.attempt_key(), n: t.report_seq },
+            ReportBody::Status { nonce, .. } => ReportMsgId::Status { host, nonce: nonce.clone() },
         }
+    }
+
+    /// [`Report::report_id`] as the header value: the same report retried is stored once.
+    pub fn msg_id(&self) -> String {
+        self.report_id().to_string()
+    }
+}
+
+impl TaskReport {
+    /// The task attempt reported on (the value of the report's `Muster-Task` header).
+    pub fn attempt_key(&self) -> TaskAttempt {
+        TaskAttempt { task: self.task, attempt: self.attempt }
     }
 }

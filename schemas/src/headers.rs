@@ -1,6 +1,24 @@
-//! Header names and values: every message is readable with `nats sub` without decoding its body.
+//! Header names and values, and the header SET each kind of message carries, built here and nowhere else: every
+//! message is readable with `nats sub` without decoding its body.
+//!
+//! The set builders return `(name, value)` pairs, since this crate has no NATS client; the shells turn them into a
+//! client header map with one helper (`muster_nats::wire::header_map`).
+//!
+//! | message | headers |
+//! |---|---|
+//! | registration, heartbeat ([`message`]) | `Content-Type`, `Muster-Kind`, `Muster-Host`, `Muster-Schema` |
+//! | their replies ([`reply`]) | the same, plus `Muster-Error` on a refusal |
+//! | command ([`command`]) | the same, plus `Muster-Task` on an execution |
+//! | report ([`report`]) | the same, plus `Muster-Task` on a task report |
+//! | txn ([`txn`]) | the same with the writing server as `Muster-Host`, plus `Muster-Epoch` |
+//! | change event ([`event`]) | the same with the event's key as `Muster-Host`, plus `Muster-Summary` |
 
 use std::fmt;
+
+use crate::commands::{Report, ReportBody};
+use crate::ids::CommandMsgId;
+use crate::messages::ErrorCode;
+use crate::{HostId, PROTOCOL_VERSION};
 
 /// `Content-Type` of every MessagePack body.
 pub const CONTENT_TYPE: &str = "Content-Type";
@@ -25,6 +43,11 @@ pub const SUMMARY: &str = "Muster-Summary";
 pub const MIN_SEQ: &str = "Muster-Min-Seq";
 /// Error code on an error reply (see [`crate::ErrorCode`]); absent on success.
 pub const ERROR: &str = "Muster-Error";
+/// JetStream's dedup id (see [`crate::ids`] for the ids muster gives each stream).
+pub const MSG_ID: &str = "Nats-Msg-Id";
+
+/// One header: its name and value.
+pub type Header = (&'static str, String);
 
 /// The value of the `Muster-Kind` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,5 +89,119 @@ impl MessageKind {
 impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The headers every muster MessagePack message carries: content type, kind, the host it is about, schema.
+pub fn message(kind: MessageKind, host: &str) -> Vec<Header> {
+    vec![
+        (CONTENT_TYPE, MSGPACK.to_owned()),
+        (KIND, kind.as_str().to_owned()),
+        (HOST, host.to_owned()),
+        (SCHEMA, PROTOCOL_VERSION.to_string()),
+    ]
+}
+
+/// A reply to an agent (registration or heartbeat reply): [`message`], plus `Muster-Error` when it refuses.
+pub fn reply(kind: MessageKind, host: &str, error: Option<ErrorCode>) -> Vec<Header> {
+    let mut h = message(kind, host);
+    if let Some(code) = error {
+        h.push((ERROR, code.as_str().to_owned()));
+    }
+    h
+}
+
+/// A command to `host`: [`message`], plus `Muster-Task` when it executes a task attempt.
+pub fn command(host: &HostId, id: &CommandMsgId) -> Vec<Header> {
+    let mut h = message(MessageKind::Command, host.as_str());
+    if let Some(task) = id.execution() {
+        h.push((TASK, task.to_string()));
+    }
+    h
+}
+
+/// A report: [`message`] for its host, plus `Muster-Task` when it reports on a task attempt.
+pub fn report(report: &Report) -> Vec<Header> {
+    let mut h = message(MessageKind::Report, report.host.as_str());
+    if let ReportBody::Task(t) = &report.body {
+        h.push((TASK, t.attempt_key().to_string()));
+    }
+    h
+}
+
+/// A transaction-log entry: [`message`] naming the writing server as its host, plus the writer's `Muster-Epoch`.
+pub fn txn(server_id: &str, epoch: u64) -> Vec<Header> {
+    let mut h = message(MessageKind::Txn, server_id);
+    h.push((EPOCH, epoch.to_string()));
+    h
+}
+
+/// A change event: [`message`] with the event's key (a host id, or a request id) as its host, plus the one-line
+/// `Muster-Summary`.
+pub fn event(key: &str, summary: &str) -> Vec<Header> {
+    let mut h = message(MessageKind::Event, key);
+    h.push((SUMMARY, summary.to_owned()));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{TaskPhase, TaskReport};
+    use crate::ids::TaskAttempt;
+
+    fn get<'a>(h: &'a [Header], name: &str) -> Option<&'a str> {
+        h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn host() -> HostId {
+        HostId::new("web-1").unwrap()
+    }
+
+    #[test]
+    fn every_message_says_what_it_is() {
+        let h = message(MessageKind::Heartbeat, "web-1");
+        assert_eq!(get(&h, "Content-Type"), Some("application/msgpack"));
+        assert_eq!(get(&h, "Muster-Kind"), Some("heartbeat"));
+        assert_eq!(get(&h, "Muster-Host"), Some("web-1"));
+        assert_eq!(get(&h, "Muster-Schema"), Some("1"));
+        assert_eq!(get(&reply(MessageKind::RegisterReply, "web-1", Some(ErrorCode::Busy)), ERROR), Some("busy"));
+        assert_eq!(get(&reply(MessageKind::RegisterReply, "web-1", None), ERROR), None);
+    }
+
+    #[test]
+    fn executions_and_task_reports_name_their_task_attempt() {
+        let t = TaskAttempt { task: 42, attempt: 2 };
+        assert_eq!(get(&command(&host(), &CommandMsgId::Execute(t)), TASK), Some("42-a2"));
+        assert_eq!(get(&command(&host(), &CommandMsgId::Cancel(t)), TASK), None);
+        let mut r = Report {
+            schema: PROTOCOL_VERSION,
+            host: host(),
+            sent_at: 1,
+            body: ReportBody::Task(TaskReport {
+                task: 42,
+                attempt: 2,
+                phase: TaskPhase::Completed,
+                report_seq: 0,
+                started_at: 1,
+                finished_at: Some(2),
+                exit_code: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            }),
+        };
+        let h = report(&r);
+        assert_eq!((get(&h, KIND), get(&h, HOST), get(&h, TASK)), (Some("report"), Some("web-1"), Some("42-a2")));
+        r.body = ReportBody::Status { statuses: Vec::new(), full: true, nonce: "1-1".into() };
+        assert_eq!(get(&report(&r), TASK), None);
+    }
+
+    #[test]
+    fn txns_and_events_carry_their_extra_header() {
+        let h = txn("server-1", 7);
+        assert_eq!((get(&h, KIND), get(&h, HOST), get(&h, EPOCH)), (Some("txn"), Some("server-1"), Some("7")));
+        let h = event("12", "request 12 COMPLETED");
+        assert_eq!((get(&h, KIND), get(&h, HOST)), (Some("event"), Some("12")));
+        assert_eq!(get(&h, SUMMARY), Some("request 12 COMPLETED"));
     }
 }

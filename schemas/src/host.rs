@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::{parse_name, UnknownName};
 use crate::{HostId, UnixMillis};
 
-/// Host states, Ambari's names (see REFERENCE.md, "Host FSM").
+/// Host states, with the names Ambari's host FSM gives them (shown as is by the CLI and in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HostState {
@@ -24,6 +26,10 @@ pub enum HostState {
 }
 
 impl HostState {
+    /// Every state, in the order of the host FSM.
+    pub const ALL: [Self; 5] =
+        [Self::Init, Self::WaitingForHostStatusUpdates, Self::Healthy, Self::Unhealthy, Self::HeartbeatLost];
+
     /// The reference name, as shown by the CLI and in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +50,15 @@ impl HostState {
 impl fmt::Display for HostState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HostState {
+    type Err = UnknownName;
+
+    /// Parses the reference name ([`HostState::as_str`]), as a `state:<HOST_STATE>` selector term holds it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_name("host state", &Self::ALL, s)
     }
 }
 
@@ -128,4 +143,19 @@ pub struct HostRecord {
     pub state_since: UnixMillis,
     /// Problems from the heartbeat that made the host UNHEALTHY (empty otherwise).
     pub problems: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip_and_match_serde() {
+        for state in HostState::ALL {
+            assert_eq!(state.as_str().parse::<HostState>(), Ok(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert!("healthy".parse::<HostState>().is_err(), "names are case-sensitive, as on the wire");
+        assert!("".parse::<HostState>().is_err());
+    }
 }

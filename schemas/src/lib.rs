@@ -1,18 +1,21 @@
 //! muster-schemas: every type that crosses the wire, and the names that route it. Data only: no I/O, no tokio.
 //!
 //! # Layout
-//! - [`host_id`]  — [`HostId`], the validated subject token naming a host, and hostname encoding.
-//! - [`subjects`] — [`Subjects`], builders for every subject, stream, bucket and API endpoint name.
-//! - [`headers`]  — header names and the [`MessageKind`] values carried in `Muster-Kind`.
-//! - [`limits`]   — protocol version and payload size limits.
-//! - [`codec`]    — MessagePack encode/decode with size limits and typed errors.
-//! - [`messages`] — agent ↔ server messages: registration, heartbeat and their replies.
-//! - [`cluster`]  — stacks, blueprints, host components, requests, stages, tasks (persisted records).
-//! - [`commands`] — commands (leader → agent) and reports (agent → leader), stack command specs.
-//! - [`host`]     — host facts, host state and the persisted host record.
-//! - [`txn`]      — the transaction-log entry [`Txn`] and its operations.
-//! - [`events`]   — the change feed on `muster.events.*`.
-//! - [`api`]      — JSON views returned by the `muster.api.*` services endpoints.
+//! Bottom to top; a module uses only modules listed above it.
+//! - [`limits`]   — leaf: protocol version, payload size limits, the write timeouts derived from one constant.
+//! - [`names`]    — leaf: the error of parsing a reference name (state, status) back into its enum.
+//! - [`codec`]    — leaf: MessagePack encode/decode with size limits and typed errors.
+//! - [`host_id`]  — leaf: [`HostId`], the validated subject token naming a host, and hostname encoding.
+//! - [`ids`]      — names: task and request ids, every `Nats-Msg-Id` and the `Muster-Task` key, formatted and parsed.
+//! - [`subjects`] — names: [`Subjects`], builders and parsers of every subject, stream, bucket and API endpoint name.
+//! - [`host`]     — records: host facts, host state and the persisted host record.
+//! - [`commands`] — records: commands (leader → agent) and reports (agent → leader), stack command specs.
+//! - [`messages`] — records: agent ↔ server messages: registration, heartbeat and their replies.
+//! - [`cluster`]  — records: stacks, blueprints, host components, requests, stages, tasks, request actions.
+//! - [`txn`]      — records: the transaction-log entry [`Txn`] and its operations.
+//! - [`events`]   — records: the change feed on `muster.events.*`.
+//! - [`headers`]  — sets: header names, the [`MessageKind`] values of `Muster-Kind`, and each message's header set.
+//! - [`api`]      — views: the API's endpoints, typed requests, replies (reads and writes) and its one error type.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -23,8 +26,10 @@ pub mod events;
 pub mod headers;
 pub mod host;
 pub mod host_id;
+pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod names;
 pub mod subjects;
 pub mod txn;
 

@@ -1,4 +1,7 @@
-//! Protocol version and size limits. Every limit is checked before decoding, so an oversized payload costs nothing.
+//! Protocol version, size limits and the timeouts of a write call. Every size limit is checked before decoding, so
+//! an oversized payload costs nothing.
+
+use std::time::Duration;
 
 /// The protocol version this build speaks. Carried in every message body (`schema`) and in the `Muster-Schema`
 /// header; a peer speaking another version is refused with [`crate::ErrorCode::UnsupportedVersion`].
@@ -27,3 +30,27 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// Largest command message (argv, env and the component list of a Configure).
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+
+/// How long the leader gives one write call (`<prefix>.leader.*`: a stack or blueprint apply, a request create or
+/// cancel) to commit before it answers with an error. A blueprint apply over 100,000 hosts plans and stores every
+/// host's commands in one call; measured, that stays well under a minute on the bench machine.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an API instance waits for the leader's answer to a write it forwarded: the leader's own limit plus
+/// 5 s for the forward and the answer to cross NATS twice, so the leader's timeout error (which says what timed
+/// out) arrives before this instance gives up with a vaguer one.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(WRITE_TIMEOUT.as_secs() + 5);
+
+/// How long the CLI waits for the answer to a write: the forwarding instance's limit plus another 5 s, for the
+/// same reason one level up — the innermost timeout is the one the operator sees.
+pub const CLI_WRITE_TIMEOUT: Duration = Duration::from_secs(FORWARD_TIMEOUT.as_secs() + 5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_write_timeout_outlasts_the_one_inside_it() {
+        assert_eq!((WRITE_TIMEOUT.as_secs(), FORWARD_TIMEOUT.as_secs(), CLI_WRITE_TIMEOUT.as_secs()), (60, 65, 70));
+    }
+}

@@ -125,6 +125,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, so a counter per code can be laid out in advance.
+    pub const ALL: [Self; 10] = [
+        Self::Malformed,
+        Self::TooLarge,
+        Self::UnsupportedVersion,
+        Self::InvalidHostId,
+        Self::HostMismatch,
+        Self::UnknownHost,
+        Self::IllegalTransition,
+        Self::Busy,
+        Self::NotLeader,
+        Self::Internal,
+    ];
+
     /// The snake_case name used in headers and JSON.
     pub fn as_str(self) -> &'static str {
         match self {

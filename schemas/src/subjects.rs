@@ -1,6 +1,9 @@
 //! Subject, stream, bucket and service names. The prefix (default `muster`) is configurable so several muster
 //! clusters can share one NATS account.
 
+use std::fmt;
+
+use crate::ids::RequestId;
 use crate::HostId;
 
 /// Default subject prefix.
@@ -22,6 +25,24 @@ impl Subjects {
     /// Names under `prefix` (one or more tokens, e.g. `muster` or `prod.muster`).
     pub fn new(prefix: impl Into<String>) -> Self {
         Self { prefix: prefix.into() }
+    }
+
+    /// Names under `prefix` once it is checked to be one or more dot-separated tokens of `[A-Za-z0-9_-]`, as an
+    /// operator's `MUSTER_PREFIX` must be (a `*`, `>` or empty token would make every subject a wildcard or invalid).
+    pub fn checked(prefix: &str) -> Result<Self, InvalidPrefix> {
+        let bad = |reason: String| Err(InvalidPrefix { prefix: prefix.to_owned(), reason });
+        if prefix.is_empty() {
+            return bad("the prefix is empty".to_owned());
+        }
+        for token in prefix.split('.') {
+            if token.is_empty() {
+                return bad("it has an empty token".to_owned());
+            }
+            if let Some(c) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+                return bad(format!("it contains {c:?}; tokens may hold only letters, digits, '-' and '_'"));
+            }
+        }
+        Ok(Self::new(prefix))
     }
 
     /// The prefix.
@@ -65,14 +86,54 @@ impl Subjects {
     pub fn txn(&self) -> String {
         format!("{}.txn", self.prefix)
     }
-    /// `<prefix>.events.<kind>.<host>`: change feed.
-    pub fn event(&self, kind: &str, host: &HostId) -> String {
-        format!("{}.events.{kind}.{host}", self.prefix)
+    /// `<prefix>.events.host.<host>`: the host's state changes ([`crate::events::HostChanged`]).
+    pub fn event_host(&self, host: &HostId) -> String {
+        self.event_subject(EventKind::Host, host.as_str())
+    }
+    /// `<prefix>.events.component.<host>`: state changes of the host's components
+    /// ([`crate::events::ComponentChanged`]).
+    pub fn event_component(&self, host: &HostId) -> String {
+        self.event_subject(EventKind::Component, host.as_str())
+    }
+    /// `<prefix>.events.task.<host>`: status changes of tasks on the host ([`crate::events::TaskChanged`]).
+    pub fn event_task(&self, host: &HostId) -> String {
+        self.event_subject(EventKind::Task, host.as_str())
+    }
+    /// `<prefix>.events.request.<id>`: status changes of one request ([`crate::events::RequestChanged`]); what a
+    /// follower of that request subscribes to.
+    pub fn event_request(&self, request: RequestId) -> String {
+        self.event_subject(EventKind::Request, &request.to_string())
+    }
+    /// `<prefix>.events.<kind>.*`: every event of one kind.
+    pub fn events_of(&self, kind: EventKind) -> String {
+        self.event_subject(kind, "*")
+    }
+    /// `<prefix>.events.>`: the whole change feed.
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+    /// The kind and key (host id or request id, unvalidated) of a change-feed subject; `None` for any other subject.
+    pub fn parse_event<'a>(&self, subject: &'a str) -> Option<(EventKind, &'a str)> {
+        let rest = self.strip_prefix(subject)?.strip_prefix("events.")?;
+        let (kind, key) = rest.split_once('.')?;
+        let kind = EventKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+        (!key.is_empty() && !key.contains('.')).then_some((kind, key))
+    }
+    fn event_subject(&self, kind: EventKind, key: &str) -> String {
+        format!("{}.events.{kind}.{key}", self.prefix)
     }
     /// `<prefix>.leader.<endpoint>`: write calls, subscribed only by the leader; every instance's API forwards
     /// writes here, so a write reaches the leader whichever instance the caller hit.
     pub fn leader_api(&self, endpoint: &str) -> String {
         format!("{}.leader.{endpoint}", self.prefix)
+    }
+    /// `<prefix>.leader.>`: every write endpoint, what the leader subscribes to.
+    pub fn leader_all(&self) -> String {
+        format!("{}.leader.>", self.prefix)
+    }
+    /// The endpoint of a `<prefix>.leader.<endpoint>` subject (it may hold dots, e.g. `request.create`).
+    pub fn leader_endpoint<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        self.strip_prefix(subject)?.strip_prefix("leader.").filter(|e| !e.is_empty())
     }
     /// `<prefix>.servers`: every instance answers (no queue group) with its status, for `muster servers`.
     pub fn servers(&self) -> String {
@@ -89,7 +150,7 @@ impl Subjects {
 
     /// The host token of a subject `<prefix>.<kind>.<host>`, unvalidated; `None` if the subject has another shape.
     pub fn host_token<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = self.strip_prefix(subject)?;
         let (_kind, host) = rest.split_once('.')?;
         (!host.is_empty()).then_some(host)
     }
@@ -115,8 +176,57 @@ impl Subjects {
         format!("{}-election", self.prefix.replace('.', "-"))
     }
 
+    /// What follows `<prefix>.` in `subject`.
+    fn strip_prefix<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')
+    }
+
     fn stream_stem(&self) -> String {
         self.prefix.replace('.', "_").to_ascii_uppercase()
+    }
+}
+
+/// A subject prefix that cannot be used (see [`Subjects::checked`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{prefix:?} is not a subject prefix: {reason}")]
+pub struct InvalidPrefix {
+    /// The prefix as given.
+    pub prefix: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The kinds of change event, the token after `events.` in their subjects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A host changed state; keyed by host.
+    Host,
+    /// A host component changed state; keyed by host.
+    Component,
+    /// A task changed status; keyed by host.
+    Task,
+    /// A request changed status; keyed by request id.
+    Request,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Host, Self::Component, Self::Task, Self::Request];
+
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Component => "component",
+            Self::Task => "task",
+            Self::Request => "request",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -133,6 +243,49 @@ mod tests {
         assert_eq!(s.txn_stream(), "MUSTER_TXN");
         assert_eq!(s.election_bucket(), "muster-election");
         assert_eq!(s.api("hosts"), "muster.api.hosts");
+    }
+
+    #[test]
+    fn change_feed_subjects_are_built_and_parsed() {
+        let s = Subjects::new("prod.muster");
+        let h = HostId::new("web-1").unwrap();
+        assert_eq!(s.event_host(&h), "prod.muster.events.host.web-1");
+        assert_eq!(s.event_component(&h), "prod.muster.events.component.web-1");
+        assert_eq!(s.event_task(&h), "prod.muster.events.task.web-1");
+        assert_eq!(s.event_request(12), "prod.muster.events.request.12");
+        assert_eq!(s.events_of(EventKind::Task), "prod.muster.events.task.*");
+        assert_eq!(s.events_all(), "prod.muster.events.>");
+        for kind in EventKind::ALL {
+            assert_eq!(s.parse_event(&s.event_subject(kind, "k-1")), Some((kind, "k-1")));
+        }
+        for bad in [
+            "prod.muster.events.node.web-1",
+            "prod.muster.events.host.",
+            "prod.muster.events.host.a.b",
+            "muster.events.host.web-1",
+            "prod.muster.hb.web-1",
+        ] {
+            assert_eq!(s.parse_event(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        for good in ["muster", "prod.muster", "a-b_c.d1"] {
+            assert_eq!(Subjects::checked(good).map(|s| s.prefix().to_owned()), Ok(good.to_owned()));
+        }
+        for bad in ["", "a..b", ".a", "a.", "a*", "a.>", "a b"] {
+            assert!(Subjects::checked(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn leader_subjects_are_built_and_parsed() {
+        let s = Subjects::new("prod.muster");
+        assert_eq!(s.leader_all(), "prod.muster.leader.>");
+        assert_eq!(s.leader_endpoint(&s.leader_api("request.create")), Some("request.create"));
+        assert_eq!(s.leader_endpoint("prod.muster.leader."), None);
+        assert_eq!(s.leader_endpoint("muster.leader.stack.apply"), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Leader election: a lease in the KV bucket `muster-election` whose `max_age` is the lease TTL.
 //!
 //! Winning = `create("leader")` succeeding (the key is absent or expired); the KV revision of that create is the
-//! **epoch**, which only grows. The leader renews with `update(.., last_revision)` every TTL/3 and steps down the
-//! moment one renewal fails. Expiry produces no watch event, so candidates retry `create` on a timer.
+//! **epoch**, which only grows. The leader renews with `update(.., last_revision)` every TTL/3 and steps down once
+//! another instance holds the key or a renewal could not be confirmed before the lease may have run out. Expiry
+//! produces no watch event, so candidates retry `create` on a timer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,13 +70,6 @@ impl Lease {
         self.revision.store(revision, Ordering::SeqCst);
         *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = sent + ttl;
     }
-}
-
-/// Who currently holds the lease, if anyone (for `not leader` errors and `muster servers`).
-pub async fn current_leader(kv: &kv::Store) -> Option<(String, u64)> {
-    let entry = kv.entry(LEADER_KEY).await.ok().flatten()?;
-    (entry.operation == kv::Operation::Put)
-        .then(|| (String::from_utf8_lossy(&entry.value).into_owned(), entry.revision))
 }
 
 /// Tries to win the lease every `retry` until it does (`Some`) or `shutdown` fires (`None`).

@@ -1,31 +1,39 @@
-//! muster-server: the replicated control-plane server and the operator CLI.
+//! muster-server: the replicated control-plane server.
 //!
 //! # Layout
-//! - [`config`]   — settings: defaults < file < `MUSTER_*` environment.
+//! Bottom up; no module imports from a layer above its own.
+//!
+//! Leaf: parameters, counters and shared state
+//! - [`config`]   — leaf: settings, defaults < file < `MUSTER_*` environment (read only by `server` and the binary).
+//! - [`metrics`]  — leaf: the server's counters, each with its dotted name and meaning (`muster stats`).
+//! - [`status`]   — leaf: role, epoch, applied sequence and the one record of heartbeat arrivals ([`status::LastSeen`]).
+//!
+//! Pure logic
+//! - [`fsm`]      — pure: the host and host-component state machines ([`fsm::host`], [`fsm::component`]).
+//! - [`stack`]    — pure: stack and blueprint files, TOML parsing and validation with line numbers.
+//! - [`plan`]     — pure: stage planning, dependency order, rolling batches, only the gap.
+//! - [`prep`]     — pure: Prep, limits, one decode, version, host-id and subject checks for agent messages.
+//! - [`leader`]   — pure core ([`leader::core`] and its modules) below the leader's shell ([`leader::shell`], `lead`).
+//!
+//! I/O shells
+//! - [`store`]    — I/O: redb, materialised state plus `applied_seq`, written only by the applier.
+//! - [`election`] — I/O: the leader lease in KV; its revision is the epoch.
+//! - [`snapshot`] — I/O: state snapshots in the object store; the log is trimmed only behind the newest.
+//! - [`log`]      — I/O: the txn log on JetStream, fenced appends and the applier every instance runs.
+//! - [`ingest`]   — I/O: agent messages, heartbeats (every instance), registrations and reports (leader).
+//! - [`writes`]   — I/O: the leader's write endpoints (`<prefix>.leader.*`).
+//! - [`api`]      — I/O: the `muster` services-framework API (`<prefix>.api.*`, JSON).
+//!
+//! Top
 //! - [`server`]   — `run(config, client, metrics, shutdown)`: wires an instance and drives its role.
-//! - [`election`] — the leader lease in KV; its revision is the epoch.
-//! - [`log`]      — the txn log on JetStream: fenced appends, the applier every instance runs.
-//! - [`snapshot`] — state snapshots in the object store; the log is trimmed only behind the newest.
-//! - [`store`]    — redb: materialised state plus `applied_seq`, written only by the applier.
-//! - [`plan`]     — stage planning: dependency order, rolling batches, only the gap.
-//! - [`prep`]     — Prep: limits, version, host-id and subject checks for agent messages.
-//! - [`listen`]   — heartbeat (every instance) and registration (leader) listeners.
-//! - [`leader`]   — the leader loop (Propose → Sync → Final) around the pure [`leader::core`].
-//! - [`fsm`]      — pure state machines ([`fsm::host`], [`fsm::component`]).
-//! - [`stack`]    — stack and blueprint files: TOML parsing and validation with line numbers.
-//! - [`api`]      — the `muster` services-framework API (`<prefix>.api.*`, JSON).
-//! - [`status`]   — role, epoch, applied sequence and last-seen, shared by the parts above.
-//! - [`metrics`]  — named counters shown by `muster stats`.
-//! - [`cli`]      — the operator CLI `muster`.
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod election;
 pub mod fsm;
+pub mod ingest;
 pub mod leader;
-pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod plan;
@@ -35,3 +43,4 @@ pub mod snapshot;
 pub mod stack;
 pub mod status;
 pub mod store;
+pub mod writes;

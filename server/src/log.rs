@@ -9,15 +9,16 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
-use async_nats::HeaderMap;
 use futures::StreamExt;
-use muster_schemas::{codec, headers, limits, MessageKind, Subjects, Txn, PROTOCOL_VERSION};
+use muster_nats::wire::header_map;
+use muster_schemas::ids::TxnMsgId;
+use muster_schemas::{codec, headers, limits, Subjects, Txn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::election::Lease;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerCounter};
 use crate::store::{Store, StoreError};
 
 /// How long to wait for a JetStream publish ack before retrying with the same `Nats-Msg-Id`. With
@@ -222,13 +223,8 @@ impl Appender {
             return Err(LogError::TooLarge(body.len()));
         }
         let expected = self.last_seq;
-        let msg_id = format!("txn-{}-{}", self.epoch, expected + 1);
-        let mut hdrs = HeaderMap::new();
-        hdrs.insert(headers::CONTENT_TYPE, headers::MSGPACK);
-        hdrs.insert(headers::KIND, MessageKind::Txn.as_str());
-        hdrs.insert(headers::SCHEMA, PROTOCOL_VERSION.to_string().as_str());
-        hdrs.insert(headers::EPOCH, self.epoch.to_string().as_str());
-        hdrs.insert(headers::HOST, self.server_id.as_str());
+        let msg_id = TxnMsgId { epoch: self.epoch, seq: expected + 1 }.to_string();
+        let hdrs = header_map(headers::txn(&self.server_id, self.epoch));
         let mut last_err = String::new();
         for attempt in 1..=APPEND_ATTEMPTS {
             let publish = jetstream::message::PublishMessage::build()
@@ -264,7 +260,7 @@ impl Appender {
     async fn stored_by_us(&self, seq: u64, msg_id: &str) -> bool {
         let Ok(stream) = self.js.get_stream_no_info(&self.stream).await else { return false };
         match stream.direct_get(seq).await {
-            Ok(m) => m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(msg_id),
+            Ok(m) => m.headers.get(headers::MSG_ID).map(|v| v.as_str()) == Some(msg_id),
             Err(_) => false,
         }
     }
@@ -287,7 +283,7 @@ pub async fn run_applier(
             _ = shutdown.cancelled() => return,
             r = apply_stream(&js, &subjects, &store, &applied, &metrics) => r,
             () = stalled(&js, &subjects, applied.subscribe()) => {
-                metrics.inc("txn.applier_restarts");
+                metrics.inc(ServerCounter::TxnApplierRestarts);
                 Err(LogError::Stream("the log has entries this replica is not receiving; recreating its consumer".into()))
             }
         };
@@ -352,7 +348,7 @@ async fn apply_stream(
             let st = store.clone();
             let seq = snap.seq;
             tokio::task::spawn_blocking(move || st.restore(&snap)).await.map_err(StoreError::from)??;
-            metrics.inc("snapshot.restored");
+            metrics.inc(ServerCounter::SnapshotRestored);
             info!(seq, "state restored from snapshot");
             from = seq;
         }
@@ -393,7 +389,7 @@ async fn apply_stream(
             match codec::decode::<Txn>(&m.payload, limits::MAX_TXN_BYTES + 64 * 1024) {
                 Ok(txn) => batch.push((seq, txn)),
                 Err(e) => {
-                    metrics.inc("txn.undecodable");
+                    metrics.inc(ServerCounter::TxnUndecodable);
                     error!(seq, error = %e, "skipping undecodable txn log entry");
                 }
             }
@@ -401,9 +397,9 @@ async fn apply_stream(
         let Some(last) = last_seen else { continue };
         let st = store.clone();
         let outcome = tokio::task::spawn_blocking(move || st.apply(&batch, last)).await.map_err(StoreError::from)??;
-        metrics.add("txn.applied", outcome.applied);
+        metrics.add(ServerCounter::TxnApplied, outcome.applied);
         if outcome.stale > 0 {
-            metrics.add("txn.refused_stale_epoch", outcome.stale);
+            metrics.add(ServerCounter::TxnRefusedStaleEpoch, outcome.stale);
             warn!(count = outcome.stale, "refused txns from an older epoch");
         }
         debug!(seq = last, "applied");

@@ -1,60 +1,109 @@
-//! Counters: every rejected message, illegal transition and commit is counted, and `muster stats` shows them.
+//! The server's counters, declared once with their dotted names and meanings: every rejected message, illegal
+//! transition and commit is counted, and `muster stats` prints them by name (counters at zero are left out).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use muster_nats::counters::Counters;
+use muster_schemas::ErrorCode;
 
-/// A set of named monotonic counters, cheap to clone and share.
-///
-/// Names are dotted (`reg.rejected.malformed`); the set is small and fixed by the code, so a mutex-guarded map
-/// of atomics is enough: the lock is held only for the lookup, never across an await.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    counters: Arc<Mutex<BTreeMap<String, Arc<AtomicU64>>>>,
+muster_nats::counters! {
+    /// What a server counts.
+    pub enum ServerCounter {
+        /// Registrations accepted by the leader.
+        RegAccepted = "reg.accepted",
+        /// Registrations refused, by error code (busy: admission control).
+        RegRejected(ErrorCode) = "reg.rejected",
+        /// Heartbeats stepped by the leader's core.
+        HbReceived = "hb.received",
+        /// Heartbeats refused, by error code (by Prep on every instance, by the leader's host FSM).
+        HbRejected(ErrorCode) = "hb.rejected",
+        /// Heartbeats whose arrival was recorded but that the busy leader core could not take.
+        HbDeferred = "hb.deferred",
+        /// Events a host or component FSM refused.
+        FsmIllegalTransitions = "fsm.illegal_transitions",
+        /// Hosts declared HEARTBEAT_LOST.
+        HostsLost = "hosts.lost",
+        /// Task reports applied from the stream.
+        ReportTask = "report.task",
+        /// Status reports applied.
+        ReportStatus = "report.status",
+        /// Statuses reported for a component not mapped to the host.
+        ReportStatusUnmapped = "report.status.unmapped_component",
+        /// Final reports applied from their early copy.
+        ReportEarly = "report.early",
+        /// Early copies left to the stored copy (already applied, or something about them is off).
+        ReportEarlyIgnored = "report.early.ignored",
+        /// Early copies dropped because the leader's queue was full (the stored copy decides).
+        ReportEarlySkipped = "report.early.skipped",
+        /// Stored copies of reports already applied, acked quietly.
+        ReportDuplicate = "report.duplicate",
+        /// Progress reports behind a final one, or confirmations of aborts, acked quietly.
+        ReportLate = "report.late",
+        /// Reports refused, by error code (Prep, or an unknown host).
+        ReportRejected(ErrorCode) = "report.rejected",
+        /// Reports for a task that is unknown or already forgotten.
+        ReportUnknownTask = "report.rejected.unknown_task",
+        /// Reports for a task of another host.
+        ReportWrongHost = "report.rejected.wrong_host",
+        /// Reports contradicting a task's final status.
+        ReportFinishedTask = "report.rejected.finished_task",
+        /// Reports for an attempt that was superseded.
+        ReportStaleAttempt = "report.stale_attempt",
+        /// Requests created (by operators and by reconciliation).
+        RequestsCreated = "requests.created",
+        /// Requests completed.
+        RequestsCompleted = "requests.completed",
+        /// Requests cancelled.
+        RequestsAborted = "requests.aborted",
+        /// Requests failed or timed out.
+        RequestsFailed = "requests.failed",
+        /// Task attempts queued.
+        TasksQueued = "tasks.queued",
+        /// Tasks re-sent after their host did not report in time.
+        TasksRetried = "tasks.retried",
+        /// Commands stored in MUSTER_COMMANDS.
+        CommandsPublished = "commands.published",
+        /// Txns the leader appended.
+        TxnCommitted = "txn.committed",
+        /// Txns this instance applied.
+        TxnApplied = "txn.applied",
+        /// Txns refused for an epoch older than one already applied.
+        TxnRefusedStaleEpoch = "txn.refused_stale_epoch",
+        /// Log entries that could not be decoded and were skipped.
+        TxnUndecodable = "txn.undecodable",
+        /// Times the applier's consumer was recreated after a stall.
+        TxnApplierRestarts = "txn.applier_restarts",
+        /// Snapshots taken.
+        SnapshotTaken = "snapshot.taken",
+        /// Snapshots that failed.
+        SnapshotFailed = "snapshot.failed",
+        /// States restored from a snapshot.
+        SnapshotRestored = "snapshot.restored",
+        /// Leaderships that ended.
+        LeaderStepDowns = "leader.step_downs",
+        /// Messages NATS dropped because a subscription was too slow.
+        NatsSlowConsumer = "nats.slow_consumer",
+    }
 }
 
-impl Metrics {
-    /// Adds `n` to counter `name`; returns the new value.
-    pub fn add(&self, name: &str, n: u64) -> u64 {
-        let counter = {
-            let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(name) {
-                Some(c) => c.clone(),
-                None => map.entry(name.to_string()).or_default().clone(),
-            }
-        };
-        counter.fetch_add(n, Ordering::Relaxed) + n
-    }
-
-    /// Adds one to counter `name`; returns the new value.
-    pub fn inc(&self, name: &str) -> u64 {
-        self.add(name, 1)
-    }
-
-    /// The current value of `name` (0 if never touched).
-    pub fn get(&self, name: &str) -> u64 {
-        let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// All counters.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed))).collect()
-    }
-}
+/// The server's counters, shared by every task of the instance.
+pub type Metrics = Counters<ServerCounter>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counts_by_name() {
+    fn counts_under_the_dotted_names_muster_stats_prints() {
         let m = Metrics::default();
-        m.inc("a.b");
-        m.add("a.b", 2);
-        assert_eq!(m.get("a.b"), 3);
-        assert_eq!(m.get("nope"), 0);
-        assert_eq!(m.snapshot().get("a.b"), Some(&3));
+        m.inc(ServerCounter::ReportDuplicate);
+        m.add(ServerCounter::ReportDuplicate, 2);
+        m.inc(ServerCounter::HbRejected(ErrorCode::UnknownHost));
+        m.inc(ServerCounter::ReportUnknownTask);
+        assert_eq!(m.get(ServerCounter::ReportDuplicate), 3);
+        assert_eq!(m.get(ServerCounter::TxnApplied), 0);
+        let s = m.snapshot();
+        assert_eq!(s.get("report.duplicate"), Some(&3));
+        assert_eq!(s.get("hb.rejected.unknown_host"), Some(&1));
+        assert_eq!(s.get("report.rejected.unknown_task"), Some(&1));
+        assert_eq!(s.len(), 3, "counters at zero are left out: {s:?}");
     }
 }

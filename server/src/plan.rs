@@ -10,47 +10,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use muster_schemas::cluster::{ComponentState, StackDef};
+use muster_schemas::cluster::{ComponentState, RequestAction, StackDef};
 use muster_schemas::commands::{Category, CommandSpec, ComponentRef, RoleCommand};
 use muster_schemas::HostId;
 
-/// What the operator asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Install.
-    Install,
-    /// Start (installing first where needed).
-    Start,
-    /// Stop.
-    Stop,
-    /// Stop where running, then start.
-    Restart,
-    /// Stop where running, then uninstall.
-    Uninstall,
-    /// A custom command of the stack.
-    Custom(String),
-}
-
-impl Action {
-    /// Upper-case verb for descriptions.
-    pub fn verb(&self) -> String {
-        match self {
-            Self::Install => "INSTALL".into(),
-            Self::Start => "START".into(),
-            Self::Stop => "STOP".into(),
-            Self::Restart => "RESTART".into(),
-            Self::Uninstall => "UNINSTALL".into(),
-            Self::Custom(c) => format!("CUSTOM:{c}"),
-        }
+/// Upper-case verb of an action, for request descriptions (`START`, `CUSTOM:reload`).
+pub fn verb(action: &RequestAction) -> String {
+    match action {
+        // The command's own name keeps its case: it is looked up in the stack as written.
+        RequestAction::Custom(name) => format!("CUSTOM:{name}"),
+        other => other.to_string().to_ascii_uppercase(),
     }
 }
 
 /// One host component the action applies to, with its current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Host.
+    /// The host it is mapped to.
     pub host: HostId,
-    /// Component.
+    /// The service and component.
     pub component: ComponentRef,
     /// Its state now.
     pub state: ComponentState,
@@ -59,11 +37,11 @@ pub struct Target {
 /// A task to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTask {
-    /// Host.
+    /// The host it runs on.
     pub host: HostId,
-    /// Component (`None` for ad-hoc runs).
+    /// The component it works on (`None` for ad-hoc runs).
     pub component: Option<ComponentRef>,
-    /// Verb.
+    /// What it does to the component (INSTALL, START, ...; RUN for ad-hoc runs).
     pub command: RoleCommand,
     /// What runs.
     pub spec: CommandSpec,
@@ -74,7 +52,7 @@ pub struct PlannedTask {
 pub struct PlannedStage {
     /// Name shown to operators.
     pub name: String,
-    /// Tasks.
+    /// Its tasks, all dispatched at once when the stage starts.
     pub tasks: Vec<PlannedTask>,
 }
 
@@ -102,7 +80,7 @@ fn levels(stack: &StackDef, names: &BTreeSet<String>) -> BTreeMap<String, usize>
 }
 
 /// Plans `action` over `targets` (all from `stack`) in batches of `batch` hosts.
-pub fn plan(stack: &StackDef, action: &Action, targets: &[Target], batch: usize) -> Vec<PlannedStage> {
+pub fn plan(stack: &StackDef, action: &RequestAction, targets: &[Target], batch: usize) -> Vec<PlannedStage> {
     let hosts: BTreeSet<&HostId> = targets.iter().map(|t| &t.host).collect();
     let hosts: Vec<&HostId> = hosts.into_iter().collect();
     let chunk = if batch == 0 { hosts.len().max(1) } else { batch };
@@ -155,24 +133,28 @@ enum Order {
 }
 
 /// The phases of an action: (command, order, targets it applies to).
-fn phases<'a>(stack: &StackDef, action: &Action, ts: &[&'a Target]) -> Vec<(RoleCommand, Order, Vec<&'a Target>)> {
+fn phases<'a>(
+    stack: &StackDef,
+    action: &RequestAction,
+    ts: &[&'a Target],
+) -> Vec<(RoleCommand, Order, Vec<&'a Target>)> {
     use ComponentState as S;
     let daemon =
         |t: &Target| stack.component(&t.component.component).is_some_and(|(_, c)| c.category == Category::Daemon);
     let pick = |f: &dyn Fn(&Target) -> bool| ts.iter().copied().filter(|t| f(t)).collect::<Vec<_>>();
     let running = |t: &Target| daemon(t) && t.state == S::Started;
     match action {
-        Action::Install => vec![(RoleCommand::Install, Order::Parallel, pick(&|t| not_installed(t.state)))],
-        Action::Start => vec![
+        RequestAction::Install => vec![(RoleCommand::Install, Order::Parallel, pick(&|t| not_installed(t.state)))],
+        RequestAction::Start => vec![
             (RoleCommand::Install, Order::Parallel, pick(&|t| not_installed(t.state))),
             (RoleCommand::Start, Order::Forward, pick(&|t| daemon(t) && !matches!(t.state, S::Started | S::Disabled))),
         ],
-        Action::Stop => vec![(RoleCommand::Stop, Order::Reverse, pick(&running))],
-        Action::Restart => vec![
+        RequestAction::Stop => vec![(RoleCommand::Stop, Order::Reverse, pick(&running))],
+        RequestAction::Restart => vec![
             (RoleCommand::Stop, Order::Reverse, pick(&running)),
             (RoleCommand::Start, Order::Forward, pick(&|t| daemon(t) && matches!(t.state, S::Started | S::Installed))),
         ],
-        Action::Uninstall => vec![
+        RequestAction::Uninstall => vec![
             (RoleCommand::Stop, Order::Reverse, pick(&running)),
             (
                 RoleCommand::Uninstall,
@@ -180,13 +162,15 @@ fn phases<'a>(stack: &StackDef, action: &Action, ts: &[&'a Target]) -> Vec<(Role
                 pick(&|t| matches!(t.state, S::Installed | S::Started) && has(stack, t, "uninstall")),
             ),
         ],
-        Action::Custom(name) => {
+        RequestAction::Custom(name) => {
             vec![(
                 RoleCommand::Custom(name.clone()),
                 Order::Parallel,
                 pick(&|t| has(stack, t, &format!("custom.{name}"))),
             )]
         }
+        // A run has no component targets: `plan_run` plans it.
+        RequestAction::Run => Vec::new(),
     }
 }
 
@@ -271,7 +255,7 @@ install = { script = "true" }
         let stack = parse_stack(STACK).unwrap();
         use ComponentState::Init;
         let targets = [t("h1", "master", Init), t("h1", "worker", Init), t("h2", "worker", Init), t("h2", "cli", Init)];
-        let stages = plan(&stack, &Action::Start, &targets, 0);
+        let stages = plan(&stack, &RequestAction::Start, &targets, 0);
         assert_eq!(names(&stages), ["INSTALL cli, master, worker x4", "START master x1", "START worker x2"]);
     }
 
@@ -280,8 +264,8 @@ install = { script = "true" }
         let stack = parse_stack(STACK).unwrap();
         use ComponentState::*;
         let targets = [t("h1", "master", Started), t("h1", "worker", Started), t("h2", "worker", Installed)];
-        assert_eq!(names(&plan(&stack, &Action::Stop, &targets, 0)), ["STOP worker x1", "STOP master x1"]);
-        assert!(plan(&stack, &Action::Start, &[t("h1", "master", Started)], 0).is_empty(), "nothing to close");
+        assert_eq!(names(&plan(&stack, &RequestAction::Stop, &targets, 0)), ["STOP worker x1", "STOP master x1"]);
+        assert!(plan(&stack, &RequestAction::Start, &[t("h1", "master", Started)], 0).is_empty(), "nothing to close");
     }
 
     #[test]
@@ -290,7 +274,7 @@ install = { script = "true" }
         use ComponentState::Started;
         let targets: Vec<Target> = (1..=3).map(|i| t(&format!("h{i}"), "worker", Started)).collect();
         assert_eq!(
-            names(&plan(&stack, &Action::Restart, &targets, 2)),
+            names(&plan(&stack, &RequestAction::Restart, &targets, 2)),
             [
                 "STOP worker (batch 1/2) x2",
                 "START worker (batch 1/2) x2",

@@ -1,9 +1,9 @@
-//! Prep, the first link of the request chain (registrations, heartbeats, reports): size limit, protocol version, host id validity, subject host ==
-//! body host, then the full decode. Each failure is a [`Rejection`] with an [`ErrorCode`] the caller replies
-//! with and counts; nothing here touches state.
+//! Prep, the first link of the request chain (registrations, heartbeats, reports): size limit, decode, protocol
+//! version, host id validity, subject host == body host. Each failure is a [`Rejection`] with an [`ErrorCode`] the
+//! caller replies with and counts; nothing here touches state.
 //!
-//! The version is checked from a minimal envelope before the full decode, so a peer speaking another version gets
-//! `unsupported_version` (actionable) rather than `malformed`.
+//! A message is decoded once. Only when that fails is its minimal envelope decoded as well, so a peer speaking
+//! another version gets `unsupported_version` (actionable) rather than `malformed`.
 
 use muster_schemas::commands::Report;
 use muster_schemas::{codec, limits, ErrorCode, Heartbeat, HostId, RegisterRequest, Subjects, PROTOCOL_VERSION};
@@ -21,34 +21,66 @@ pub struct Rejection {
     pub subject_host: Option<HostId>,
 }
 
-/// The fields every agent message starts with.
+/// The fields every agent message starts with, decoded alone only to explain why a message did not decode.
 #[derive(Deserialize)]
-struct Envelope {
+struct MinimalEnvelope {
     schema: u16,
     host: String,
 }
 
 /// Prep for `muster.reg.<host>`.
 pub fn register(subjects: &Subjects, subject: &str, payload: &[u8]) -> Result<RegisterRequest, Rejection> {
-    prep(subjects, subject, payload, limits::MAX_REGISTER_BYTES, |r: &RegisterRequest| &r.host)
+    prep(subjects, subject, payload, limits::MAX_REGISTER_BYTES)
 }
 
 /// Prep for `muster.hb.<host>`.
 pub fn heartbeat(subjects: &Subjects, subject: &str, payload: &[u8]) -> Result<Heartbeat, Rejection> {
-    prep(subjects, subject, payload, limits::MAX_HEARTBEAT_BYTES, |h: &Heartbeat| &h.host)
+    prep(subjects, subject, payload, limits::MAX_HEARTBEAT_BYTES)
 }
 
 /// Prep for `muster.report.<host>`.
 pub fn report(subjects: &Subjects, subject: &str, payload: &[u8]) -> Result<Report, Rejection> {
-    prep(subjects, subject, payload, limits::MAX_REPORT_BYTES, |r: &Report| &r.host)
+    prep(subjects, subject, payload, limits::MAX_REPORT_BYTES)
 }
 
-fn prep<T: DeserializeOwned>(
+/// What Prep needs of a decoded message: its protocol version and the host it names.
+trait Envelope {
+    fn schema(&self) -> u16;
+    fn host(&self) -> &HostId;
+}
+
+impl Envelope for RegisterRequest {
+    fn schema(&self) -> u16 {
+        self.schema
+    }
+    fn host(&self) -> &HostId {
+        &self.host
+    }
+}
+
+impl Envelope for Heartbeat {
+    fn schema(&self) -> u16 {
+        self.schema
+    }
+    fn host(&self) -> &HostId {
+        &self.host
+    }
+}
+
+impl Envelope for Report {
+    fn schema(&self) -> u16 {
+        self.schema
+    }
+    fn host(&self) -> &HostId {
+        &self.host
+    }
+}
+
+fn prep<T: DeserializeOwned + Envelope>(
     subjects: &Subjects,
     subject: &str,
     payload: &[u8],
     limit: usize,
-    host_of: impl Fn(&T) -> &HostId,
 ) -> Result<T, Rejection> {
     let token = subjects.host_token(subject).unwrap_or_default();
     let subject_host = HostId::new(token).ok();
@@ -57,26 +89,46 @@ fn prep<T: DeserializeOwned>(
         let e = HostId::new(token).err().map(|e| e.to_string()).unwrap_or_default();
         return Err(reject(ErrorCode::InvalidHostId, format!("subject {subject:?}: {e}")));
     }
-    let env: Envelope = codec::decode(payload, limit).map_err(|e| match e {
-        codec::DecodeError::TooLarge { .. } => reject(ErrorCode::TooLarge, e.to_string()),
-        codec::DecodeError::Malformed(_) => reject(ErrorCode::Malformed, e.to_string()),
-    })?;
-    if env.schema != PROTOCOL_VERSION {
-        return Err(reject(
-            ErrorCode::UnsupportedVersion,
-            format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", env.schema),
-        ));
+    // Decoded once: a message that decodes is checked from its own fields; only one that does not is decoded
+    // again as the minimal envelope, to tell another protocol version or a bad host id from garbage.
+    let msg: T = match codec::decode(payload, limit) {
+        Ok(msg) => msg,
+        Err(e @ codec::DecodeError::TooLarge { .. }) => return Err(reject(ErrorCode::TooLarge, e.to_string())),
+        Err(e) => return Err(diagnose(payload, limit, e, &reject)),
+    };
+    if msg.schema() != PROTOCOL_VERSION {
+        return Err(reject(ErrorCode::UnsupportedVersion, unsupported(msg.schema())));
     }
-    let body_host = HostId::new(env.host).map_err(|e| reject(ErrorCode::InvalidHostId, e.to_string()))?;
-    if Some(&body_host) != subject_host.as_ref() {
+    if Some(msg.host()) != subject_host.as_ref() {
         return Err(reject(
             ErrorCode::HostMismatch,
-            format!("subject names host {token:?} but the body names {:?}", body_host.as_str()),
+            format!("subject names host {token:?} but the body names {:?}", msg.host().as_str()),
         ));
     }
-    let msg: T = codec::decode(payload, limit).map_err(|e| reject(ErrorCode::Malformed, e.to_string()))?;
-    debug_assert_eq!(host_of(&msg), &body_host);
     Ok(msg)
+}
+
+/// Why a message that did not decode was refused: another protocol version, an invalid host id, or malformed.
+fn diagnose(
+    payload: &[u8],
+    limit: usize,
+    error: codec::DecodeError,
+    reject: &impl Fn(ErrorCode, String) -> Rejection,
+) -> Rejection {
+    let Ok(env) = codec::decode::<MinimalEnvelope>(payload, limit) else {
+        return reject(ErrorCode::Malformed, error.to_string());
+    };
+    if env.schema != PROTOCOL_VERSION {
+        return reject(ErrorCode::UnsupportedVersion, unsupported(env.schema));
+    }
+    match HostId::new(env.host) {
+        Err(e) => reject(ErrorCode::InvalidHostId, e.to_string()),
+        Ok(_) => reject(ErrorCode::Malformed, error.to_string()),
+    }
+}
+
+fn unsupported(schema: u16) -> String {
+    format!("protocol version {schema} is not supported; this server speaks {PROTOCOL_VERSION}")
 }
 
 #[cfg(test)]

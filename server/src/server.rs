@@ -15,12 +15,13 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiDeps};
 use crate::config::{ServerConfig, ServerRole};
 use crate::election;
-use crate::leader::{self, core::Timing, LeaderDeps, INPUT_CAPACITY};
-use crate::listen;
+use crate::ingest;
+use crate::leader::{self, contract::Timing, inbox::INPUT_CAPACITY, LeaderDeps};
 use crate::log::{self, LogError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerCounter};
 use crate::status::{Role, Status};
 use crate::store::{Store, StoreError};
+use crate::writes;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +118,10 @@ pub async fn run(
         shutdown.clone(),
     ));
     {
-        let hb = listen::heartbeats(
+        let hb = ingest::heartbeats(
             client.clone(),
             subjects.clone(),
-            status.clone(),
+            status.last_seen.clone(),
             metrics.clone(),
             slot_rx,
             shutdown.clone(),
@@ -155,7 +156,7 @@ pub async fn run(
             store: store.clone(),
             applied: applied_rx,
             metrics: metrics.clone(),
-            heard: status.last_seen.clone(),
+            last_seen: status.last_seen.clone(),
         };
         let admission = Arc::new(Semaphore::new(cfg.max_registrations_in_flight));
         while let Some(lease) =
@@ -184,7 +185,7 @@ pub async fn run(
                 deposed.clone(),
             ));
             {
-                let writes = listen::leader_api(client.clone(), subjects.clone(), queue.clone(), deposed.clone());
+                let writes = writes::leader_api(client.clone(), subjects.clone(), queue.clone(), deposed.clone());
                 let stop = deposed.clone();
                 term.spawn(async move {
                     if let Err(e) = writes.await {
@@ -194,7 +195,7 @@ pub async fn run(
                 });
             }
             {
-                let regs = listen::registrations(
+                let regs = ingest::registrations(
                     client.clone(),
                     subjects.clone(),
                     metrics.clone(),
@@ -210,6 +211,23 @@ pub async fn run(
                     }
                 });
             }
+            {
+                let reports = ingest::reports(
+                    client.clone(),
+                    js.clone(),
+                    subjects.clone(),
+                    metrics.clone(),
+                    queue.clone(),
+                    deposed.clone(),
+                );
+                let stop = deposed.clone();
+                term.spawn(async move {
+                    if let Err(e) = reports.await {
+                        error!(error = %e, "report consumer failed; stepping down");
+                        stop.cancel();
+                    }
+                });
+            }
             let result = leader::lead(deps.clone(), lease, kv.clone(), queue, inputs, deposed.clone()).await;
             slot_tx.send_replace(None);
             deposed.cancel();
@@ -221,7 +239,7 @@ pub async fn run(
                 Ok(()) => warn!("lost the leader lease; following"),
                 Err(e) => warn!(error = %e, "stepped down"),
             }
-            metrics.inc("leader.step_downs");
+            metrics.inc(ServerCounter::LeaderStepDowns);
         }
     } else {
         shutdown.cancelled().await;
@@ -262,47 +280,3 @@ const SETUP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long to wait for a clustered server to announce its peers.
 const CLUSTER_INFO_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Connects to NATS with muster's options: retry on first connect, a large subscription buffer (heartbeat bursts
-/// from a big fleet), and slow-consumer / disconnect events counted and logged.
-pub async fn connect(urls: &str, name: &str, metrics: Metrics) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
-        .event_callback(move |event| {
-            let metrics = metrics.clone();
-            async move {
-                match event {
-                    async_nats::Event::SlowConsumer(sid) => {
-                        // One event per dropped message: logged at the 1st, 2nd, 4th, 8th... drop, all counted.
-                        let dropped = metrics.inc("nats.slow_consumer");
-                        if dropped.is_power_of_two() {
-                            warn!(sid, dropped, "slow consumer: messages dropped (count in nats.slow_consumer)");
-                        }
-                    }
-                    async_nats::Event::Disconnected => warn!("disconnected from NATS"),
-                    async_nats::Event::Connected => info!("connected to NATS"),
-                    other => info!(event = %other, "NATS event"),
-                }
-            }
-        })
-        .connect(server_addrs(urls)?)
-        .await
-}
-
-/// Parses a comma-separated list of NATS URLs (every node of a cluster, so the first connect survives one being
-/// down).
-pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e))
-        })
-        .collect()
-}
-
-/// Per-subscription buffer. The default (65,536) drops heartbeats when 100k agents beat in a burst (DESIGN.md).
-pub const SUBSCRIPTION_CAPACITY: usize = 262_144;

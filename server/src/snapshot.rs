@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ServerCounter};
 use crate::store::{Snapshot, Store, StoreError};
 
 /// The object name of the newest snapshot.
@@ -129,11 +129,11 @@ pub async fn run_snapshotter(
         match take(&js, &subjects, &store).await {
             Ok(seq) => {
                 last = seq;
-                metrics.inc("snapshot.taken");
+                metrics.inc(ServerCounter::SnapshotTaken);
             }
             Err(e) => {
                 warn!(error = %e, "snapshot failed");
-                metrics.inc("snapshot.failed");
+                metrics.inc(ServerCounter::SnapshotFailed);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RETRY) => {}

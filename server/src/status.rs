@@ -1,4 +1,5 @@
-//! What this instance is and how far it has applied the log; shared by the API, the leader loop and `run`.
+//! What this instance is, how far it has applied the log, and when it last heard each host; shared by the API, the
+//! listeners, the leader loop and `run`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +31,43 @@ impl Role {
     }
 }
 
-/// Last heartbeat arrival per host, as heard by this instance's listener.
-pub type Heard = Arc<Mutex<HashMap<HostId, Instant>>>;
+/// When this instance last heard each host's heartbeat: the one record of arrivals. The heartbeat listener writes
+/// it on every instance, so any instance answers "seconds since last heartbeat" without asking the leader; the
+/// leader reads it only for the hosts whose detection window ran out, so a heartbeat the listener heard but could
+/// not queue (the core was busy) still keeps its host alive. In memory only, as in Ambari.
+#[derive(Clone, Default)]
+pub struct LastSeen(Arc<Mutex<HashMap<HostId, Instant>>>);
+
+impl LastSeen {
+    /// Records that `host` was heard at `at`.
+    pub fn touch(&self, host: &HostId, at: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up before inserting: the common case (a known host) must not clone its id.
+        match map.get_mut(host) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                map.insert(host.clone(), at);
+            }
+        }
+    }
+
+    /// When `host` was last heard, if ever.
+    pub fn get(&self, host: &HostId) -> Option<Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(host).copied()
+    }
+
+    /// When each of `hosts` was last heard, under one lock.
+    pub fn look_up(&self, hosts: Vec<HostId>) -> Vec<(HostId, Option<Instant>)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .into_iter()
+            .map(|h| {
+                let at = map.get(&h).copied();
+                (h, at)
+            })
+            .collect()
+    }
+}
 
 /// Shared, cheap-to-clone view of this instance.
 #[derive(Clone)]
@@ -44,9 +80,8 @@ pub struct Status {
     pub applied: watch::Receiver<u64>,
     /// Process start, for uptime.
     pub started: Instant,
-    /// Last heartbeat per host as heard by this instance (every instance listens, so reads need not ask the
-    /// leader). In memory only, as in Ambari.
-    pub last_seen: Heard,
+    /// When this instance last heard each host.
+    pub last_seen: LastSeen,
 }
 
 impl Status {
@@ -58,7 +93,7 @@ impl Status {
             epoch: Arc::new(AtomicU64::new(0)),
             applied,
             started: Instant::now(),
-            last_seen: Arc::default(),
+            last_seen: LastSeen::default(),
         }
     }
 
@@ -84,18 +119,11 @@ impl Status {
 
     /// Records a heartbeat from `host` now.
     pub fn touch(&self, host: &HostId) {
-        let mut map = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(host) {
-            Some(t) => *t = Instant::now(),
-            None => {
-                map.insert(host.clone(), Instant::now());
-            }
-        }
+        self.last_seen.touch(host, Instant::now());
     }
 
     /// Seconds since the last heartbeat from `host`, if any was heard.
     pub fn since_heartbeat(&self, host: &HostId) -> Option<f64> {
-        let map = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(host).map(|t| t.elapsed().as_secs_f64())
+        self.last_seen.get(host).map(|t| t.elapsed().as_secs_f64())
     }
 }

@@ -77,9 +77,9 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("corrupt record for {key}: {source}")]
     Corrupt {
-        /// The key.
+        /// The table and key of the record.
         key: String,
-        /// Why.
+        /// Why it did not decode.
         source: codec::DecodeError,
     },
     /// The blocking task running a redb call panicked or was cancelled.

@@ -7,8 +7,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use muster_schemas::api::{ComponentView, HostDetail, HostSummary, RequestView};
-use muster_schemas::cluster::TaskStatus;
+use muster_schemas::api::{
+    Committed, ComponentView, HostDetail, HostSummary, RequestCreated, RequestSummary, RequestView,
+};
 use muster_schemas::commands::RequestId;
 use serde::Deserialize;
 
@@ -56,18 +57,8 @@ impl CliOutput {
     }
 }
 
-/// One row of `muster requests --json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RequestRow {
-    /// Request id.
-    pub id: RequestId,
-    /// What was asked.
-    pub description: String,
-    /// Status.
-    pub status: TaskStatus,
-    /// Number of tasks.
-    pub tasks: usize,
-}
+/// One row of `muster requests --json`: the API's own type.
+pub type RequestRow = RequestSummary;
 
 /// `muster stats --json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -180,25 +171,20 @@ impl Cli {
         self.json(&["request", &id.to_string()]).await
     }
 
-    /// Runs a request-starting command (`start toy`, `run --hosts h1 -- true`, ...) with `--detach` and returns
-    /// the id it printed (`request 7: 3 task(s) in 2 stage(s)`).
+    /// Runs a request-starting command (`start toy`, `run --hosts h1 -- true`, ...) with `--detach --json` and
+    /// returns the id of the request its reply says it created.
     pub async fn submit(&self, args: &[&str]) -> anyhow::Result<RequestId> {
-        // `--detach` must come before `--` of `muster run`.
-        let mut full: Vec<&str> = Vec::with_capacity(args.len() + 1);
-        match args.iter().position(|a| *a == "--") {
-            Some(i) => {
-                full.extend(&args[..i]);
-                full.push("--detach");
-                full.extend(&args[i..]);
-            }
-            None => {
-                full.extend(args);
-                full.push("--detach");
-            }
-        }
+        // The flags must come before `--` of `muster run`, or they would be the command's arguments.
+        let flags = ["--detach", "--json"];
+        let mut full: Vec<&str> = Vec::with_capacity(args.len() + flags.len());
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        full.extend(&args[..split]);
+        full.extend(flags);
+        full.extend(&args[split..]);
         let stdout = self.run(&full).await?;
-        parse_request_id(&stdout)
-            .with_context(|| format!("`muster {}` printed no request id: {stdout}", full.join(" ")))
+        let created: Committed<RequestCreated> = serde_json::from_str(&stdout)
+            .with_context(|| format!("`muster {}` printed no request-created reply: {stdout}", full.join(" ")))?;
+        Ok(created.reply.request)
     }
 
     /// `muster cancel <id>`; returns its stdout.

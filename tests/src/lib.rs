@@ -3,19 +3,20 @@
 //! them only through NATS and the CLI, as an operator would.
 //!
 //! # Layout
-//! - [`paths`]       — where things are: workspace root, built binaries, the nats-server binary, [`TestDir`].
-//! - [`nats_server`] — [`NatsServer`]: a nats-server started from `nats/single.conf`, restartable on the same port.
-//! - [`process`]     — [`Proc`]: a child process with its output in a log file, SIGKILL / SIGTERM / restart.
-//! - [`cli`]         — [`Cli`]: runs `muster ... --json` and parses the replies into the schemas' API types.
-//! - [`wait`]        — [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
-//! - [`cluster`]     — [`Muster`]: one nats-server, one muster-server and some agents, with the fast test timing.
-//! - [`descendants`] — [`Descendants`]: the daemons and commands the agents started, via `/proc`; killed at the end.
-//! - [`nats_cluster`] — [`NatsCluster`]: three nats-servers in one JetStream cluster, from `nats/cluster.conf`.
-//! - [`ensemble`]    — [`Ensemble`]: muster in HA (two voters, one observer) on a [`NatsCluster`], with agents.
-//! - [`load`]        — [`load::Load`] (requests submitted during a fault) and [`load::Sampler`] (looks throughout).
-//! - [`stacks`]      — test stacks whose daemons are real processes, and [`WorkDir`], the files they leave.
-//! - [`requests`]    — waiting on requests and components through the CLI; descriptions for failure messages.
-//! - [`reports`]     — forged agent reports, published through JetStream like an agent's.
+//! Bottom to top; a module uses only modules listed above it.
+//! - [`paths`]       — leaf: where things are: workspace root, built binaries, the nats-server binary, [`TestDir`].
+//! - [`wait`]        — leaf: [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
+//! - [`descendants`] — leaf: [`Descendants`]: the daemons and commands the agents started, via `/proc`.
+//! - [`stacks`]      — leaf: test stacks whose daemons are real processes, and [`WorkDir`], the files they leave.
+//! - [`process`]     — processes: [`Proc`]: a child with its output in a log file, SIGKILL / SIGTERM / restart.
+//! - [`nats_server`] — processes: [`NatsServer`] (`nats/single.conf`), restartable; the tests' one connect.
+//! - [`nats_cluster`] — processes: [`NatsCluster`]: three nats-servers in one JetStream cluster (`nats/cluster.conf`).
+//! - [`reports`]     — clients: forged agent reports, published through JetStream like an agent's.
+//! - [`cli`]         — clients: [`Cli`]: runs `muster ... --json` and parses the replies into the schemas' API types.
+//! - [`requests`]    — clients: waiting on requests and components through the CLI; descriptions for failures.
+//! - [`load`]        — clients: [`load::Load`] (requests submitted during a fault) and [`load::Sampler`].
+//! - [`cluster`]     — harnesses: [`Muster`]: one nats-server, one muster-server and agents, fast test timing.
+//! - [`ensemble`]    — harnesses: [`Ensemble`]: muster in HA (two voters, one observer) on a [`NatsCluster`].
 //!
 //! Everything that can outlive a failed test (processes, directories) is cleaned up on Drop; when the test is
 //! panicking, Drop first prints the tail of every log and keeps the test directory (see docs/testing.md).

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::stream;
 
+use crate::nats_server::connect_client;
 use crate::paths::{nats_server_bin, workspace_root};
 use crate::process::Proc;
 use crate::wait::{wait_until, Check};
@@ -148,11 +149,8 @@ impl NatsCluster {
 
     /// Connects a client that knows every node (and so survives losing one).
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        let addrs = (0..NODES)
-            .map(|i| self.url(i).parse::<async_nats::ServerAddr>().context("node URL"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let connect = async_nats::ConnectOptions::new().name("muster-tests").connect(addrs);
-        tokio::time::timeout(PROBE_TIMEOUT, connect)
+        let urls = (0..NODES).map(|i| self.url(i)).collect::<Vec<_>>().join(",");
+        tokio::time::timeout(PROBE_TIMEOUT, connect_client(&urls))
             .await
             .context("timed out connecting to the NATS cluster")?
             .context("connecting to the NATS cluster")
@@ -183,7 +181,7 @@ impl NatsCluster {
         let node = &mut self.nodes[i];
         wait_until(READY_TIMEOUT, &format!("nats-server {} accepts connections on {url}", node.name), async || {
             node.proc.ensure_running()?;
-            match tokio::time::timeout(PROBE_TIMEOUT, async_nats::connect(&url)).await {
+            match tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url)).await {
                 Ok(Ok(_client)) => Ok(Check::Done(())),
                 Ok(Err(e)) => Ok(Check::NotYet(format!("connecting: {e}"))),
                 Err(_) => Ok(Check::NotYet("connecting timed out".into())),
@@ -203,7 +201,7 @@ impl NatsCluster {
                 for node in nodes.iter_mut() {
                     node.proc.ensure_running()?;
                 }
-                let client = tokio::time::timeout(PROBE_TIMEOUT, async_nats::connect(&url))
+                let client = tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url))
                     .await
                     .context("connecting timed out")??;
                 let js = async_nats::jetstream::new(client);

@@ -90,9 +90,7 @@ impl NatsServer {
 
     /// Connects a client.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        within(CONNECT_TIMEOUT, "a connection to nats-server", async_nats::connect(self.url()))
-            .await?
-            .with_context(|| format!("connecting to {}", self.url()))
+        within(CONNECT_TIMEOUT, "a connection to nats-server", connect_client(&self.url())).await?
     }
 
     /// Kills the server with SIGKILL (as a crash would).
@@ -117,6 +115,15 @@ impl NatsServer {
     }
 }
 
+/// The connection name of every test-support client, as `nats server report connections` shows it.
+pub const CLIENT_NAME: &str = "muster-tests";
+
+/// Connects to `urls` (comma-separated) with the one connect every muster process uses, failing at once when no
+/// node answers (a test wants the reason, not a background retry).
+pub async fn connect_client(urls: &str) -> anyhow::Result<async_nats::Client> {
+    Ok(muster_nats::connect(muster_nats::ConnectParams::new(urls, CLIENT_NAME)?).await?)
+}
+
 /// Waits until the nats-server in `proc` has written its ports file and accepts a client; returns its port.
 async fn wait_ready(proc: &mut Proc, bin: &Path, ports_dir: &Path) -> anyhow::Result<u16> {
     let pid = proc.pid().context("nats-server is not running")?;
@@ -133,7 +140,7 @@ async fn wait_ready(proc: &mut Proc, bin: &Path, ports_dir: &Path) -> anyhow::Re
             None => return Ok(Check::NotYet(format!("ports file holds {text:?}"))),
         };
         let url = format!("nats://127.0.0.1:{port}");
-        match tokio::time::timeout(CONNECT_TIMEOUT, async_nats::connect(&url)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_client(&url)).await {
             Ok(Ok(_client)) => Ok(Check::Done(port)),
             Ok(Err(e)) => Ok(Check::NotYet(format!("connecting to {url}: {e}"))),
             Err(_) => Ok(Check::NotYet(format!("connecting to {url} timed out"))),

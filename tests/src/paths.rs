@@ -82,7 +82,7 @@ fn warn_if_stale(bin: &Path) {
         }
     };
     consider(root.join("Cargo.lock"));
-    for krate in ["schemas", "server", "agent"] {
+    for krate in ["schemas", "nats", "server", "server/cli", "agent"] {
         consider(root.join(krate).join("Cargo.toml"));
         for file in rust_files(&root.join(krate).join("src")) {
             consider(file);

@@ -2,12 +2,11 @@
 //! on `muster.report.<host>` (stream `MUSTER_REPORTS`) with an agent's headers and `Nats-Msg-Id`
 //! [`Report::msg_id`], so a refusal can only be caused by what the report says.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context;
 use async_nats::jetstream::{self, publish::PublishAck};
-use async_nats::HeaderMap;
 use bytes::Bytes;
+use muster_nats::unix_millis;
+use muster_nats::wire::header_map;
 use muster_schemas::commands::{Report, ReportBody, TaskId, TaskPhase, TaskReport};
 use muster_schemas::headers::{self, MessageKind};
 use muster_schemas::{encode, HostId, Subjects, PROTOCOL_VERSION};
@@ -19,7 +18,7 @@ const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A task report from `host` for `task`/`attempt` in `phase`: exit 0 with output `stdout` when final.
 pub fn task_report(host: &str, task: TaskId, attempt: u32, phase: TaskPhase, report_seq: u32, stdout: &str) -> Report {
-    let now = unix_ms();
+    let now = unix_millis();
     let last = phase.is_final();
     Report {
         schema: PROTOCOL_VERSION,
@@ -57,12 +56,10 @@ pub async fn publish_raw(
     msg_id: &str,
 ) -> anyhow::Result<PublishAck> {
     let subject = Subjects::default().report(&HostId::new(subject_host)?);
-    let mut h = HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
-    h.insert(headers::KIND, MessageKind::Report.as_str());
-    h.insert(headers::HOST, subject_host);
-    h.insert(headers::SCHEMA, PROTOCOL_VERSION.to_string().as_str());
-    h.insert("Nats-Msg-Id", msg_id);
+    // The headers of the subject's host, whatever the body claims: a refusal must come from the body alone.
+    let mut set = headers::message(MessageKind::Report, subject_host);
+    set.push((headers::MSG_ID, msg_id.to_owned()));
+    let h = header_map(set);
     let what = format!("the JetStream ack of report {msg_id} on {subject}");
     let ack = within(PUBLISH_TIMEOUT, &what, async {
         let pending = js.publish_with_headers(subject.clone(), h, body).await?;
@@ -70,9 +67,4 @@ pub async fn publish_raw(
     })
     .await?;
     ack.with_context(|| format!("publishing report {msg_id} on {subject}"))
-}
-
-fn unix_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock is after 1970");
-    u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
 }

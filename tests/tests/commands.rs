@@ -4,9 +4,10 @@
 //! components' daemons are real processes whose files live in the test's own work directory.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use muster_nats::unix_millis;
 use muster_schemas::api::{RequestView, TaskView};
 use muster_schemas::cluster::{ComponentState, DesiredState, TaskStatus};
 use muster_schemas::commands::TaskPhase;
@@ -32,11 +33,6 @@ const REQUEST_END: Duration = Duration::from_secs(60);
 const SOON: Duration = Duration::from_secs(20);
 
 const THREE: [&str; 3] = ["h1", "h2", "h3"];
-
-fn unix_ms_now() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock is after 1970");
-    u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
-}
 
 /// A cluster of `hosts` with the fast command path plus `settings`, every host HEALTHY.
 async fn cluster(hosts: &[&str], settings: Settings) -> Muster {
@@ -338,7 +334,7 @@ async fn an_agent_killed_mid_task_runs_it_again_after_restart_and_it_completes_o
     .unwrap();
 
     m.agent("h1").kill9().unwrap();
-    let restarted_at = unix_ms_now();
+    let restarted_at = unix_millis();
     m.agent("h1").restart().unwrap();
 
     let view = wait_request_end(&m.cli, id, REQUEST_END).await.unwrap();

@@ -3,10 +3,12 @@
 //! `muster_tests::Muster`) and looks at the system only through the `muster` CLI and NATS, as an operator would.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use muster_nats::unix_millis;
+use muster_nats::wire::header_map;
 use muster_schemas::api::{HostDetail, HostSummary};
 use muster_schemas::headers::{self, MessageKind};
 use muster_schemas::limits::MAX_REGISTER_BYTES;
@@ -33,11 +35,6 @@ const LOST_SLACK: Duration = Duration::from_secs(1);
 const SIGTERM_EXIT: Duration = Duration::from_secs(5);
 
 const THREE: [&str; 3] = ["h1", "h2", "h3"];
-
-fn unix_ms_now() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock is after 1970");
-    u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
-}
 
 fn ids(hosts: &[HostSummary]) -> Vec<&str> {
     let mut ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
@@ -103,7 +100,7 @@ async fn three_agents_register_and_become_healthy() {
     }
 
     let details = details(&m).await.unwrap();
-    let now = unix_ms_now();
+    let now = unix_millis();
     for (id, d) in &details {
         let (r, f) = (&d.record, &d.record.facts);
         assert_eq!(r.id.as_str(), id);
@@ -143,7 +140,7 @@ async fn killed_agent_is_heartbeat_lost_within_the_window_and_recovers() {
     let before = details(&m).await.unwrap();
     let deadline = m.timing.detection_window() + LOST_SLACK;
 
-    let killed_at_ms = unix_ms_now();
+    let killed_at_ms = unix_millis();
     let killed_at = Instant::now();
     m.agent("h2").kill9().unwrap();
 
@@ -317,17 +314,15 @@ fn register_request(host: &str) -> RegisterRequest {
         },
         labels: BTreeMap::new(),
         agent_version: "muster-tests".to_string(),
-        agent_started_at: unix_ms_now(),
+        agent_started_at: unix_millis(),
         health: Health::default(),
     }
 }
 
 /// The headers a real agent sends, so a rejection can only be caused by the body or the subject.
 fn agent_headers(kind: MessageKind, host: &str, schema: u16) -> async_nats::HeaderMap {
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, headers::MSGPACK);
-    h.insert(headers::KIND, kind.as_str());
-    h.insert(headers::HOST, host);
+    let mut h = header_map(headers::message(kind, host));
+    // A test of version skew sends another schema than this build's.
     h.insert(headers::SCHEMA, schema.to_string().as_str());
     h
 }
@@ -378,7 +373,7 @@ fn heartbeat(host: &str) -> Heartbeat {
         schema: PROTOCOL_VERSION,
         host: HostId::new(host).unwrap(),
         seq: 1,
-        sent_at: unix_ms_now(),
+        sent_at: unix_millis(),
         health: Health::default(),
     }
 }

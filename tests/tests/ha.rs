@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use muster_schemas::api::{HostSummary, RequestView};
 use muster_schemas::cluster::TaskStatus;
-use muster_schemas::{HostState, TxnOp};
+use muster_schemas::ids::TaskAttempt;
+use muster_schemas::{HostState, Subjects, TxnOp};
 use muster_tests::ensemble::{describe_servers, sole_leader, Failover, LogEntry, Role, ServerRow, OBSERVER};
 use muster_tests::load::{Load, LoadReport, Sample, Sampler};
 use muster_tests::requests::describe_request;
@@ -513,7 +514,7 @@ const STEP: Duration = Duration::from_secs(10);
 async fn a_leader_stopped_as_it_sends_a_command_has_committed_the_task_and_its_successor_finishes_it() {
     let mut e = ready(settings(None)).await;
     let sampler = servers_sampler(&e);
-    let mut commands = e.client.subscribe("muster.cmd.>").await.unwrap();
+    let mut commands = e.client.subscribe(Subjects::default().cmd_all()).await.unwrap();
     let old = current_leader(&mut e).await;
     let (cli, args) = (e.cli.clone(), load_args(&e));
     let submission = tokio::spawn(async move {
@@ -527,7 +528,7 @@ async fn a_leader_stopped_as_it_sends_a_command_has_committed_the_task_and_its_s
     let paused_at = Instant::now();
     let header = command.headers.as_ref().and_then(|h| h.get(muster_schemas::headers::TASK));
     let task: u64 = header
-        .and_then(|v| v.as_str().split('-').next().and_then(|t| t.parse().ok()))
+        .and_then(|v| v.as_str().parse::<TaskAttempt>().ok().map(|t| t.task))
         .unwrap_or_else(|| panic!("command without a {} header: {command:?}", muster_schemas::headers::TASK));
     let failover = e.wait_failover(&old.id, paused_at, RECOVERY).await.unwrap();
     assert_failover_in_bound(&format!("SIGSTOP of leader {} as it sent task {task}'s command", old.id), &failover);

@@ -1,12 +1,16 @@
 //! `muster-server`: loads config, sets up tracing, connects, runs until SIGTERM/SIGINT.
 //! A first signal drains (leader releases its lease, tasks stop); a second forces exit.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use muster_nats::settings::{env_vars, LOG};
+use muster_nats::urls::parse_urls;
+use muster_nats::{ConnectParams, ConnectionEvents};
 use muster_server::config::{ServerConfig, SETTINGS};
-use muster_server::metrics::Metrics;
+use muster_server::metrics::{Metrics, ServerCounter};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -16,19 +20,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "muster-server", version, about = "muster control-plane server (leader / follower / observer)",
-    after_help = settings_help())]
+    after_help = SETTINGS.help())]
 struct Args {
     /// TOML config file (settings are the lower-case names of the variables below, without MUSTER_).
     #[arg(long)]
     config: Option<PathBuf>,
-}
-
-fn settings_help() -> String {
-    let mut s = String::from("Settings (defaults < --config file < environment):\n");
-    for (var, default, what) in SETTINGS {
-        s.push_str(&format!("  {var:<38} {what} [default: {default}]\n"));
-    }
-    s
 }
 
 /// Longest wait for buffered publishes on exit.
@@ -38,15 +34,31 @@ const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MUSTER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env(LOG.env).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: in a log file or journal they are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    for name in SETTINGS.unknown_env_vars(&env_vars(std::env::vars_os())?) {
+        tracing::warn!(variable = %name, "unknown MUSTER_ variable ignored (see muster-server --help)");
+    }
     let cfg = ServerConfig::load(args.config.as_deref())?;
     let metrics = Metrics::default();
-    let name = format!("muster-server {}", cfg.server_id);
-    let client = muster_server::server::connect(&cfg.nats_url, &name, metrics.clone())
-        .await
-        .with_context(|| format!("connecting to {}", cfg.nats_url))?;
+    let slow = metrics.clone();
+    let events = ConnectionEvents::new().with_hook(move |event| {
+        if matches!(event, async_nats::Event::SlowConsumer(_)) {
+            slow.inc(ServerCounter::NatsSlowConsumer);
+        }
+    });
+    let params = ConnectParams {
+        urls: parse_urls(&cfg.nats_url)?,
+        name: format!("muster-server {}", cfg.server_id),
+        // NATS may start after the server (a reboot, a container restart): keep trying in the background.
+        retry_initial_connect: true,
+        events,
+        ..ConnectParams::default()
+    };
+    let client = muster_nats::connect(params).await.with_context(|| format!("connecting to {}", cfg.nats_url))?;
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -1,4 +1,5 @@
-//! The host-component FSM of REFERENCE.md ("Host-component FSM"), as a pure function.
+//! The host-component FSM (Ambari's service-component-host state machine, with its state names), as a pure
+//! function.
 //!
 //! ```text
 //! INIT | INSTALL_FAILED | UNINSTALLED | INSTALLED --Install--> INSTALLING
@@ -90,9 +91,9 @@ impl ComponentEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("illegal component transition: {event:?} in state {from}")]
 pub struct InvalidTransition {
-    /// State.
+    /// The state the component was in.
     pub from: ComponentState,
-    /// Event.
+    /// The event that does not apply to it.
     pub event: ComponentEvent,
 }
 

@@ -1,4 +1,4 @@
-//! The host FSM of REFERENCE.md ("Host FSM"), as a pure function.
+//! The host FSM (Ambari's host state machine, with its state names), as a pure function.
 //!
 //! ```text
 //! INIT | WAITING | HEALTHY | UNHEALTHY | HEARTBEAT_LOST --Register-->        WAITING_FOR_HOST_STATUS_UPDATES

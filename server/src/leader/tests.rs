@@ -1,18 +1,25 @@
 //! Unit tests of the pure leader core: hosts, stacks, blueprints, requests, reports, deadlines, cancellation.
-//! Each test drives [`LeaderCore`] the way the shell does (step, deliver, ops, commit) with no I/O.
+//! Each test drives [`LeaderCore`] through [`drive`], the same code the leader runs, with an in-memory [`Shell`]:
+//! commits are instant, stored commands and suspects' arrivals come back as inputs at once.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::time::Duration;
 
-use muster_schemas::api::RequestSpec;
-use muster_schemas::cluster::{ComponentState, TaskStatus};
+use muster_schemas::api::{ApiError, BlueprintApplied, RequestCancelled, RequestCreated, RequestSpec, WriteReply};
+use muster_schemas::cluster::{ComponentState, RequestAction, TaskStatus};
 use muster_schemas::commands::{CommandBody, ComponentRef, ComponentStatus, Report, ReportBody, TaskPhase, TaskReport};
 use muster_schemas::{
-    Health, Heartbeat, HeartbeatReply, HostFacts, HostId, HostState, RegisterReply, RegisterRequest, PROTOCOL_VERSION,
+    Health, Heartbeat, HeartbeatReply, HostFacts, HostId, HostState, RegisterReply, RegisterRequest, TxnOp, UnixMillis,
+    PROTOCOL_VERSION,
 };
-use serde_json::Value;
 use tokio::time::Instant;
 
-use super::core::*;
+use super::contract::*;
+use super::core::LeaderCore;
+use super::driver::{drive, Shell};
+use crate::status::LastSeen;
+use muster_nats::counters::Counter;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -48,34 +55,94 @@ fn id(s: &str) -> HostId {
     HostId::new(s).unwrap()
 }
 
-/// A core plus a fake clock and a fake stream sequence, stepping inputs as the shell would.
+/// The unit tests' shell: what the leader's NATS shell does, in memory.
+#[derive(Default)]
+struct TestShell {
+    /// Fake stream sequence of stored commands.
+    seq: u64,
+    /// Every command stored, in order.
+    sent: Vec<Outgoing>,
+    /// Stored but not reported back yet (while `hold` is set): the publisher is slower than the core.
+    held: Vec<Outgoing>,
+    hold: bool,
+    /// Last written status of every request.
+    written: HashMap<u64, TaskStatus>,
+    /// The arrival record, written by the tests as the heartbeat listener would.
+    last_seen: LastSeen,
+    /// Inputs the shell owes the core (stored commands, suspects' arrivals).
+    follow_ups: Vec<Input>,
+    /// What the batches since the last [`Harness::step`] committed and performed.
+    ops: Vec<TxnOp>,
+    effects: Vec<Effect>,
+}
+
+impl Shell for TestShell {
+    type Error = Infallible;
+
+    async fn commit(&mut self, ops: Vec<TxnOp>, _wall: UnixMillis) -> Result<(), Infallible> {
+        for op in &ops {
+            if let TxnOp::PutRequest(r) = op {
+                self.written.insert(r.id, r.status);
+            }
+        }
+        self.ops.extend(ops);
+        Ok(())
+    }
+
+    async fn perform(&mut self, effects: Vec<Effect>) {
+        self.effects.extend(effects);
+    }
+
+    async fn fail(&mut self, _effects: Vec<Effect>) {
+        // Commits never fail here.
+    }
+
+    fn publish(&mut self, commands: Vec<Outgoing>) {
+        if self.hold {
+            self.held.extend(commands);
+            return;
+        }
+        let stored = commands
+            .into_iter()
+            .map(|o| {
+                self.seq += 1;
+                self.sent.push(o.clone());
+                (o, self.seq)
+            })
+            .collect();
+        self.follow_ups.push(Input::Delivered(stored));
+    }
+
+    fn look_up(&mut self, suspects: Vec<HostId>) {
+        self.follow_ups.push(Input::Heard(self.last_seen.look_up(suspects)));
+    }
+}
+
+/// What a step committed and performed, its follow-up batches included.
+struct Outcome {
+    ops: Vec<TxnOp>,
+    effects: Vec<Effect>,
+}
+
+/// A core plus a fake clock, stepping inputs through [`drive`] as the leader does.
 struct Harness {
     core: LeaderCore,
+    shell: TestShell,
     t0: Instant,
     now: Instant,
     wall: u64,
-    seq: u64,
-    /// Every command "published", in order.
-    sent: Vec<Outgoing>,
     next_token: u64,
-    /// Last written status of every request.
-    written: std::collections::HashMap<u64, TaskStatus>,
 }
 
 impl Harness {
     fn new() -> Self {
         let t0 = Instant::now();
         let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: 2 * SEC };
-        Self {
-            core: LeaderCore::new(7, timing, Loaded::default(), t0, 1_000),
-            t0,
-            now: t0,
-            wall: 1_000,
-            seq: 0,
-            sent: vec![],
-            next_token: 0,
-            written: Default::default(),
-        }
+        Self::with_core(LeaderCore::new(7, timing, Loaded::default(), t0, 1_000), t0, 1_000)
+    }
+
+    fn with_core(core: LeaderCore, now: Instant, wall: u64) -> Self {
+        Self { core, shell: TestShell::default(), t0: now, now, wall, next_token: 0 }
     }
 
     fn advance(&mut self, d: Duration) {
@@ -83,24 +150,25 @@ impl Harness {
         self.wall += d.as_millis() as u64;
     }
 
-    fn step(&mut self, input: Input) -> Output {
-        let mut out = Output::default();
-        self.core.step(input, self.now, self.wall, &mut out);
-        self.core.end_batch(&mut out);
-        for o in std::mem::take(&mut out.publish) {
-            self.seq += 1;
-            self.core.delivered(&o, self.seq, &mut out);
-            self.sent.push(o);
-        }
-        for op in self.core.ops(&out.dirty) {
-            if let muster_schemas::TxnOp::PutRequest(r) = op {
-                self.written.insert(r.id, r.status);
+    /// Steps one batch, then the follow-up batches it causes, until the shell owes the core nothing.
+    fn step_batch(&mut self, batch: Vec<Input>) -> Outcome {
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let driven = drive(&mut self.core, &mut self.shell, batch, self.now, self.wall);
+            // The test shell's futures never wait.
+            if let Err(e) = futures::executor::block_on(driven) {
+                match e {}
             }
+            batch = std::mem::take(&mut self.shell.follow_ups);
         }
-        out
+        Outcome { ops: std::mem::take(&mut self.shell.ops), effects: std::mem::take(&mut self.shell.effects) }
     }
 
-    fn register(&mut self, host: &str) -> Output {
+    fn step(&mut self, input: Input) -> Outcome {
+        self.step_batch(vec![input])
+    }
+
+    fn register(&mut self, host: &str) -> Outcome {
         self.step(Input::Register {
             req: Box::new(RegisterRequest {
                 schema: PROTOCOL_VERSION,
@@ -115,7 +183,8 @@ impl Harness {
         })
     }
 
-    fn beat(&mut self, host: &str, problems: &[&str]) -> Output {
+    fn beat(&mut self, host: &str, problems: &[&str]) -> Outcome {
+        self.shell.last_seen.touch(&id(host), self.now);
         self.step(Input::Heartbeat {
             hb: Heartbeat {
                 schema: PROTOCOL_VERSION,
@@ -125,11 +194,10 @@ impl Harness {
                 health: Health { problems: problems.iter().map(|s| s.to_string()).collect() },
             },
             reply: Some("ctl".into()),
-            at: self.now,
         })
     }
 
-    fn api(&mut self, call: ApiCall) -> Result<Value, ApiFailure> {
+    fn api(&mut self, call: ApiCall) -> ApiResult {
         self.next_token += 1;
         let token = self.next_token;
         let out = self.step(Input::Api { call, token });
@@ -142,9 +210,9 @@ impl Harness {
             .expect("an API answer")
     }
 
-    fn request(&mut self, action: &str, target: Option<&str>, hosts: Option<&str>) -> Result<Value, ApiFailure> {
-        self.api(ApiCall::Request(RequestSpec {
-            action: action.into(),
+    fn request(&mut self, action: &str, target: Option<&str>, hosts: Option<&str>) -> Result<RequestCreated, ApiError> {
+        let r = self.api(ApiCall::Request(RequestSpec {
+            action: action.parse().expect("a known action"),
             target: target.map(String::from),
             hosts: hosts.map(String::from),
             argv: if action == "run" { vec!["uptime".into()] } else { vec![] },
@@ -152,16 +220,20 @@ impl Harness {
             batch: 0,
             max_failures: 0,
             success_factor: None,
-        }))
+        }));
+        r.map(|r| match r {
+            WriteReply::RequestCreated(c) => c,
+            other => panic!("not a request: {other:?}"),
+        })
     }
 
-    fn report(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase) -> Output {
+    fn report(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase) -> Outcome {
         self.report_copy(host, task, attempt, phase, false)
     }
 
     /// A report as the stream delivers it (`early` false: with an ack token) or its early copy from the core
     /// subscription (no token).
-    fn report_copy(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase, early: bool) -> Output {
+    fn report_copy(&mut self, host: &str, task: u64, attempt: u32, phase: TaskPhase, early: bool) -> Outcome {
         self.next_token += 1;
         let report = Report {
             schema: PROTOCOL_VERSION,
@@ -189,7 +261,8 @@ impl Harness {
 
     /// Executions sent and not yet reported, as (host, task, attempt).
     fn executions(&self) -> Vec<(String, u64, u32)> {
-        self.sent
+        self.shell
+            .sent
             .iter()
             .filter_map(|o| match &o.command.body {
                 CommandBody::Execute(e) => Some((o.host.to_string(), e.task, e.attempt)),
@@ -210,11 +283,11 @@ impl Harness {
             &id(host),
             &ComponentRef { service: "toy".into(), component: comp.into() },
         );
-        self.core.components[&key].state
+        self.core.components().get(&key).expect("mapped").state
     }
 
     fn request_status(&self, r: u64) -> TaskStatus {
-        self.written[&r]
+        self.shell.written[&r]
     }
 
     /// Sets up three healthy hosts, the toy stack and the blueprint; returns the blueprint's request id.
@@ -229,17 +302,19 @@ impl Harness {
     fn cluster(&mut self) -> u64 {
         self.healthy(["h1", "h2", "h3"].map(String::from));
         self.api(ApiCall::ApplyStack { source: STACK.into() }).unwrap();
-        let r = self.api(ApiCall::ApplyBlueprint { source: BLUEPRINT.into() }).unwrap();
-        r["request"].as_u64().expect("blueprint plans a request")
+        match self.api(ApiCall::ApplyBlueprint { source: BLUEPRINT.into() }) {
+            Ok(WriteReply::BlueprintApplied(BlueprintApplied { request: Some(r), .. })) => r,
+            other => panic!("blueprint plans a request: {other:?}"),
+        }
     }
 }
 
-fn acked(out: &Output, term: bool) -> bool {
+fn acked(out: &Outcome, term: bool) -> bool {
     out.effects.iter().any(|e| matches!(e, Effect::Ack { term: t, .. } if *t == term))
 }
 
-fn counted(out: &Output, name: &str) -> bool {
-    out.effects.iter().any(|e| matches!(e, Effect::Count(n) if *n == name))
+fn counted(out: &Outcome, name: &str) -> bool {
+    out.effects.iter().any(|e| matches!(e, Effect::Count(c) if c.name() == name))
 }
 
 #[tokio::test(start_paused = true)]
@@ -293,12 +368,13 @@ async fn liveness_waits_one_window_after_takeover() {
     let rec = h.core.host(&id("a")).cloned().unwrap();
     let t1 = h.t0 + 100 * SEC;
     let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
-    let mut next = LeaderCore::new(8, timing, Loaded { hosts: vec![rec], ..Default::default() }, t1, 0);
-    let mut out = Output::default();
-    next.step(Input::Tick, t1 + 2 * SEC, 0, &mut out);
-    assert!(out.dirty.is_empty());
-    next.step(Input::Tick, t1 + 4 * SEC, 0, &mut out);
-    assert_eq!(out.dirty.len(), 1);
+    let core = LeaderCore::new(8, timing, Loaded { hosts: vec![rec], ..Default::default() }, t1, 0);
+    let mut next = Harness::with_core(core, t1, 0);
+    next.advance(2 * SEC);
+    assert!(next.step(Input::Tick).ops.is_empty());
+    next.advance(2 * SEC);
+    let out = next.step(Input::Tick);
+    assert_eq!(out.ops.iter().filter(|op| matches!(op, TxnOp::PutHost(_))).count(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -310,12 +386,14 @@ async fn liveness_counts_from_arrival_not_from_when_the_core_gets_to_it() {
     h.advance(3 * SEC + SEC / 10);
     // Both beats were heard at `heard` but the core only steps them now: "a"'s silence since then is past the
     // deadline, "b" beat again later and is fine.
-    let mut out = Output::default();
+    let mut batch = Vec::new();
     for (host, at) in [("a", heard), ("b", heard), ("b", heard + 2 * SEC)] {
+        h.shell.last_seen.touch(&id(host), at);
         let hb = Heartbeat { schema: PROTOCOL_VERSION, host: id(host), seq: 1, sent_at: 0, health: Health::default() };
-        h.core.step(Input::Heartbeat { hb, reply: None, at }, h.now, h.wall, &mut out);
+        batch.push(Input::Heartbeat { hb, reply: None });
     }
-    h.core.step(Input::Tick, h.now, h.wall, &mut out);
+    batch.push(Input::Tick);
+    h.step_batch(batch);
     assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
     assert_eq!(h.core.host(&id("b")).unwrap().state, HostState::Healthy);
     // A lost host is no longer watched: later ticks do not declare it again.
@@ -327,13 +405,11 @@ async fn liveness_counts_from_arrival_not_from_when_the_core_gets_to_it() {
 #[tokio::test(start_paused = true)]
 async fn a_heartbeat_heard_but_not_yet_stepped_keeps_its_host_alive() {
     let mut h = Harness::new();
-    let heard = crate::status::Heard::default();
-    h.core.hear_from(heard.clone());
     h.register("a");
     h.register("b");
     // The listener heard "a" 2 s ago but could not queue the beat (the core was busy); "b" nothing at all.
     h.advance(3 * SEC + SEC / 10);
-    heard.lock().unwrap().insert(id("a"), h.now - 2 * SEC);
+    h.shell.last_seen.touch(&id("a"), h.now - 2 * SEC);
     h.step(Input::Tick);
     assert_ne!(h.core.host(&id("a")).unwrap().state, HostState::HeartbeatLost);
     assert_eq!(h.core.host(&id("b")).unwrap().state, HostState::HeartbeatLost);
@@ -347,16 +423,16 @@ async fn a_heartbeat_heard_but_not_yet_stepped_keeps_its_host_alive() {
 async fn a_stage_ends_exactly_when_its_last_task_reports() {
     let mut h = Harness::new();
     h.healthy((0..50).map(|i| format!("h{i}")));
-    let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
+    let request = h.request("run", None, None).unwrap().request;
     let tasks = h.executions();
     assert_eq!(tasks.len(), 50);
     // Out of order, one failure (not tolerated): the request ends, FAILED, only with the last report.
     for (i, (host, task, attempt)) in tasks.iter().rev().enumerate() {
-        assert_eq!(h.written.get(&request), Some(&TaskStatus::InProgress), "ended before report {i}");
+        assert_eq!(h.shell.written.get(&request), Some(&TaskStatus::InProgress), "ended before report {i}");
         let phase = if i == 10 { TaskPhase::Failed } else { TaskPhase::Completed };
         h.report(host, *task, *attempt, phase);
     }
-    assert_eq!(h.written.get(&request), Some(&TaskStatus::Failed));
+    assert_eq!(h.shell.written.get(&request), Some(&TaskStatus::Failed));
 }
 
 #[tokio::test(start_paused = true)]
@@ -365,9 +441,9 @@ async fn a_command_stored_after_its_task_ended_is_finished_in_the_cursor() {
     h.register("a");
     h.beat("a", &[]);
     // The shell stores commands while the core goes on: step the request without delivering its command.
-    let mut out = Output::default();
+    h.shell.hold = true;
     let spec = RequestSpec {
-        action: "run".into(),
+        action: RequestAction::Run,
         target: None,
         hosts: None,
         argv: vec!["true".into()],
@@ -376,22 +452,20 @@ async fn a_command_stored_after_its_task_ended_is_finished_in_the_cursor() {
         max_failures: 0,
         success_factor: None,
     };
-    h.core.step(Input::Api { call: ApiCall::Request(spec), token: 1 }, h.now, h.wall, &mut out);
-    h.core.end_batch(&mut out);
-    let outgoing = std::mem::take(&mut out.publish);
+    h.step(Input::Api { call: ApiCall::Request(spec), token: 1 });
+    let outgoing = std::mem::take(&mut h.shell.held);
     let task = match &outgoing[0].command.body {
         CommandBody::Execute(e) => e.task,
         other => panic!("{other:?}"),
     };
     // The agent (live subscription) ran it and reported before the store's ack came back.
     h.report("a", task, 1, TaskPhase::Completed);
-    let mut out = Output::default();
-    h.core.step(Input::Delivered(vec![(outgoing[0].clone(), 42)]), h.now, h.wall, &mut out);
-    let ops = h.core.ops(&out.dirty);
-    let cursor = ops
+    let out = h.step(Input::Delivered(vec![(outgoing[0].clone(), 42)]));
+    let cursor = out
+        .ops
         .iter()
         .find_map(|op| match op {
-            muster_schemas::TxnOp::PutCursor(c) => Some(c.clone()),
+            TxnOp::PutCursor(c) => Some(c.clone()),
             _ => None,
         })
         .expect("the cursor is written");
@@ -428,7 +502,7 @@ async fn blueprint_installs_then_starts_in_dependency_order() {
     assert_eq!(h.request_status(r), TaskStatus::Completed);
     assert_eq!(h.state("h3", "worker"), ComponentState::Started);
     // The cursor moved past every finished command.
-    let c = &h.core.cursors[&id("h1")];
+    let c = h.core.scheduler().cursor(&id("h1")).expect("h1 was sent commands");
     assert_eq!((c.cursor(), c.pending.len()), (c.high, 0));
 }
 
@@ -444,7 +518,7 @@ async fn a_failed_stage_aborts_the_rest_of_the_request() {
     }
     assert_eq!(h.request_status(r), TaskStatus::Failed);
     assert_eq!(h.executions().len(), 4, "no START was sent");
-    let req = h.core.requests.get(&r);
+    let req = h.core.scheduler().request(r);
     assert!(req.is_none(), "finished requests leave memory once written");
 }
 
@@ -455,48 +529,48 @@ async fn reports_for_unknown_foreign_or_finished_tasks_change_nothing() {
     let (host, task, attempt) = h.executions()[0].clone();
     let other = if host == "h1" { "h2" } else { "h1" };
     let out = h.report(other, task, attempt, TaskPhase::Completed);
-    assert!(counted(&out, "report.rejected.wrong_host") && acked(&out, true) && out.dirty.is_empty());
+    assert!(counted(&out, "report.rejected.wrong_host") && acked(&out, true) && out.ops.is_empty());
     let out = h.report(&host, 9_999, 1, TaskPhase::Completed);
-    assert!(counted(&out, "report.rejected.unknown_task") && out.dirty.is_empty());
+    assert!(counted(&out, "report.rejected.unknown_task") && out.ops.is_empty());
     let out = h.report(&host, task, attempt, TaskPhase::Completed);
-    assert!(acked(&out, false) && !out.dirty.is_empty());
+    assert!(acked(&out, false) && !out.ops.is_empty());
     let out = h.report(&host, task, attempt, TaskPhase::Completed);
-    assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.dirty.is_empty(), "completes once");
+    assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.ops.is_empty(), "completes once");
     let out = h.report(&host, task, attempt, TaskPhase::Failed);
-    assert!(counted(&out, "report.rejected.finished_task") && acked(&out, true) && out.dirty.is_empty());
+    assert!(counted(&out, "report.rejected.finished_task") && acked(&out, true) && out.ops.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_early_final_report_ends_its_task_and_its_stored_copy_is_acked_as_a_duplicate() {
     let mut h = Harness::new();
     h.healthy((0..3).map(|i| format!("h{i}")));
-    let request = h.request("run", None, None).unwrap()["request"].as_u64().unwrap();
+    let request = h.request("run", None, None).unwrap().request;
     let tasks = h.executions();
     // Early copies: progress is left to the stream; a final one ends its task, with nothing to ack.
     let (host, task, attempt) = tasks[0].clone();
     let out = h.report_copy(&host, task, attempt, TaskPhase::InProgress, true);
-    assert!(out.dirty.is_empty() && out.effects.is_empty());
+    assert!(out.ops.is_empty() && out.effects.is_empty());
     let out = h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
-    assert!(counted(&out, "report.early") && !out.dirty.is_empty());
+    assert!(counted(&out, "report.early") && !out.ops.is_empty());
     assert!(!out.effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
     // Its retry's early copy changes nothing and is not refused loudly.
     let out = h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
-    assert!(counted(&out, "report.early.ignored") && out.dirty.is_empty());
+    assert!(counted(&out, "report.early.ignored") && out.ops.is_empty());
     assert!(!out.effects.iter().any(|e| matches!(e, Effect::Ack { .. })));
     // A progress report of that attempt still in the stream's backlog is acked quietly.
     let out = h.report(&host, task, attempt, TaskPhase::InProgress);
-    assert!(counted(&out, "report.late") && acked(&out, false) && out.dirty.is_empty());
+    assert!(counted(&out, "report.late") && acked(&out, false) && out.ops.is_empty());
     // The rest end the request from early copies alone.
     for (host, task, attempt) in &tasks[1..] {
         h.report_copy(host, *task, *attempt, TaskPhase::Completed, true);
     }
-    assert_eq!(h.written.get(&request), Some(&TaskStatus::Completed));
-    assert_eq!(h.core.early_finals.len(), 3);
+    assert_eq!(h.shell.written.get(&request), Some(&TaskStatus::Completed));
+    assert_eq!(h.core.scheduler().early_finals(), 3);
     // The stored copies arrive after the request ended and its tasks left memory: acked as duplicates, and so is a
     // redelivery of one.
     for (host, task, attempt) in tasks.iter().chain(&tasks[..1]) {
         let out = h.report(host, *task, *attempt, TaskPhase::Completed);
-        assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.dirty.is_empty());
+        assert!(counted(&out, "report.duplicate") && acked(&out, false) && out.ops.is_empty());
     }
     // Early copies for unknown tasks are ignored without an ack or a warning counter.
     let out = h.report_copy("h1", 9_999, 1, TaskPhase::Failed, true);
@@ -505,7 +579,7 @@ async fn an_early_final_report_ends_its_task_and_its_stored_copy_is_acked_as_a_d
 
 #[test]
 fn early_finals_are_forgotten_after_a_while() {
-    let mut f = super::core::EarlyFinals::default();
+    let mut f = super::scheduler::EarlyFinals::default();
     let t0 = Instant::now();
     f.insert(1, 1, t0);
     f.insert(2, 1, t0 + Duration::from_secs(300));
@@ -523,7 +597,7 @@ async fn silent_hosts_get_one_retry_then_timedout() {
     let mut h = Harness::new();
     h.register("h1");
     h.beat("h1", &[]);
-    let r = h.request("run", None, Some("h1")).unwrap()["request"].as_u64().unwrap();
+    let r = h.request("run", None, Some("h1")).unwrap().request;
     assert_eq!(h.executions(), vec![("h1".into(), 1, 1)]);
     // The run timeout is 60 s, grace 2 s; keep the host alive meanwhile.
     for _ in 0..63 {
@@ -532,10 +606,10 @@ async fn silent_hosts_get_one_retry_then_timedout() {
         h.step(Input::Tick);
     }
     assert_eq!(h.executions(), vec![("h1".into(), 1, 1), ("h1".into(), 1, 2)], "re-sent as attempt 2");
-    assert!(h.sent.iter().any(|o| matches!(o.command.body, CommandBody::Cancel { task: 1, attempt: 1 })));
+    assert!(h.shell.sent.iter().any(|o| matches!(o.command.body, CommandBody::Cancel { task: 1, attempt: 1 })));
     // A late report of attempt 1 is stale.
     let out = h.report("h1", 1, 1, TaskPhase::Completed);
-    assert!(out.dirty.is_empty());
+    assert!(out.ops.is_empty());
     for _ in 0..63 {
         h.advance(SEC);
         h.beat("h1", &[]);
@@ -551,9 +625,10 @@ async fn cancel_aborts_queued_and_running_tasks_and_resets_components() {
     let (host, task, attempt) = h.executions()[0].clone();
     h.report(&host, task, attempt, TaskPhase::InProgress);
     let out = h.api(ApiCall::Cancel { request: r }).unwrap();
-    assert_eq!(out["aborted_tasks"], 8, "4 queued installs and the 4 starts of later stages");
+    let WriteReply::RequestCancelled(RequestCancelled { aborted_tasks, .. }) = out else { panic!("{out:?}") };
+    assert_eq!(aborted_tasks, 8, "4 queued installs and the 4 starts of later stages");
     assert_eq!(h.request_status(r), TaskStatus::Aborted);
-    let cancels = h.sent.iter().filter(|o| matches!(o.command.body, CommandBody::Cancel { .. })).count();
+    let cancels = h.shell.sent.iter().filter(|o| matches!(o.command.body, CommandBody::Cancel { .. })).count();
     assert_eq!(cancels, 4, "only sent tasks are cancelled on their hosts");
     assert_eq!(h.state("h1", "master"), ComponentState::InstallFailed, "not left INSTALLING");
     assert!(h.api(ApiCall::Cancel { request: r }).is_err(), "already finished");
@@ -658,14 +733,14 @@ async fn a_new_leader_redoes_dispatches_that_were_not_committed() {
     let mut h = Harness::new();
     h.cluster();
     // The old leader "died" after moving stage 1 to IN_PROGRESS but before its tasks were recorded as sent.
-    let mut loaded = Loaded { hosts: h.core.hosts.values().cloned().collect(), ..Default::default() };
-    loaded.stacks = h.core.stacks.values().cloned().collect();
-    loaded.components = h.core.components.values().cloned().collect();
-    loaded.requests = h.core.requests.values().cloned().collect();
+    let mut loaded = Loaded { hosts: h.core.hosts().records().cloned().collect(), ..Default::default() };
+    loaded.stacks = h.core.stacks().records().cloned().collect();
+    loaded.components = h.core.components().records().cloned().collect();
+    loaded.requests = h.core.scheduler().requests().cloned().collect();
     loaded.tasks = h
         .core
-        .tasks
-        .values()
+        .scheduler()
+        .tasks()
         .cloned()
         .map(|mut t| {
             t.status = TaskStatus::Pending;
@@ -678,10 +753,9 @@ async fn a_new_leader_redoes_dispatches_that_were_not_committed() {
         c.state = ComponentState::Init;
     }
     let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
-    let mut next = LeaderCore::new(9, timing, loaded, h.now, h.wall);
-    let mut out = Output::default();
-    next.take_over(h.wall, &mut out);
-    let ids: Vec<String> = out.publish.iter().map(|o| o.msg_id.clone()).collect();
+    let mut next = Harness::with_core(LeaderCore::new(9, timing, loaded, h.now, h.wall), h.now, h.wall);
+    next.step(Input::TakeOver);
+    let ids: Vec<String> = next.shell.sent.iter().map(|o| o.msg_id.to_string()).collect();
     assert_eq!(ids, ["t1-a1", "t2-a1", "t3-a1", "t4-a1"], "the same ids as the first leader used");
 }
 
@@ -690,7 +764,8 @@ async fn auto_restart_is_granted_only_once_a_component_ran_and_a_failed_request_
     let mut h = Harness::new();
     let r = h.cluster();
     let should_run = |h: &Harness, host: &str| -> Vec<bool> {
-        h.sent
+        h.shell
+            .sent
             .iter()
             .rev()
             .find_map(|o| match &o.command.body {
@@ -720,21 +795,19 @@ async fn auto_restart_is_granted_only_once_a_component_ran_and_a_failed_request_
 
 #[tokio::test(start_paused = true)]
 async fn ids_are_reserved_before_use_and_a_new_leader_starts_above_the_reservation() {
+    let reservations = |out: &Outcome| out.ops.iter().filter(|op| matches!(op, TxnOp::ReserveIds { .. })).count();
     let mut h = Harness::new();
-    assert!(
-        matches!(h.core.reserve_ids(), Some(muster_schemas::TxnOp::ReserveIds { .. })),
-        "a new leader reserves first"
-    );
-    assert!(h.core.reserve_ids().is_none(), "nothing more while ids remain");
+    let out = h.register("a");
+    assert!(matches!(out.ops.first(), Some(TxnOp::ReserveIds { .. })), "a new leader reserves first");
+    assert_eq!(reservations(&h.register("b")), 0, "nothing more while ids remain");
     h.cluster();
     let used = h.executions().iter().map(|(_, t, _)| *t).max().unwrap();
     // A deposed leader reserved up to 500 and may have sent commands for ids it never committed.
     let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
     let loaded = Loaded { max_task: used, reserved: (500, 40), ..Default::default() };
-    let mut next = LeaderCore::new(9, timing, loaded, h.now, h.wall);
-    let Some(muster_schemas::TxnOp::ReserveIds { tasks, requests }) = next.reserve_ids() else {
-        panic!("no reservation")
-    };
-    assert!(tasks > 500 && requests > 40);
-    assert_eq!((next.next_task, next.next_request), (501, 41));
+    let mut next = Harness::with_core(LeaderCore::new(9, timing, loaded, h.now, h.wall), h.now, h.wall);
+    let out = next.register("a");
+    let Some(TxnOp::ReserveIds { tasks, requests }) = out.ops.first() else { panic!("no reservation") };
+    assert!(*tasks > 500 && *requests > 40);
+    assert_eq!(next.core.scheduler().next_ids(), (501, 41));
 }

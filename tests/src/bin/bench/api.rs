@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_nats::Client;
 use futures::StreamExt as _;
-use muster_schemas::cluster::TaskStatus;
+use muster_nats::{ConnectParams, ConnectionEvents};
+use muster_schemas::cluster::{ComponentState, TaskStatus};
 use muster_schemas::events::{HostChanged, RequestChanged, TaskChanged};
+use muster_schemas::subjects::EventKind;
 use muster_schemas::{HostState, Subjects};
 use serde_json::Value;
 
@@ -31,6 +33,11 @@ const STATS_OF_ATTEMPTS: usize = 40;
 /// Largest event body decoded.
 const MAX_EVENT_BYTES: usize = 64 * 1024;
 
+/// A plain client of the bench, named `name` in `nats server report connections`, through the one connect.
+pub async fn client(url: &str, name: &str) -> anyhow::Result<Client> {
+    Ok(muster_nats::connect(ConnectParams::new(url, name)?).await?)
+}
+
 /// The operator API.
 #[derive(Clone)]
 pub struct Api {
@@ -40,18 +47,13 @@ pub struct Api {
 impl Api {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name("muster bench")
-            .request_timeout(Some(API_TIMEOUT))
-            .connect(url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        Ok(Self { client })
+        let params = ConnectParams { request_timeout: Some(API_TIMEOUT), ..ConnectParams::new(url, "muster bench")? };
+        Ok(Self { client: muster_nats::connect(params).await? })
     }
 
     /// Calls `muster.api.<endpoint>` with `body`; the JSON reply, or the service error as an error.
     pub async fn call(&self, endpoint: &str, body: impl Into<bytes::Bytes>, limit: Duration) -> anyhow::Result<Value> {
-        let subject = format!("muster.api.{endpoint}");
+        let subject = Subjects::default().api(endpoint);
         let reply = tokio::time::timeout(limit, self.client.request(subject.clone(), body.into()))
             .await
             .with_context(|| format!("{subject}: no answer within {limit:?}"))?
@@ -77,8 +79,8 @@ impl Api {
         let v = self.call("summary", "", API_TIMEOUT).await?;
         let count = |group: &str, key: &str| v.get(group).and_then(|g| g.get(key)).and_then(Value::as_u64).unwrap_or(0);
         Ok(Summary {
-            healthy: count("hosts_by_state", "HEALTHY"),
-            started_components: count("components_by_state", "STARTED"),
+            healthy: count("hosts_by_state", HostState::Healthy.as_str()),
+            started_components: count("components_by_state", ComponentState::Started.as_str()),
             raw: v,
         })
     }
@@ -86,7 +88,7 @@ impl Api {
     /// Asks every instance for its status on `<prefix>.servers` (not a queue group: each answers) and collects
     /// the answers that arrive within `window`, or until `expect` instances answered.
     pub async fn servers(&self, expect: usize, window: Duration) -> anyhow::Result<Vec<ServerStatus>> {
-        let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).servers();
+        let subject = Subjects::default().servers();
         let inbox = self.client.new_inbox();
         let mut answers = self.client.subscribe(inbox.clone()).await.context("subscribing to the status inbox")?;
         self.client.publish_with_reply(subject.clone(), inbox, "".into()).await?;
@@ -210,7 +212,8 @@ pub struct RequestRow {
 pub struct Collector<T> {
     events: Arc<Mutex<Vec<T>>>,
     undecodable: Arc<AtomicU64>,
-    slow_consumers: Arc<AtomicU64>,
+    /// The collector's own connection, whose slow-consumer count says whether events were dropped.
+    connection: ConnectionEvents,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -226,21 +229,13 @@ impl<T: Clone + Send + 'static> Collector<T> {
         subject: &str,
         decode: impl Fn(&async_nats::Message) -> Option<T> + Send + 'static,
     ) -> anyhow::Result<Self> {
-        let slow_consumers = Arc::new(AtomicU64::new(0));
-        let slow = slow_consumers.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name("muster bench collector")
-            .subscription_capacity(COLLECTOR_CAPACITY)
-            .event_callback(move |event| {
-                let slow = slow.clone();
-                async move {
-                    if matches!(event, async_nats::Event::SlowConsumer(_)) {
-                        slow.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-            .connect(url)
-            .await?;
+        let connection = ConnectionEvents::new();
+        let params = ConnectParams {
+            subscription_capacity: COLLECTOR_CAPACITY,
+            events: connection.clone(),
+            ..ConnectParams::new(url, "muster bench collector")?
+        };
+        let client = muster_nats::connect(params).await?;
         let mut sub = client.subscribe(subject.to_owned()).await?;
         client.flush().await?;
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -259,7 +254,7 @@ impl<T: Clone + Send + 'static> Collector<T> {
                 }
             }
         });
-        Ok(Self { events, undecodable, slow_consumers, task })
+        Ok(Self { events, undecodable, connection, task })
     }
 
     /// Events received so far.
@@ -274,7 +269,7 @@ impl<T: Clone + Send + 'static> Collector<T> {
 
     /// Fails if any event was dropped or unreadable: figures from an incomplete feed are not results.
     pub fn ensure_complete(&self, what: &str) -> anyhow::Result<()> {
-        let (slow, bad) = (self.slow_consumers.load(Ordering::Relaxed), self.undecodable.load(Ordering::Relaxed));
+        let (slow, bad) = (self.connection.slow_consumers(), self.undecodable.load(Ordering::Relaxed));
         if slow > 0 || bad > 0 {
             bail!("{what}: the event collector lost events ({slow} slow-consumer drops, {bad} undecodable)");
         }
@@ -284,13 +279,16 @@ impl<T: Clone + Send + 'static> Collector<T> {
 
 /// Collects `muster.events.host.*`.
 pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostChanged>> {
-    Collector::start(url, "muster.events.host.*", |m| muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()).await
+    Collector::start(url, &Subjects::default().events_of(EventKind::Host), |m| {
+        muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()
+    })
+    .await
 }
 
 /// Collects `muster.events.request.*`, each with the moment it arrived (the server publishes it after the commit
 /// it describes, so arrival bounds when the change was durable).
 pub async fn request_events(url: &str) -> anyhow::Result<Collector<(RequestChanged, Instant)>> {
-    Collector::start(url, "muster.events.request.*", |m| {
+    Collector::start(url, &Subjects::default().events_of(EventKind::Request), |m| {
         Some((muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()?, Instant::now()))
     })
     .await
@@ -298,7 +296,10 @@ pub async fn request_events(url: &str) -> anyhow::Result<Collector<(RequestChang
 
 /// Collects `muster.events.task.*`.
 pub async fn task_events(url: &str) -> anyhow::Result<Collector<TaskChanged>> {
-    Collector::start(url, "muster.events.task.*", |m| muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()).await
+    Collector::start(url, &Subjects::default().events_of(EventKind::Task), |m| {
+        muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()
+    })
+    .await
 }
 
 /// Hosts whose latest event (of `events`) put them in `state`, with the time of that event.
@@ -308,11 +309,4 @@ pub fn hosts_in(events: &[HostChanged], state: HostState) -> HashMap<String, u64
         latest.insert(e.host.to_string(), (e.to, e.at));
     }
     latest.into_iter().filter(|(_, (s, _))| *s == state).map(|(h, (_, at))| (h, at)).collect()
-}
-
-/// Milliseconds since the Unix epoch, as the server stamps events.
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -2,13 +2,14 @@
 //! raw core-NATS publish → subscribe throughput, and JetStream publish throughput with `sync_interval: always`
 //! (pipelined, one ack awaited at a time, and into two streams at once as a fan-out stores commands and reports).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use futures::StreamExt as _;
+use muster_nats::{ConnectParams, ConnectionEvents};
+
+use crate::api::client;
 
 /// Payload of every ceiling message: about a heartbeat's size.
 const PAYLOAD_BYTES: usize = 128;
@@ -52,21 +53,14 @@ pub async fn measure(url: &str, sizes: CeilingSizes) -> anyhow::Result<Ceilings>
 }
 
 async fn core(url: &str, count: u64) -> anyhow::Result<(f64, u64)> {
-    let dropped = Arc::new(AtomicU64::new(0));
-    let counter = dropped.clone();
-    let subscriber = async_nats::ConnectOptions::new()
-        .subscription_capacity(1 << 20)
-        .event_callback(move |event| {
-            let counter = counter.clone();
-            async move {
-                if matches!(event, async_nats::Event::SlowConsumer(_)) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-        .connect(url)
-        .await?;
-    let publisher = async_nats::connect(url).await?;
+    let dropped = ConnectionEvents::new();
+    let params = ConnectParams {
+        subscription_capacity: 1 << 20,
+        events: dropped.clone(),
+        ..ConnectParams::new(url, "muster bench ceiling subscriber")?
+    };
+    let subscriber = muster_nats::connect(params).await?;
+    let publisher = client(url, "muster bench ceiling publisher").await?;
     let mut sub = subscriber.subscribe("bench.ceiling.core").await?;
     subscriber.flush().await?;
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
@@ -95,12 +89,11 @@ async fn core(url: &str, count: u64) -> anyhow::Result<(f64, u64)> {
     if received < count / 2 {
         bail!("core ceiling: only {received} of {count} messages arrived");
     }
-    Ok((received as f64 / span.as_secs_f64().max(1e-6), dropped.load(Ordering::Relaxed)))
+    Ok((received as f64 / span.as_secs_f64().max(1e-6), dropped.slow_consumers()))
 }
 
 async fn jetstream(url: &str, pipelined: u64, serial: u64) -> anyhow::Result<(f64, f64)> {
-    let client = async_nats::connect(url).await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client(url, "muster bench ceiling").await?);
     let name = "BENCH_CEILING";
     fresh_stream(&js, name, "bench.ceiling.js").await?;
     let payload = bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES]);
@@ -132,7 +125,7 @@ async fn jetstream(url: &str, pipelined: u64, serial: u64) -> anyhow::Result<(f6
 async fn two_streams(url: &str, each: u64) -> anyhow::Result<f64> {
     let mut contexts = Vec::new();
     for i in 0..2 {
-        let js = jetstream::new(async_nats::connect(url).await?);
+        let js = jetstream::new(client(url, "muster bench ceiling").await?);
         fresh_stream(&js, &format!("BENCH_CEILING_{i}"), &format!("bench.ceiling.two.{i}")).await?;
         contexts.push((i, js));
     }

@@ -77,7 +77,7 @@ impl Nats {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
                     let first = |key: &str| value.get(key)?.get(0)?.as_str().map(str::to_owned);
                     if let Some(url) = first("nats") {
-                        if async_nats::connect(&url).await.is_ok() {
+                        if crate::api::client(&url, "muster bench probe").await.is_ok() {
                             return Ok(Self { proc, url, monitor: first("monitoring") });
                         }
                     }

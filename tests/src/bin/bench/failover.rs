@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use muster_nats::unix_millis;
 use muster_schemas::HostState;
 use serde_json::Value;
 
-use crate::api::{self, counter_of, describe_servers, now_millis, Api, ServerStatus};
+use crate::api::{self, counter_of, describe_servers, Api, ServerStatus};
 use crate::env::{describe_usage, start_ensemble, start_swarm, Instance, Nats, RunDir, ServerTiming, Usage};
 use crate::report::{secs, thousands, Row, Scenario, Verdict};
 use crate::scenarios::{percentile, Plan};
@@ -179,7 +180,7 @@ pub async fn failover(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     let events_before = host_events.len();
     let index = instances.iter().position(|i| i.id == old).context("the leader is not one of ours")?;
     eprintln!("bench:   SIGKILL to the leader {old} (epoch {old_epoch})");
-    let killed_wall = now_millis();
+    let killed_wall = unix_millis();
     let killed = Instant::now();
     instances[index].proc.kill9()?;
     let dead = instances.remove(index);

@@ -6,12 +6,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use muster_nats::unix_millis;
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::events::RequestChanged;
 use muster_schemas::HostState;
 use serde_json::json;
 
-use crate::api::{self, hosts_in, now_millis, Api};
+use crate::api::{self, hosts_in, Api};
 use crate::ceilings::{self, CeilingSizes, Ceilings};
 use crate::env::{
     describe_usage, proc_stat, start_agent, start_server, start_swarm, Nats, RunDir, ServerTiming, Usage,
@@ -115,7 +116,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
 
     // 1. Registration storm.
     eprintln!("bench: storm of {n} hosts");
-    let wall0 = now_millis();
+    let wall0 = unix_millis();
     let t0 = Instant::now();
     let mut swarm = start_swarm(&dir, &nats.url, "swarm", "swarm", 0, n, Duration::ZERO)?;
     let usage = Usage::start(&[("muster-server", &server), ("nats-server", &nats.proc), ("swarm", &swarm)])?;
@@ -429,7 +430,7 @@ pub async fn failure(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     let victim_ids: HashSet<String> = (stay + 1..=fleet).map(|i| format!("swarm-{i:06}")).collect();
     let marker = events.len();
     let step_downs = api.counter("leader.step_downs").await?;
-    let killed_at = now_millis();
+    let killed_at = unix_millis();
     doomed.kill9()?;
     let bound = timing.detection_window() + Duration::from_secs(1);
     // Watch long enough to see late detections and false positives: two windows past the kill.

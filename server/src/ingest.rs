@@ -1,24 +1,35 @@
-//! Listeners: Prep for agent messages, then hand-off to the leader core. Heartbeats are heard by every instance (so
-//! any instance can answer "seconds since last heartbeat"); registrations and write calls only by the leader.
+//! Ingestion of agent messages: heartbeats, registrations and reports, each through Prep (decoded once per copy)
+//! and then to the leader's input queue.
+//!
+//! - Heartbeats are heard by every instance: each records the arrival in [`LastSeen`] (so any instance answers
+//!   "seconds since last heartbeat"), and the leader also steps the heartbeat's health through its core.
+//! - Registrations are taken only by the leader, behind admission control.
+//! - Reports are consumed only by the leader, from `MUSTER_REPORTS` with its durable consumer (acked after commit),
+//!   and final task reports are also heard early on a core subscription (see [`reports`]).
 
 use std::sync::Arc;
 
+use async_nats::jetstream::{self, AckKind};
 use async_nats::Message;
 use futures::StreamExt;
+use muster_nats::wire::header_map;
+use muster_schemas::commands::ReportBody;
 use muster_schemas::{codec, headers, ErrorCode, HeartbeatReply, MessageKind, RegisterReply, Subjects};
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::leader::core::{ApiCall, ApiFailure};
-use crate::leader::{msg_headers, ApiResult, Queued};
-use crate::metrics::Metrics;
+use crate::leader::inbox::{LeaderSlot, Queued};
+use crate::log::{self, LogError};
+use crate::metrics::{Metrics, ServerCounter};
 use crate::prep::{self, Rejection};
-use crate::status::Status;
+use crate::status::LastSeen;
 
-/// The leader's input queue, when this instance leads.
-pub type LeaderSlot = watch::Receiver<Option<mpsc::Sender<Queued>>>;
+/// Reports requested per pull from the leader's consumer.
+const REPORT_PULL_BATCH: usize = 1_000;
+/// How long one pull request for reports lives before the client issues the next.
+const REPORT_PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Shortest back-off suggested to an agent refused by admission control.
 const BUSY_RETRY_MIN_MS: u64 = 200;
@@ -58,11 +69,11 @@ impl BusyBackoff {
     }
 }
 
-/// Heartbeats on `<prefix>.hb.*`: Prep, touch last-seen, forward to the leader core if this instance leads.
+/// Heartbeats on `<prefix>.hb.*`: Prep, record the arrival, forward to the leader core if this instance leads.
 pub async fn heartbeats(
     client: async_nats::Client,
     subjects: Subjects,
-    status: Status,
+    last_seen: LastSeen,
     metrics: Metrics,
     leader: LeaderSlot,
     shutdown: CancellationToken,
@@ -75,21 +86,20 @@ pub async fn heartbeats(
         };
         match prep::heartbeat(&subjects, msg.subject.as_str(), &msg.payload) {
             Ok(hb) => {
-                status.touch(&hb.host);
+                last_seen.touch(&hb.host, tokio::time::Instant::now());
                 let queue = leader.borrow().clone();
                 if let Some(queue) = queue {
-                    let (reply, at) = (msg.reply.as_ref().map(|r| r.to_string()), tokio::time::Instant::now());
-                    let q = Queued::Heartbeat { hb, reply, at };
+                    let reply = msg.reply.as_ref().map(|r| r.to_string());
                     // Never wait for a busy core (a 100k-task commit takes seconds): the subscription would overflow
-                    // and drop beats. The arrival is already in `status` for liveness; only the heartbeat's health
-                    // is skipped, and the agent repeats it with its next beat.
-                    if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(q) {
-                        metrics.inc("hb.deferred");
+                    // and drop beats. The arrival is already recorded for liveness; only the heartbeat's health is
+                    // skipped, and the agent repeats it with its next beat.
+                    if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(Queued::Heartbeat { hb, reply }) {
+                        metrics.inc(ServerCounter::HbDeferred);
                     }
                 }
             }
             Err(r) => {
-                metrics.inc(&format!("hb.rejected.{}", r.code));
+                metrics.inc(ServerCounter::HbRejected(r.code));
                 log_rejection("heartbeat", &msg, &r);
                 // Only the leader answers, so an agent gets one reply, not one per instance.
                 if leader.borrow().is_some() {
@@ -122,7 +132,7 @@ pub async fn registrations(
         // Admission first: in a storm most registrations are refused, and refusing must cost less than decoding a
         // body full of host facts. (A malformed one is told so once it is admitted.)
         let Ok(permit) = admission.clone().try_acquire_owned() else {
-            metrics.inc("reg.rejected.busy");
+            metrics.inc(ServerCounter::RegRejected(ErrorCode::Busy));
             let token = subjects.host_token(msg.subject.as_str()).unwrap_or_default();
             let r = Rejection {
                 code: ErrorCode::Busy,
@@ -138,7 +148,7 @@ pub async fn registrations(
         let req = match prep::register(&subjects, msg.subject.as_str(), &msg.payload) {
             Ok(req) => req,
             Err(r) => {
-                metrics.inc(&format!("reg.rejected.{}", r.code));
+                metrics.inc(ServerCounter::RegRejected(r.code));
                 log_rejection("registration", &msg, &r);
                 let body = RegisterReply::Rejected { code: r.code, message: r.message.clone(), retry_after_ms: None };
                 reply(&client, &msg, MessageKind::RegisterReply, &r, codec::encode(&body)).await;
@@ -154,90 +164,78 @@ pub async fn registrations(
     Ok(())
 }
 
-/// How long a write call may take on the leader (a blueprint apply plans and publishes all its commands).
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Write calls on `<prefix>.leader.>` while leading: parsed here, executed by the core, answered after commit.
-/// Replies are JSON; errors carry the services framework's error headers so the API can relay them as they are.
-pub async fn leader_api(
+/// Reports on `MUSTER_REPORTS`, consumed with the leader's durable consumer while leading; Prep-rejected reports
+/// are refused (term-acked) and counted here, the rest go to the core and are acked after commit.
+///
+/// Final task reports are also heard early, on a core subscription to the same subjects: an agent's publish reaches
+/// subscribers as the stream stores it, while the consumer delivers it only after the stream's backlog — in a
+/// 100,000-host fan-out, tens of thousands of reports wait behind fsyncs for tens of seconds. The early copy ends
+/// its task at once (committed to the log like any transition); the stored copy still arrives, is recognised as
+/// its duplicate and acked, so a report is removed from the stream only after what it caused is committed. Early
+/// copies never wait: when the core's queue is full, or anything about one is off, the stored copy decides.
+pub async fn reports(
     client: async_nats::Client,
+    js: jetstream::Context,
     subjects: Subjects,
+    metrics: Metrics,
     queue: mpsc::Sender<Queued>,
     stop: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let mut sub = client.subscribe(format!("{}.leader.>", subjects.prefix())).await?;
-    let prefix = format!("{}.leader.", subjects.prefix());
-    let calls = tokio_util::task::TaskTracker::new();
+) -> Result<(), LogError> {
+    let consumer = log::reports_consumer(&js, &subjects).await?;
+    let mut early = client
+        .subscribe(subjects.report_all())
+        .await
+        .map_err(|e| LogError::Stream(format!("subscribing to early reports: {e}")))?;
+    // Pulls of up to 1,000 reports (a fan-out returns them by the thousand) that expire after a few seconds: a pull
+    // that was lost or used up is replaced within REPORT_PULL_EXPIRES rather than the client's default 30 s.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(REPORT_PULL_BATCH)
+        .expires(REPORT_PULL_EXPIRES)
+        .heartbeat(REPORT_PULL_EXPIRES / 2)
+        .messages()
+        .await
+        .map_err(|e| LogError::Stream(e.to_string()))?;
     loop {
         let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = sub.next() => match m { Some(m) => m, None => break },
+            _ = stop.cancelled() => return Ok(()),
+            m = early.next() => match m {
+                Some(m) => { early_report(&subjects, &metrics, &queue, &m); continue }
+                None => return Err(LogError::Stream("early report subscription ended".into())),
+            },
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => { warn!(error = %e, "report stream error"); continue }
+                None => return Err(LogError::Stream("report consumer ended".into())),
+            },
         };
-        let Some(reply) = msg.reply.clone() else { continue };
-        let endpoint = msg.subject.as_str().strip_prefix(prefix.as_str()).unwrap_or_default().to_string();
-        let (queue, client) = (queue.clone(), client.clone());
-        // Answered in its own task so a slow write does not hold up the next call's parsing; the core still
-        // executes calls one batch at a time, in arrival order.
-        calls.spawn(async move {
-            let result = match parse_call(&endpoint, &msg.payload) {
-                Ok(call) => {
-                    let (tx, rx) = oneshot::channel();
-                    if queue.send(Queued::Api { call, respond: tx }).await.is_err() {
-                        Err(ApiFailure { code: 503, message: "leader stepped down; retry".into() })
-                    } else {
-                        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-                            Ok(Ok(r)) => r,
-                            Ok(Err(_)) => Err(ApiFailure { code: 503, message: "leader stepped down; retry".into() }),
-                            Err(_) => {
-                                Err(ApiFailure { code: 504, message: "the leader did not answer in time".into() })
-                            }
-                        }
-                    }
+        match prep::report(&subjects, msg.subject.as_str(), &msg.payload) {
+            Ok(report) => {
+                let q = Queued::Report { report: Box::new(report), msg: Some(Box::new(msg)) };
+                if queue.send(q).await.is_err() {
+                    return Ok(());
                 }
-                Err(e) => Err(e),
-            };
-            let (h, body) = api_reply(&result);
-            let _ = client.publish_with_headers(reply, h, body).await;
-        });
-    }
-    let _ = sub.unsubscribe().await;
-    calls.close();
-    calls.wait().await;
-    Ok(())
-}
-
-fn parse_call(endpoint: &str, payload: &[u8]) -> Result<ApiCall, ApiFailure> {
-    if payload.len() > crate::stack::MAX_FILE_BYTES {
-        return Err(ApiFailure::bad("request body too large"));
-    }
-    let text = || String::from_utf8(payload.to_vec()).map_err(|_| ApiFailure::bad("body must be UTF-8"));
-    match endpoint {
-        "stack.apply" => Ok(ApiCall::ApplyStack { source: text()? }),
-        "blueprint.apply" => Ok(ApiCall::ApplyBlueprint { source: text()? }),
-        "request.create" => serde_json::from_slice(payload)
-            .map(ApiCall::Request)
-            .map_err(|e| ApiFailure::bad(format!("invalid request spec: {e}"))),
-        "request.cancel" => {
-            let id = text()?.trim().parse().map_err(|_| ApiFailure::bad("request id must be a number"))?;
-            Ok(ApiCall::Cancel { request: id })
+            }
+            Err(r) => {
+                metrics.inc(ServerCounter::ReportRejected(r.code));
+                warn!(subject = %msg.subject, code = %r.code, "report rejected: {}", r.message);
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
         }
-        other => Err(ApiFailure::not_found(format!("no write endpoint {other:?}"))),
     }
 }
 
-/// Headers and JSON body of an API answer (errors as the services framework encodes them).
-pub fn api_reply(result: &ApiResult) -> (async_nats::HeaderMap, bytes::Bytes) {
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(headers::CONTENT_TYPE, headers::JSON);
-    let body = match result {
-        Ok(v) => v.to_string(),
-        Err(f) => {
-            h.insert(async_nats::service::NATS_SERVICE_ERROR, f.message.as_str());
-            h.insert(async_nats::service::NATS_SERVICE_ERROR_CODE, f.code.to_string().as_str());
-            serde_json::json!({"code": f.code, "message": f.message}).to_string()
-        }
-    };
-    (h, body.into())
+/// Hands the early copy of a final task report to the core if it passes Prep and the core has room; anything else
+/// is left to the stored copy (which is counted and logged if it is bad).
+fn early_report(subjects: &Subjects, metrics: &Metrics, queue: &mpsc::Sender<Queued>, msg: &Message) {
+    let Ok(report) = prep::report(subjects, msg.subject.as_str(), &msg.payload) else { return };
+    let ReportBody::Task(t) = &report.body else { return };
+    if !t.phase.is_final() {
+        return;
+    }
+    if queue.try_send(Queued::Report { report: Box::new(report), msg: None }).is_err() {
+        metrics.inc(ServerCounter::ReportEarlySkipped);
+    }
 }
 
 fn log_rejection(what: &str, msg: &Message, r: &Rejection) {
@@ -253,8 +251,7 @@ fn log_rejection(what: &str, msg: &Message, r: &Rejection) {
 async fn reply(client: &async_nats::Client, msg: &Message, kind: MessageKind, r: &Rejection, body: Vec<u8>) {
     let Some(to) = msg.reply.clone() else { return };
     let host = r.subject_host.as_ref().map_or("", |h| h.as_str());
-    let mut h = msg_headers(kind, host);
-    h.insert(headers::ERROR, r.code.as_str());
+    let h = header_map(headers::reply(kind, host, Some(r.code)));
     if let Err(e) = client.publish_with_headers(to, h, body.into()).await {
         warn!(error = %e, "error reply not sent");
     }

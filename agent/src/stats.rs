@@ -1,0 +1,50 @@
+//! The counters of a session: what it sent, received and dropped. One [`SessionStats`] is shared by every part of
+//! one session's I/O (cloning shares the values), and by all sessions of `muster-agent swarm`, which prints their
+//! sums: one relaxed atomic add per event, no allocation per session.
+//!
+//! A leaf: declared with the one counters facility of `muster_nats`, no dependency on the rest of the crate.
+
+use muster_nats::counters::Counters;
+
+muster_nats::counters! {
+    /// What an agent session counts.
+    pub enum SessionCounter {
+        /// Registration requests sent.
+        RegisterAttempts = "register.attempts",
+        /// Registrations the leader accepted.
+        Registrations = "register.accepted",
+        /// Re-registrations asked for by the server or caused by a reconnect.
+        Reregistrations = "register.again",
+        /// Heartbeats handed to the NATS client.
+        Heartbeats = "heartbeat.sent",
+        /// Heartbeats the NATS client refused to send.
+        HeartbeatErrors = "heartbeat.errors",
+        /// Control-inbox messages that could not be used (undecodable or of an unknown kind).
+        BadControlMessages = "control.bad",
+        /// Events illegal in the session's state, or calls the action queue refused (a bug).
+        IllegalTransitions = "transition.illegal",
+        /// Valid commands received (live and read back from the stream), repeats included.
+        CommandsReceived = "command.received",
+        /// Command messages that could not be used (undecodable, wrong version, wrong host).
+        BadCommands = "command.bad",
+        /// Commands dropped as repeats of one already seen.
+        DuplicateCommands = "command.duplicate",
+        /// Tasks whose command was started.
+        TasksStarted = "task.started",
+        /// Tasks that ended, reported or not (a kill at shutdown is not reported).
+        TasksFinished = "task.finished",
+        /// Component status checks started.
+        StatusChecks = "status.checks",
+        /// Components restarted by the agent on its own.
+        AutoRestarts = "restart.auto",
+        /// Reports JetStream acknowledged as stored.
+        ReportsPublished = "report.published",
+        /// Report publishes that failed and were retried with the same id.
+        ReportRetries = "report.retries",
+        /// Reports given up on: progress skipped while the reporter was behind, lost at shutdown or past the backlog.
+        ReportsDropped = "report.dropped",
+    }
+}
+
+/// The counters of one session, or, shared, of many.
+pub type SessionStats = Counters<SessionCounter>;

@@ -1,0 +1,198 @@
+//! [`Api`]: the CLI's side of the `muster` service, the thin I/O shell every command goes through. One NATS
+//! connection; reads and writes answer typed values or the [`ApiError`] the server sent; `servers` gathers every
+//! instance's answer; [`Feed`] is the change feed a follow listens to.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use muster_nats::ConnectParams;
+use muster_schemas::api::{ApiError, Committed, Endpoint, ServerStatus};
+use muster_schemas::events::{RequestChanged, TaskChanged};
+use muster_schemas::subjects::EventKind;
+use muster_schemas::{codec, limits, Subjects};
+use serde::de::DeserializeOwned;
+
+use crate::error::CliError;
+
+/// What [`Api::connect`] needs.
+#[derive(Debug, Clone)]
+pub struct ApiParams {
+    /// NATS URL(s), comma-separated.
+    pub nats: String,
+    /// The cluster's subject prefix.
+    pub prefix: String,
+    /// How long a read may take.
+    pub read_timeout: Duration,
+    /// How long a write may take: the leader's own limit plus the hops to it, so the CLI never gives up on a
+    /// write the leader is still working on.
+    pub write_timeout: Duration,
+}
+
+/// How long `servers` keeps collecting answers after the last one arrived: every instance answers within a few
+/// milliseconds of the others unless it is stuck, and a stuck one is what `muster servers` is for.
+const SERVERS_QUIET: Duration = Duration::from_millis(300);
+
+/// A connected API client.
+pub struct Api {
+    client: async_nats::Client,
+    subjects: Subjects,
+    params: ApiParams,
+}
+
+impl Api {
+    /// Connects to NATS (the API itself is asked nothing yet).
+    pub async fn connect(params: ApiParams) -> Result<Self, CliError> {
+        let subjects = Subjects::checked(&params.prefix)?;
+        let connect = ConnectParams::new(&params.nats, "muster-cli")
+            .map_err(|source| CliError::Urls { urls: params.nats.clone(), source })?;
+        let client = muster_nats::connect(connect).await?;
+        Ok(Self { client, subjects, params })
+    }
+
+    /// Asks a read endpoint; with `min_seq`, the answer reflects the log at least up to it (read your writes on
+    /// any instance).
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: &str,
+        min_seq: Option<u64>,
+    ) -> Result<T, CliError> {
+        let payload = self.call(endpoint, body, min_seq, self.params.read_timeout).await?;
+        decode_json(&payload)
+    }
+
+    /// Asks a write endpoint (the answering instance forwards it to the leader); the reply carries the sequence
+    /// it committed at.
+    pub async fn write<T: DeserializeOwned>(&self, endpoint: Endpoint, body: &str) -> Result<Committed<T>, CliError> {
+        let payload = self.call(endpoint, body, None, self.params.write_timeout).await?;
+        decode_json(&payload)
+    }
+
+    async fn call(
+        &self,
+        endpoint: Endpoint,
+        body: &str,
+        min_seq: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Bytes, CliError> {
+        let subject = self.subjects.api(endpoint.name());
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(seq) = min_seq {
+            headers.insert(muster_schemas::headers::MIN_SEQ, seq.to_string().as_str());
+        }
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(Bytes::copy_from_slice(body.as_bytes()))
+            .timeout(Some(timeout));
+        let msg = match self.client.send_request(subject.clone(), request).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        CliError::NoServer { subject, detail: "no server is running on this NATS".into() }
+                    }
+                    async_nats::RequestErrorKind::TimedOut => CliError::Timeout { subject, timeout },
+                    _ => CliError::Nats(e.to_string()),
+                })
+            }
+        };
+        if let Some(h) = &msg.headers {
+            if let Some(message) = h.get(async_nats::service::NATS_SERVICE_ERROR) {
+                let code = h.get(async_nats::service::NATS_SERVICE_ERROR_CODE).map(|c| c.as_str());
+                return Err(ApiError::from_service_error(message.as_str(), code).into());
+            }
+        }
+        Ok(msg.payload)
+    }
+
+    /// Asks every instance for its status and collects the answers until none has come for a moment.
+    pub async fn servers(&self) -> Result<Vec<ServerStatus>, CliError> {
+        let subject = self.subjects.servers();
+        let inbox = self.client.new_inbox();
+        let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| CliError::Nats(e.to_string()))?;
+        self.client
+            .publish_with_reply(subject.clone(), inbox, Bytes::new())
+            .await
+            .map_err(|e| CliError::Nats(e.to_string()))?;
+        let mut rows = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.params.read_timeout;
+        loop {
+            let wait = if rows.is_empty() {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            } else {
+                SERVERS_QUIET
+            };
+            let Ok(Some(m)) = tokio::time::timeout(wait, sub.next()).await else { break };
+            // NATS answers a request nobody listens to with an empty "no responders" status message: no server
+            // runs (or none uses this prefix).
+            if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(CliError::NoServer { subject, detail: "no server is running on this NATS".into() });
+            }
+            rows.push(decode_json::<ServerStatus>(&m.payload)?);
+        }
+        if rows.is_empty() {
+            return Err(CliError::Timeout { subject, timeout: self.params.read_timeout });
+        }
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(rows)
+    }
+
+    /// Subscribes to the change feed of requests, and of tasks if `tasks` (progress needs them; the end does not).
+    /// Call it before the read or write whose request it follows, so no event can fall between the two.
+    pub async fn feed(&self, tasks: bool) -> Result<Feed, CliError> {
+        let sub = |s: String| async move { self.client.subscribe(s).await.map_err(|e| CliError::Nats(e.to_string())) };
+        let requests = sub(self.subjects.events_of(EventKind::Request)).await?;
+        let tasks = if tasks { Some(sub(self.subjects.events_of(EventKind::Task)).await?) } else { None };
+        // No wait needed: the server handles one connection's messages in order, so these subscriptions are in
+        // place before the request the caller sends next on the same connection can exist. (A NATS cluster passes
+        // the interest on to its other nodes asynchronously; an event routed before it arrived is what the safety
+        // re-read in `watch` is for.)
+        Ok(Feed { requests, tasks })
+    }
+}
+
+/// One change the feed carried.
+#[derive(Debug, Clone)]
+pub enum FeedEvent {
+    /// A request changed status.
+    Request(RequestChanged),
+    /// A task changed status.
+    Task(TaskChanged),
+}
+
+/// The change feed of requests (and tasks), subscribed before the request it follows was submitted or read.
+pub struct Feed {
+    requests: async_nats::Subscriber,
+    tasks: Option<async_nats::Subscriber>,
+}
+
+impl Feed {
+    /// The next change; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<FeedEvent> {
+        loop {
+            let (msg, is_task) = match &mut self.tasks {
+                Some(tasks) => tokio::select! {
+                    m = self.requests.next() => (m?, false),
+                    m = tasks.next() => (m?, true),
+                },
+                None => (self.requests.next().await?, false),
+            };
+            // An event carries at most a task's argv (in `what`), so the command limit bounds it. One that does not
+            // decode (another version) is skipped: the safety re-read covers whatever it said.
+            let event = if is_task {
+                codec::decode(&msg.payload, limits::MAX_COMMAND_BYTES).map(FeedEvent::Task)
+            } else {
+                codec::decode(&msg.payload, limits::MAX_COMMAND_BYTES).map(FeedEvent::Request)
+            };
+            if let Ok(event) = event {
+                return Some(event);
+            }
+        }
+    }
+}
+
+fn decode_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CliError> {
+    serde_json::from_slice(payload)
+        .map_err(|e| CliError::Decode { what: "reply from the server", detail: e.to_string() })
+}

@@ -1,0 +1,129 @@
+//! The leader's write endpoints on `<prefix>.leader.>`, subscribed to only while leading: each call is parsed here,
+//! executed by the core, and answered after commit. Replies are the typed JSON of `muster_schemas::api`; an error is
+//! the one [`ApiError`] in the services framework's error headers (and as the JSON body), so the answering
+//! instance relays it as it is.
+
+use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+use futures::StreamExt;
+use muster_schemas::api::{ApiError, Endpoint};
+use muster_schemas::{headers, limits, Subjects};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::leader::contract::ApiCall;
+use crate::leader::inbox::{Queued, WriteResult};
+
+/// Write calls on `<prefix>.leader.>` while leading: parsed here, executed by the core, answered after commit.
+pub async fn leader_api(
+    client: async_nats::Client,
+    subjects: Subjects,
+    queue: mpsc::Sender<Queued>,
+    stop: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = client.subscribe(subjects.leader_all()).await?;
+    let calls = tokio_util::task::TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = msg.reply.clone() else { continue };
+        let endpoint = subjects.leader_endpoint(msg.subject.as_str()).unwrap_or_default().to_string();
+        let (queue, client) = (queue.clone(), client.clone());
+        // Answered in its own task so a slow write does not hold up the next call's parsing; the core still
+        // executes calls one batch at a time, in arrival order.
+        calls.spawn(async move {
+            let result = match parse_call(&endpoint, &msg.payload) {
+                Ok(call) => execute(&queue, call).await,
+                Err(e) => Err(e),
+            };
+            let (h, body) = api_reply(&result);
+            let _ = client.publish_with_headers(reply, h, body).await;
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    calls.close();
+    calls.wait().await;
+    Ok(())
+}
+
+/// Queues `call` for the core and waits for its answer, at most [`limits::WRITE_TIMEOUT`].
+async fn execute(queue: &mpsc::Sender<Queued>, call: ApiCall) -> WriteResult {
+    let stepped_down = || ApiError::unavailable("leader stepped down; retry");
+    let (tx, rx) = oneshot::channel();
+    if queue.send(Queued::Api { call, respond: tx }).await.is_err() {
+        return Err(stepped_down());
+    }
+    match tokio::time::timeout(limits::WRITE_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(stepped_down()),
+        Err(_) => Err(ApiError::timeout("the leader did not answer in time")),
+    }
+}
+
+fn parse_call(endpoint: &str, payload: &[u8]) -> Result<ApiCall, ApiError> {
+    if payload.len() > crate::stack::MAX_FILE_BYTES {
+        return Err(ApiError::bad_request("request body too large"));
+    }
+    let text = || String::from_utf8(payload.to_vec()).map_err(|_| ApiError::bad_request("body must be UTF-8"));
+    match Endpoint::from_name(endpoint) {
+        Some(Endpoint::StackApply) => Ok(ApiCall::ApplyStack { source: text()? }),
+        Some(Endpoint::BlueprintApply) => Ok(ApiCall::ApplyBlueprint { source: text()? }),
+        Some(Endpoint::RequestCreate) => serde_json::from_slice(payload)
+            .map(ApiCall::Request)
+            .map_err(|e| ApiError::bad_request(format!("invalid request spec: {e}"))),
+        Some(Endpoint::RequestCancel) => {
+            let id = text()?.trim().parse().map_err(|_| ApiError::bad_request("request id must be a number"))?;
+            Ok(ApiCall::Cancel { request: id })
+        }
+        _ => Err(ApiError::not_found(format!("no write endpoint {endpoint:?}"))),
+    }
+}
+
+/// Headers and JSON body of a write's answer (errors as the services framework encodes them).
+fn api_reply(result: &WriteResult) -> (async_nats::HeaderMap, bytes::Bytes) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::CONTENT_TYPE, headers::JSON);
+    let body = match result {
+        Ok(committed) => serde_json::to_vec(committed),
+        Err(e) => {
+            h.insert(NATS_SERVICE_ERROR, e.message.as_str());
+            h.insert(NATS_SERVICE_ERROR_CODE, e.code.as_u16().to_string().as_str());
+            serde_json::to_vec(e)
+        }
+    };
+    // Serializing these plain structs cannot fail; should it ever, the caller still gets a JSON error.
+    let body = body.unwrap_or_else(|e| format!(r#"{{"code":500,"message":"reply not encodable: {e}"}}"#).into_bytes());
+    (h, body.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_schemas::api::{Committed, RequestCancelled, WriteReply};
+
+    #[test]
+    fn calls_are_parsed_by_endpoint_and_bad_ones_get_their_code() {
+        assert!(matches!(parse_call("request.cancel", b" 7 "), Ok(ApiCall::Cancel { request: 7 })));
+        assert!(matches!(parse_call("stack.apply", b"name = 'x'"), Ok(ApiCall::ApplyStack { .. })));
+        let code = |endpoint: &str, body: &[u8]| parse_call(endpoint, body).unwrap_err().code;
+        assert_eq!(code("request.cancel", b"seven"), muster_schemas::api::ApiErrorCode::BadRequest);
+        assert_eq!(code("request.create", b"{"), muster_schemas::api::ApiErrorCode::BadRequest);
+        assert_eq!(code("hosts", b""), muster_schemas::api::ApiErrorCode::NotFound);
+        assert_eq!(code("nope", b""), muster_schemas::api::ApiErrorCode::NotFound);
+    }
+
+    #[test]
+    fn answers_carry_the_sequence_and_errors_their_headers() {
+        let ok: WriteResult = Ok(Committed {
+            reply: WriteReply::RequestCancelled(RequestCancelled { request: 3, aborted_tasks: 2 }),
+            seq: 41,
+        });
+        let (_, body) = api_reply(&ok);
+        assert_eq!(&body[..], br#"{"request":3,"aborted_tasks":2,"seq":41}"#);
+        let (h, body) = api_reply(&Err(ApiError::not_found("no running request 9")));
+        assert_eq!(h.get(NATS_SERVICE_ERROR_CODE).map(|v| v.as_str()), Some("404"));
+        assert_eq!(h.get(NATS_SERVICE_ERROR).map(|v| v.as_str()), Some("no running request 9"));
+        assert_eq!(&body[..], br#"{"code":404,"message":"no running request 9"}"#);
+    }
+}
