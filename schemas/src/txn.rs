@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord};
-use crate::{HostId, HostRecord, UnixMillis};
+use crate::{HostRecord, UnixMillis};
 
 /// One log entry: a batch of state changes committed together (group commit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Txn {
-    /// Protocol version.
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]) of the leader that wrote it.
     pub schema: u16,
     /// The epoch of the leader that wrote it; replicas refuse an older epoch after a newer one.
     pub epoch: u64,
@@ -25,11 +25,6 @@ pub struct Txn {
 pub enum TxnOp {
     /// Insert or replace a host's record.
     PutHost(Box<HostRecord>),
-    /// Forget a host.
-    DeleteHost {
-        /// The host.
-        id: HostId,
-    },
     /// Store a stack version (and make it the stack's current one).
     PutStack(Box<StackRecord>),
     /// Store a blueprint.

@@ -2,7 +2,7 @@
 //! under `<prefix>.api.*`, JSON replies (so `nats req muster.api.hosts ''` is readable as is). The endpoints and
 //! their request and reply types are listed in [`muster_schemas::api`]. Read endpoints are answered from this
 //! instance's redb, so every instance can serve them; write endpoints are forwarded to `<prefix>.leader.*`, which
-//! only the leader subscribes to ([`crate::listen::leader_api`]), and its answer (a typed reply or an
+//! only the leader subscribes to ([`crate::writes::leader_api`]), and its answer (a typed reply or an
 //! [`ApiError`]) is relayed as it is.
 //!
 //! Every read accepts a `Muster-Min-Seq` header (answer once this instance applied that log sequence; writes answer
@@ -55,9 +55,9 @@ pub enum ApiStartError {
     /// The `servers` subscription failed.
     #[error("api: cannot subscribe to {subject}: {source}")]
     Subscribe {
-        /// The subject.
+        /// The subject it tried to subscribe to (`<prefix>.servers`).
         subject: String,
-        /// Why.
+        /// The client's error.
         source: async_nats::SubscribeError,
     },
 }

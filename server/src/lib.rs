@@ -13,13 +13,14 @@
 //! - [`stack`]    — pure: stack and blueprint files, TOML parsing and validation with line numbers.
 //! - [`plan`]     — pure: stage planning, dependency order, rolling batches, only the gap.
 //! - [`prep`]     — pure: Prep, limits, one decode, version, host-id and subject checks for agent messages.
-//! - [`leader`]   — pure core ([`leader::core`] and its modules) below the leader's shell ([`leader::shell`], `lead`).
 //!
 //! I/O shells
 //! - [`store`]    — I/O: redb, materialised state plus `applied_seq`, written only by the applier.
 //! - [`election`] — I/O: the leader lease in KV; its revision is the epoch.
 //! - [`snapshot`] — I/O: state snapshots in the object store; the log is trimmed only behind the newest.
 //! - [`log`]      — I/O: the txn log on JetStream, fenced appends and the applier every instance runs.
+//! - [`leader`]   — I/O with a pure core: [`leader::core`] and its concerns (pure) below the leader's shell
+//!   ([`leader::driver`]'s one order, [`leader::shell`], `lead`).
 //! - [`ingest`]   — I/O: agent messages, heartbeats (every instance), registrations and reports (leader).
 //! - [`writes`]   — I/O: the leader's write endpoints (`<prefix>.leader.*`).
 //! - [`api`]      — I/O: the `muster` services-framework API (`<prefix>.api.*`, JSON).

@@ -68,7 +68,7 @@ pub struct Snapshot {
     pub reserved: (u64, u64),
 }
 
-/// Store failures.
+/// Why a redb read or write failed: redb itself, a record that does not decode, or the blocking task.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// redb failed (I/O, corruption, ...).
@@ -95,7 +95,7 @@ redb_from!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::
 /// What one applied batch did, for counters and logs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyOutcome {
-    /// Entries applied.
+    /// Entries written to redb by this batch (stale-epoch entries not counted; they are in `stale`).
     pub applied: u64,
     /// Entries refused because their epoch was older than one already applied.
     pub stale: u64,
@@ -156,7 +156,7 @@ impl Store {
         self.all(STACKS)
     }
 
-    /// Every blueprint.
+    /// Every blueprint, at its current version, ordered by name.
     pub fn blueprints(&self) -> Result<Vec<BlueprintRecord>, StoreError> {
         self.all(BLUEPRINTS)
     }
@@ -176,7 +176,7 @@ impl Store {
         self.all(REQUESTS)
     }
 
-    /// One request.
+    /// One request by id, with its stages; `None` if no request has that id.
     pub fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
         self.get(REQUESTS, id)
     }
@@ -189,7 +189,7 @@ impl Store {
         Ok(last)
     }
 
-    /// One task.
+    /// One task by id; `None` if no task has that id.
     pub fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.get(TASKS, id)
     }
@@ -345,9 +345,6 @@ impl Store {
                         TxnOp::PutHost(rec) => {
                             hosts.insert(rec.id.as_str(), codec::encode(rec).as_slice())?;
                         }
-                        TxnOp::DeleteHost { id } => {
-                            hosts.remove(id.as_str())?;
-                        }
                         TxnOp::PutStack(rec) => {
                             let bytes = codec::encode(rec);
                             let versioned = format!("{}/{:06}", rec.def.name, rec.version);
@@ -431,9 +428,11 @@ mod tests {
             .unwrap();
         assert_eq!(out, ApplyOutcome { applied: 2, stale: 0 });
         // Redelivery of seq 2 changes nothing.
-        let again = store.apply(&[(2, txn(5, vec![TxnOp::DeleteHost { id: HostId::new("b").unwrap() }]))], 2).unwrap();
+        let again =
+            store.apply(&[(2, txn(5, vec![TxnOp::PutHost(Box::new(rec("b", HostState::HeartbeatLost)))]))], 2).unwrap();
         assert_eq!(again.applied, 0);
         assert_eq!(store.hosts().unwrap().len(), 2);
+        assert_eq!(store.host(&HostId::new("b").unwrap()).unwrap().unwrap().state, HostState::Healthy);
         // A deposed leader's entry (older epoch) is refused but consumes its sequence.
         let stale =
             store.apply(&[(3, txn(4, vec![TxnOp::PutHost(Box::new(rec("a", HostState::HeartbeatLost)))]))], 3).unwrap();

@@ -13,7 +13,6 @@ use muster_schemas::api::RequestView;
 use muster_schemas::{limits, HostState, Subjects, Txn};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use serde::Deserialize;
 
 use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
 use crate::cluster::{describe, server_env, Settings, Timing, LOG_ENV};
@@ -48,37 +47,10 @@ const TXN_FRAMING: usize = 64 * 1024;
 const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=debug,muster_schemas=debug";
 
 /// A role as `muster servers` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Holds the lease and writes the log.
-    Leader,
-    /// A voter that does not lead.
-    Follower,
-    /// Never campaigns.
-    Observer,
-}
+pub use muster_schemas::api::ServerRole as Role;
 
-/// One row of `muster servers --json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ServerRow {
-    /// `MUSTER_SERVER_ID`.
-    pub id: String,
-    /// Its current role.
-    pub role: Role,
-    /// The newest epoch it knows.
-    pub epoch: u64,
-    /// The last log sequence it applied to its redb.
-    pub applied_seq: u64,
-    /// The log's last sequence as it sees it (`null` when it could not ask JetStream).
-    pub log_end: Option<u64>,
-    /// `log_end - applied_seq`.
-    pub lag: Option<u64>,
-    /// Seconds since the process started.
-    pub uptime_secs: f64,
-    /// Hash over every state table (`null` when it could not be computed).
-    pub digest: Option<String>,
-}
+/// One row of `muster servers --json`: the schemas' type the servers answer with.
+pub use muster_schemas::api::ServerStatus as ServerRow;
 
 /// `server-1=leader(e4 a120/120 9f3c…) server-2=…`, for failure messages.
 pub fn describe_servers(rows: &[ServerRow]) -> String {
