@@ -13,7 +13,7 @@
 pub mod components;
 pub mod contract;
 pub mod core;
-pub mod driver;
+mod driver;
 pub mod hosts;
 pub mod inbox;
 pub mod scheduler;
