@@ -2,7 +2,7 @@
 #
 #   make tools      nats-server >= 2.10 (into .tools/ unless one is on PATH), rustfmt and clippy
 #   make build      every binary: muster-server, muster (CLI), muster-agent
-#   make lint       cargo fmt --check and clippy with warnings as errors
+#   make lint       cargo fmt --check, clippy and rustdoc (intra-doc links) with warnings as errors
 #   make test       tools + lint + build + the whole test suite against a real nats-server
 #   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
 #   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
@@ -26,6 +26,7 @@ build:
 lint: tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 # The end-to-end tests run the binaries from target/debug, which `cargo test` does not build for another package,
 # hence `build` first. MUSTER_NATS_SERVER and PATH point at the nats-server `tools` chose.

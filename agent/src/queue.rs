@@ -175,7 +175,7 @@ impl<T> ActionQueue<T> {
         self.running.len()
     }
 
-    /// Jobs waiting.
+    /// Jobs waiting for a free slot or for their lane's running job to finish.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

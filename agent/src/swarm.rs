@@ -99,7 +99,7 @@ impl SwarmParams {
 /// Why the swarm could not run, or ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
-    /// `--count 0`.
+    /// The host count was 0 (`--count 0`): there is nothing to simulate.
     #[error("nothing to simulate: the count must be at least 1")]
     NoHosts,
     /// The prefix and index do not make a valid host id.

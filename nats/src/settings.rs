@@ -52,7 +52,7 @@ pub enum DefaultValue {
     Text(&'static str),
     /// A whole number.
     Int(u64),
-    /// A switch.
+    /// A switch, given as `true` or `false`.
     Bool(bool),
     /// Computed by the binary when the setting is not given (e.g. from the hostname); the text says how.
     Computed(&'static str),
@@ -92,9 +92,9 @@ impl DefaultValue {
 pub struct Setting {
     /// Key in the TOML file: the variable's name in lower case without `MUSTER_`.
     pub key: &'static str,
-    /// Environment variable.
+    /// Environment variable: `MUSTER_` followed by the key in upper case; it overrides the file.
     pub env: &'static str,
-    /// Default.
+    /// Value when neither the file nor the variable gives one; shown in `--help` and the docs.
     pub default: DefaultValue,
     /// What it means, in one line (also its row in the docs).
     pub meaning: &'static str,
@@ -104,9 +104,9 @@ pub struct Setting {
 /// `--help` and the docs, and not reported as unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvVar {
-    /// The variable.
+    /// Its full name (e.g. `MUSTER_LOG`, `MUSTER_CONFIG`), read by the binary itself rather than the engine.
     pub env: &'static str,
-    /// Its default.
+    /// What applies when it is not set, as `--help` and the docs show it.
     pub default: DefaultValue,
     /// What it means.
     pub meaning: &'static str,
@@ -161,15 +161,15 @@ pub enum SettingsError {
     /// The config file could not be read.
     #[error("cannot read the config file {path}: {source}")]
     Read {
-        /// The file.
+        /// The config file's path as given.
         path: String,
-        /// Why.
+        /// The I/O error reading it (e.g. not found, permission denied).
         source: std::io::Error,
     },
     /// The config file is not valid TOML.
     #[error("cannot parse the config file {origin}: {reason}")]
     Parse {
-        /// The file.
+        /// The config file's path (or the name tests give the text), as the message shows it.
         origin: String,
         /// The parser's message (it gives the line).
         reason: String,
@@ -187,7 +187,7 @@ pub enum SettingsError {
     Unknown {
         /// The unknown key.
         key: String,
-        /// The file.
+        /// The config file's path the key was found in.
         origin: String,
         /// The known keys, for the message.
         known: String,

@@ -38,7 +38,7 @@ use crate::{HostRecord, HostState, UnixMillis};
 pub enum Endpoint {
     /// Counts of hosts, components and requests by state.
     Summary,
-    /// Every host.
+    /// Every registered host, lost ones included, one [`HostSummary`] each.
     Hosts,
     /// One host with its record.
     Host,
@@ -46,7 +46,7 @@ pub enum Endpoint {
     Stats,
     /// Every host component.
     Components,
-    /// Every stack.
+    /// Every stack at its current version, with its services and components.
     Stacks,
     /// Every request, newest first.
     Requests,
@@ -200,27 +200,27 @@ impl ApiError {
         Self { code, message: message.into() }
     }
 
-    /// [`ApiErrorCode::BadRequest`].
+    /// A 400 error: the call is malformed or asks for something impossible; retrying fails the same way.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ApiErrorCode::BadRequest, message)
     }
 
-    /// [`ApiErrorCode::NotFound`].
+    /// A 404 error: the host, request or endpoint named does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ApiErrorCode::NotFound, message)
     }
 
-    /// [`ApiErrorCode::Internal`].
+    /// A 500 error: the answering instance failed; the call may or may not have taken effect.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ApiErrorCode::Internal, message)
     }
 
-    /// [`ApiErrorCode::Unavailable`].
+    /// A 503 error: no leader, or this instance is behind; the caller should retry shortly.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ApiErrorCode::Unavailable, message)
     }
 
-    /// [`ApiErrorCode::Timeout`].
+    /// A 504 error: the leader did not answer in time; the write may still commit.
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(ApiErrorCode::Timeout, message)
     }
@@ -242,7 +242,7 @@ impl ApiError {
 /// `summary`: counts only, cheap at any fleet size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSummary {
-    /// Hosts registered.
+    /// Every host that ever registered, HEARTBEAT_LOST ones included (hosts are never forgotten).
     pub hosts: u64,
     /// Hosts by state name (`HEALTHY`, ...); states with no host are absent.
     pub hosts_by_state: BTreeMap<String, u64>,
@@ -259,16 +259,16 @@ pub struct ClusterSummary {
 /// One row of `muster hosts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostSummary {
-    /// Host id.
+    /// The host id the agent registered with (its subject token).
     pub id: String,
-    /// Host state.
+    /// The host state from the log (Ambari's host FSM: HEALTHY, UNHEALTHY, HEARTBEAT_LOST, ...).
     pub state: HostState,
     /// Seconds since the answering instance last heard a heartbeat from the host; `null` if none since it started
     /// (each instance hears heartbeats itself, so a new instance knows nothing for a moment).
     pub last_heartbeat_secs: Option<f64>,
     /// Hostname as the host reports it.
     pub hostname: String,
-    /// Agent version.
+    /// The `muster-agent` version the host registered with last.
     pub agent_version: String,
     /// Seconds in the current state.
     pub state_secs: f64,
@@ -320,7 +320,7 @@ impl fmt::Display for ServerRole {
 pub struct ServerStats {
     /// `MUSTER_SERVER_ID` of the instance that answered (the service's queue group picks any).
     pub server_id: String,
-    /// Its role.
+    /// Its role when it answered (a follower may have become leader since).
     pub role: ServerRole,
     /// The newest epoch it knows (from leading, or from the log it applied).
     pub epoch: u64,
@@ -336,9 +336,9 @@ pub struct ServerStats {
 /// that is equal on replicas that applied the same log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {
-    /// `MUSTER_SERVER_ID`.
+    /// The instance's `MUSTER_SERVER_ID`.
     pub id: String,
-    /// Its role.
+    /// Its role when it answered.
     pub role: ServerRole,
     /// The newest epoch it knows.
     pub epoch: u64,
@@ -357,11 +357,11 @@ pub struct ServerStatus {
 /// One host component as `components` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComponentView {
-    /// Host.
+    /// Host id of the host it is on.
     pub host: String,
     /// Service the component belongs to.
     pub service: String,
-    /// Component name.
+    /// Component name, unique within its stack.
     pub component: String,
     /// State the agent last reported or the leader last decided.
     pub state: ComponentState,
@@ -376,7 +376,7 @@ pub struct ComponentView {
 /// One stack as `stacks` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackView {
-    /// Stack name.
+    /// Stack name, unique in the cluster.
     pub name: String,
     /// Version, from 1, bumped by each apply that changes it.
     pub version: u32,
@@ -389,7 +389,7 @@ pub struct StackView {
 /// One service of a [`StackView`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
-    /// Service name.
+    /// Service name, unique within the stack.
     pub name: String,
     /// Its component names, in definition order.
     pub components: Vec<String>,
@@ -398,13 +398,13 @@ pub struct ServiceView {
 /// One row of `requests`: the request without its tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSummary {
-    /// Request id.
+    /// Request id, assigned by the leader from 1.
     pub id: RequestId,
     /// What was asked, e.g. `START master on all hosts`.
     pub description: String,
-    /// Status.
+    /// IN_PROGRESS until it ends COMPLETED, FAILED, TIMEDOUT or ABORTED.
     pub status: TaskStatus,
-    /// Created.
+    /// When the leader created it: ms since the Unix epoch, on the leader's wall clock.
     pub created_at: UnixMillis,
     /// Finished; 0 while running.
     pub finished_at: UnixMillis,
@@ -419,7 +419,7 @@ pub struct RequestSummary {
 /// One task as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
-    /// Task id.
+    /// Task id, unique in the cluster.
     pub id: TaskId,
     /// Index of its stage in the request.
     pub stage: u32,
@@ -429,7 +429,7 @@ pub struct TaskView {
     pub component: Option<String>,
     /// Verb (INSTALL, START, ..., RUN).
     pub command: String,
-    /// Status.
+    /// PENDING, QUEUED, IN_PROGRESS, or how it ended.
     pub status: TaskStatus,
     /// Attempts sent (a task is resent after a lost agent comes back).
     pub attempt: u32,
@@ -456,7 +456,7 @@ pub const MAX_TASKS_IN_VIEW: usize = 1_000;
 pub struct StageView {
     /// Stage name, e.g. `START master`.
     pub name: String,
-    /// Status.
+    /// PENDING until the stage before completes, IN_PROGRESS while its tasks run, then how it ended.
     pub status: TaskStatus,
     /// Task ids (empty when the request has more than [`MAX_TASKS_IN_VIEW`] tasks).
     pub tasks: Vec<TaskId>,
@@ -477,13 +477,13 @@ pub struct StageView {
 /// `request <id>`: a request with its stages and (the first [`MAX_TASKS_IN_VIEW`] of) its tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestView {
-    /// Request id.
+    /// Request id, assigned by the leader from 1.
     pub id: RequestId,
     /// What was asked.
     pub description: String,
-    /// Status.
+    /// IN_PROGRESS until it ends COMPLETED, FAILED, TIMEDOUT or ABORTED.
     pub status: TaskStatus,
-    /// Created.
+    /// When the leader created it: ms since the Unix epoch, on the leader's wall clock.
     pub created_at: UnixMillis,
     /// Finished; 0 while running.
     pub finished_at: UnixMillis,
@@ -535,7 +535,7 @@ pub struct RequestSpec {
 /// `stack.apply`: the stack as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackApplied {
-    /// Stack name.
+    /// Stack name from the file's `name`.
     pub stack: String,
     /// Its version now (unchanged when the same definition was applied again).
     pub version: u32,
@@ -548,7 +548,7 @@ pub struct StackApplied {
 /// `blueprint.apply`: the blueprint as stored and the request that brings the hosts to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlueprintApplied {
-    /// Blueprint name.
+    /// Blueprint name from the file's `name`.
     pub blueprint: String,
     /// Its version now (every apply bumps it).
     pub version: u32,
@@ -563,7 +563,7 @@ pub struct BlueprintApplied {
 pub struct RequestCreated {
     /// The new request's id.
     pub request: RequestId,
-    /// Stages planned.
+    /// Stages planned; 0 when nothing needed doing, and the request then completes at once.
     pub stages: u64,
     /// Tasks planned over all stages.
     pub tasks: u64,
@@ -585,13 +585,13 @@ pub struct RequestCancelled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum WriteReply {
-    /// `stack.apply`.
+    /// The reply to `stack.apply`, before the sequence it committed at is known.
     StackApplied(StackApplied),
-    /// `blueprint.apply`.
+    /// The reply to `blueprint.apply`, before the sequence it committed at is known.
     BlueprintApplied(BlueprintApplied),
-    /// `request.create`.
+    /// The reply to `request.create`, before the sequence it committed at is known.
     RequestCreated(RequestCreated),
-    /// `request.cancel`.
+    /// The reply to `request.cancel`, before the sequence it committed at is known.
     RequestCancelled(RequestCancelled),
 }
 

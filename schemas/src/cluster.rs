@@ -14,7 +14,7 @@ use crate::{HostId, UnixMillis};
 /// A stack: services and their components with the commands that manage them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackDef {
-    /// Stack name.
+    /// The stack's `name` from its file: the key it is stored under; a changed definition there is a new version.
     pub name: String,
     /// Services, in file order.
     pub services: Vec<ServiceDef>,
@@ -23,9 +23,9 @@ pub struct StackDef {
 /// A service of a stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceDef {
-    /// Service name.
+    /// Service name, unique within the stack; the `service` half of a [`ComponentRef`].
     pub name: String,
-    /// Free text.
+    /// Free text from the stack file (empty when it has none); muster does not interpret it.
     pub description: String,
     /// Components, in file order.
     pub components: Vec<ComponentDef>,
@@ -65,31 +65,31 @@ pub struct StackRecord {
     pub def: StackDef,
     /// The TOML as applied.
     pub source: String,
-    /// When.
+    /// When the leader accepted this version: ms since the Unix epoch, on the leader's wall clock.
     pub applied_at: UnixMillis,
 }
 
 /// A blueprint: which components run on which hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlueprintDef {
-    /// Blueprint name.
+    /// The blueprint's `name` from its file; applying the same name again stores a new version.
     pub name: String,
     /// The stack it maps.
     pub stack: String,
-    /// Host groups.
+    /// Host groups, in file order; a host that matches several gets the components of each.
     pub host_groups: Vec<HostGroup>,
 }
 
 /// Hosts selected by id globs and/or labels, and the components they run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostGroup {
-    /// Group name.
+    /// Group name from the blueprint file, for the operator; hosts are matched by `hosts` and `labels`.
     pub name: String,
     /// Host id globs (`*`, `?`); empty means any host.
     pub hosts: Vec<String>,
     /// Labels a host must all carry.
     pub labels: BTreeMap<String, String>,
-    /// Component names.
+    /// Components of the blueprint's stack, by name, mapped onto every host the group matches.
     pub components: Vec<String>,
 }
 
@@ -102,7 +102,7 @@ pub struct BlueprintRecord {
     pub def: BlueprintDef,
     /// The TOML as applied.
     pub source: String,
-    /// When.
+    /// When the leader accepted this version: ms since the Unix epoch, on the leader's wall clock.
     pub applied_at: UnixMillis,
 }
 
@@ -112,21 +112,21 @@ pub struct BlueprintRecord {
 pub enum ComponentState {
     /// Mapped, nothing done yet.
     Init,
-    /// Install running.
+    /// An INSTALL task is queued or running.
     Installing,
-    /// Install failed.
+    /// The last INSTALL failed, timed out or was aborted; INSTALL may be tried again.
     InstallFailed,
     /// Installed, not running.
     Installed,
-    /// Start running.
+    /// A START task is queued or running; a failed START goes back to INSTALLED.
     Starting,
-    /// Running.
+    /// Running: the last START completed, or the agent's status check exits 0.
     Started,
-    /// Stop running.
+    /// A STOP task is queued or running; a failed STOP goes back to STARTED.
     Stopping,
-    /// Uninstall running.
+    /// An UNINSTALL task is queued or running; a failed one goes back to INSTALLED.
     Uninstalling,
-    /// Uninstalled.
+    /// UNINSTALL completed; the component can be installed again.
     Uninstalled,
     /// Host lost; unknown until the next status report.
     Unknown,
@@ -135,7 +135,7 @@ pub enum ComponentState {
 }
 
 impl ComponentState {
-    /// Every state.
+    /// Every state, in lifecycle order; parsing compares against each one's [`ComponentState::as_str`].
     pub const ALL: [Self; 11] = [
         Self::Init,
         Self::Installing,
@@ -187,15 +187,15 @@ impl FromStr for ComponentState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DesiredState {
-    /// Not installed.
+    /// Not installed (Ambari's INIT); the leader does not set it: mapping gives STARTED or INSTALLED.
     Init,
     /// Installed, not running.
     Installed,
-    /// Running.
+    /// Should be running (daemons a blueprint maps; start and restart requests): the agent auto-restarts it.
     Started,
-    /// Removed.
+    /// Should be removed: set by an uninstall request.
     Uninstalled,
-    /// Disabled.
+    /// Taken out of service by the operator (Ambari's DISABLED); no write endpoint sets it yet.
     Disabled,
 }
 
@@ -233,13 +233,13 @@ impl FromStr for DesiredState {
 /// One component on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostComponentRecord {
-    /// The host.
+    /// The host it is on; the first part of its redb key.
     pub host: HostId,
-    /// The component.
+    /// Which (service, component) it is; the rest of its redb key.
     pub component: ComponentRef,
-    /// Current state.
+    /// Observed state, moved by the component FSM on task results, status reports and host loss.
     pub state: ComponentState,
-    /// Desired state.
+    /// What blueprints and requests last asked for; the agent is told to keep it running when STARTED.
     pub desired: DesiredState,
     /// Stack version it was mapped from.
     pub stack_version: u32,
@@ -274,11 +274,11 @@ pub enum TaskStatus {
     Pending,
     /// Stored in `MUSTER_COMMANDS`, not yet reported running.
     Queued,
-    /// Reported running.
+    /// The agent reported it running (its first report arrived); output so far is kept.
     InProgress,
-    /// Succeeded.
+    /// Exit code 0; a stage or request: every task completed or the failures were tolerated.
     Completed,
-    /// Failed.
+    /// Exited non-zero, killed by a signal or not started; a stage or request: more failures than tolerated.
     Failed,
     /// Did not finish in time (after one retry).
     TimedOut,
@@ -344,21 +344,21 @@ impl FromStr for TaskStatus {
 /// One task: host × component × command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// Id.
+    /// Task id, assigned by the leader (from 1, unique in the cluster); the `<task>` of its message ids.
     pub id: TaskId,
-    /// Request.
+    /// The request whose stage holds it.
     pub request: RequestId,
     /// Stage index within the request.
     pub stage: u32,
-    /// Host.
+    /// The host whose agent runs it: its command goes to `muster.cmd.<host>`.
     pub host: HostId,
     /// Component, `None` for ad-hoc runs.
     pub component: Option<ComponentRef>,
-    /// Verb.
+    /// The role command; INSTALL, START, STOP and UNINSTALL move the component FSM, custom commands and RUN do not.
     pub command: RoleCommand,
     /// What runs (snapshot at planning time, so a re-send runs the same thing).
     pub spec: CommandSpec,
-    /// Status.
+    /// PENDING until its stage starts, QUEUED once its command is stored, then as the agent reports.
     pub status: TaskStatus,
     /// Attempts sent (0 before the first).
     pub attempt: u32,
@@ -370,11 +370,11 @@ pub struct TaskRecord {
     pub started_at: UnixMillis,
     /// When it ended.
     pub finished_at: UnixMillis,
-    /// Exit code.
+    /// The process's exit code; `None` until it ends, or when it was killed (signal, timeout, cancel) or never started.
     pub exit_code: Option<i32>,
-    /// Bounded stdout.
+    /// Output from the latest report, at most [`crate::limits::MAX_OUTPUT_BYTES`]: head and tail kept, middle elided.
     pub stdout: String,
-    /// Bounded stderr.
+    /// Like `stdout`; the agent appends its own note when it killed the task or could not start it.
     pub stderr: String,
     /// Why it ended as it did, when not obvious (aborted, timed out, retried).
     pub detail: String,
@@ -385,9 +385,9 @@ pub struct TaskRecord {
 pub struct StageRecord {
     /// Human-readable name (e.g. "START master (batch 1/2)").
     pub name: String,
-    /// Tasks.
+    /// Ids of its tasks, dispatched together when the stage starts.
     pub tasks: Vec<TaskId>,
-    /// Status.
+    /// PENDING until the stage before completes, IN_PROGRESS while its tasks run, then how it ended.
     pub status: TaskStatus,
 }
 
@@ -402,7 +402,7 @@ pub enum RequestAction {
     Install,
     /// Start them, installing first where needed.
     Start,
-    /// Stop them.
+    /// Stop the target's running daemons, dependents first.
     Stop,
     /// Stop where running, then start.
     Restart,
@@ -489,19 +489,19 @@ impl Default for RequestOptions {
 /// An operator request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
-    /// Id.
+    /// Request id, assigned by the leader (from 1, unique in the cluster).
     pub id: RequestId,
     /// What was asked, in words (e.g. "START toy on demo-*").
     pub description: String,
-    /// Status.
+    /// IN_PROGRESS from creation, then COMPLETED, FAILED, TIMEDOUT or ABORTED (cancelled, or a stage failed).
     pub status: TaskStatus,
     /// Stages in order.
     pub stages: Vec<StageRecord>,
     /// Index of the stage running now (== stages.len() when done).
     pub current_stage: u32,
-    /// Options.
+    /// Options given at creation: success factor, failures tolerated, batch size.
     pub options: RequestOptions,
-    /// Created.
+    /// When the leader created it: ms since the Unix epoch, on the leader's wall clock.
     pub created_at: UnixMillis,
     /// Finished (0 while running).
     pub finished_at: UnixMillis,
@@ -516,7 +516,7 @@ pub struct RequestRecord {
 /// cursor is "everything up to here is finished", not a count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandCursor {
-    /// The host.
+    /// The host whose `muster.cmd.<host>` commands it tracks.
     pub host: HostId,
     /// Highest sequence published to the host.
     pub high: u64,

@@ -9,7 +9,7 @@ pub enum DecodeError {
     /// The payload exceeded the limit for its kind.
     #[error("payload is {len} bytes; the limit for this message is {limit}")]
     TooLarge {
-        /// Payload length.
+        /// Size of the payload in bytes, as received (it was not decoded).
         len: usize,
         /// The limit it broke.
         limit: usize,

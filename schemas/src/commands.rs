@@ -76,7 +76,7 @@ pub enum Category {
 /// whether it should be running.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentSpec {
-    /// Service name.
+    /// Service name in the stack; with `component`, names the host component.
     pub service: String,
     /// Component name (unique within the stack).
     pub component: String,
@@ -93,7 +93,7 @@ pub struct ComponentSpec {
 /// A command to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
-    /// Protocol version.
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]); the agent refuses a command of another version.
     pub schema: u16,
     /// Target host; equals the subject's host.
     pub host: HostId,
@@ -109,14 +109,14 @@ pub enum CommandBody {
     Execute(Execution),
     /// Cancel a task: drop it if queued, kill its process tree if running.
     Cancel {
-        /// The task.
+        /// Id of the task to cancel.
         task: TaskId,
         /// The attempt to cancel.
         attempt: u32,
     },
     /// The full set of components mapped to this host (replaces the previous set).
     Configure {
-        /// The components.
+        /// Every component now mapped to the host, replacing the agent's set; empty leaves it none to check.
         components: Vec<ComponentSpec>,
     },
 }
@@ -124,7 +124,7 @@ pub enum CommandBody {
 /// One task to execute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Execution {
-    /// Task id.
+    /// Task id, assigned by the leader; with `attempt`, the `Muster-Task` key and the message id.
     pub task: TaskId,
     /// Attempt number, from 1; a timed-out task is re-sent once with attempt 2.
     pub attempt: u32,
@@ -132,7 +132,7 @@ pub struct Execution {
     pub request: RequestId,
     /// Service and component, `None` for ad-hoc runs. Tasks of one component run in order, one at a time.
     pub component: Option<ComponentRef>,
-    /// The verb.
+    /// The role command; the agent runs `spec` whatever it is, the leader uses it to move the component FSM.
     pub command: RoleCommand,
     /// What to run.
     pub spec: CommandSpec,
@@ -141,9 +141,9 @@ pub struct Execution {
 /// A (service, component) pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ComponentRef {
-    /// Service.
+    /// Service name, as in the stack file.
     pub service: String,
-    /// Component.
+    /// Component name, unique within the stack.
     pub component: String,
 }
 
@@ -156,7 +156,7 @@ impl fmt::Display for ComponentRef {
 /// A report from an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    /// Protocol version.
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]); the leader refuses another one as `unsupported_version`.
     pub schema: u16,
     /// Reporting host; equals the subject's host.
     pub host: HostId,
@@ -174,7 +174,7 @@ pub enum ReportBody {
     Task(TaskReport),
     /// Component statuses: all of them after registration (`full`), otherwise only changes.
     Status {
-        /// The statuses.
+        /// One entry per component checked: all mapped components when `full`, else only those whose result changed.
         statuses: Vec<ComponentStatus>,
         /// Whether this is the full set (after registration) rather than changes.
         full: bool,
@@ -186,9 +186,9 @@ pub enum ReportBody {
 /// Progress or result of one task attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskReport {
-    /// Task id.
+    /// Id of the task this report is about.
     pub task: TaskId,
-    /// Attempt.
+    /// The attempt it reports on (from 1); a report for a superseded attempt is refused.
     pub attempt: u32,
     /// Where it is.
     pub phase: TaskPhase,
@@ -202,7 +202,7 @@ pub struct TaskReport {
     pub exit_code: Option<i32>,
     /// Bounded stdout (head and tail kept, middle elided).
     pub stdout: String,
-    /// Bounded stderr.
+    /// Bounded stderr, like `stdout`; the agent appends a note when it killed the task or could not start it.
     pub stderr: String,
 }
 
@@ -212,7 +212,7 @@ pub struct TaskReport {
 pub enum TaskPhase {
     /// Running (sent at start and every few seconds with output so far).
     InProgress,
-    /// Exited 0.
+    /// The process exited with code 0.
     Completed,
     /// Exited non-zero or could not be started.
     Failed,
@@ -232,7 +232,7 @@ impl TaskPhase {
 /// One component's observed status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
-    /// Which component.
+    /// Which host component, by (service, component) on the reporting host.
     pub component: ComponentRef,
     /// Status check result: running or not.
     pub running: bool,

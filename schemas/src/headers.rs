@@ -52,21 +52,21 @@ pub type Header = (&'static str, String);
 /// The value of the `Muster-Kind` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
-    /// [`crate::RegisterRequest`].
+    /// `register`: a [`crate::RegisterRequest`], agent → leader on `<prefix>.reg.<host>`.
     Register,
-    /// [`crate::RegisterReply`].
+    /// `register-reply`: a [`crate::RegisterReply`], the leader's answer to a registration.
     RegisterReply,
-    /// [`crate::Heartbeat`].
+    /// `heartbeat`: a [`crate::Heartbeat`], agent → every server on `<prefix>.hb.<host>`.
     Heartbeat,
-    /// [`crate::HeartbeatReply`].
+    /// `heartbeat-reply`: a [`crate::HeartbeatReply`], sent to the agent's control inbox only when it must act.
     HeartbeatReply,
-    /// [`crate::Txn`].
+    /// `txn`: a [`crate::Txn`] on the transaction log, `Muster-Host` naming the writing server.
     Txn,
     /// A change-feed event on `muster.events.*`.
     Event,
-    /// [`crate::commands::Command`].
+    /// `command`: a [`crate::commands::Command`], leader → agent on `<prefix>.cmd.<host>`.
     Command,
-    /// [`crate::commands::Report`].
+    /// `report`: a [`crate::commands::Report`], agent → leader on `<prefix>.report.<host>`.
     Report,
 }
 

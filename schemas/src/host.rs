@@ -65,11 +65,11 @@ impl FromStr for HostState {
 /// One mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
-    /// Mount point.
+    /// Absolute path it is mounted at (e.g. `/`, `/var`).
     pub mount_point: String,
     /// Filesystem type (ext4, overlay, ...).
     pub fs_type: String,
-    /// Total bytes.
+    /// Size of the filesystem in bytes, as `statvfs` reports it.
     pub total_bytes: u64,
     /// Bytes available to unprivileged users.
     pub available_bytes: u64,
@@ -80,7 +80,7 @@ pub struct Mount {
 pub struct HostFacts {
     /// The machine's own hostname (before encoding into a host id).
     pub hostname: String,
-    /// Logical CPUs.
+    /// Logical CPUs (hardware threads) the agent sees.
     pub cpu_count: u32,
     /// Total memory in bytes.
     pub memory_total_bytes: u64,
@@ -92,9 +92,9 @@ pub struct HostFacts {
     pub os_name: String,
     /// OS release (e.g. "12").
     pub os_version: String,
-    /// Kernel release.
+    /// Kernel release string (`uname -r`, e.g. "6.1.0-18-amd64").
     pub kernel_version: String,
-    /// CPU architecture.
+    /// CPU architecture as `uname -m` names it (e.g. "x86_64", "aarch64").
     pub arch: String,
     /// Non-loopback IP addresses.
     pub ip_addresses: Vec<String>,
@@ -121,7 +121,7 @@ impl Health {
 /// What the server persists per host (redb table `hosts`, and in the txn log as the *result* of a transition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
-    /// The host.
+    /// The host id: its subject token and the key of the `hosts` table.
     pub id: HostId,
     /// Current host state.
     pub state: HostState,

@@ -51,7 +51,7 @@ fn number<T: FromStr>(text: &str) -> Option<T> {
 /// of the `Muster-Task` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskAttempt {
-    /// The task.
+    /// The task id, as assigned by the leader.
     pub task: TaskId,
     /// The attempt, from 1.
     pub attempt: u32,

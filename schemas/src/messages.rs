@@ -23,7 +23,7 @@ pub struct RegisterRequest {
     pub facts: HostFacts,
     /// Labels from the agent's config.
     pub labels: BTreeMap<String, String>,
-    /// Agent version.
+    /// The `muster-agent` crate version (`CARGO_PKG_VERSION`), stored on the host record.
     pub agent_version: String,
     /// When the agent process started.
     pub agent_started_at: UnixMillis,
@@ -56,9 +56,9 @@ pub enum RegisterReply {
     },
     /// Refused. `code` says whether retrying can help ([`ErrorCode::is_retryable`]).
     Rejected {
-        /// Machine-readable reason.
+        /// Why, as an [`ErrorCode`]; [`ErrorCode::is_retryable`] tells whether to try again.
         code: ErrorCode,
-        /// Human-readable reason.
+        /// The same reason in words, for the agent's log.
         message: String,
         /// For retryable codes, how long to wait before trying again.
         retry_after_ms: Option<u64>,
@@ -68,7 +68,7 @@ pub enum RegisterReply {
 /// A heartbeat: small, level-triggered (the full health digest each time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// Protocol version.
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]); another version is refused as `unsupported_version`.
     pub schema: u16,
     /// The host; must equal the host token of the subject.
     pub host: HostId,
@@ -86,14 +86,14 @@ pub struct Heartbeat {
 pub enum HeartbeatReply {
     /// The server does not consider the host registered (unknown, lost, or reset): register again.
     Reregister {
-        /// Why.
+        /// Why the server wants it, in words for the agent's log (e.g. "host is not registered").
         reason: String,
     },
     /// The heartbeat was refused; the agent should log it (it indicates a bug or a version skew).
     Rejected {
-        /// Machine-readable reason.
+        /// Which check failed: `malformed`, `too_large`, `unsupported_version`, `invalid_host_id` or `host_mismatch`.
         code: ErrorCode,
-        /// Human-readable reason.
+        /// The same reason in words, for the agent's log.
         message: String,
     },
 }

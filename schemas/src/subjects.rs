@@ -45,7 +45,7 @@ impl Subjects {
         Ok(Self::new(prefix))
     }
 
-    /// The prefix.
+    /// The subject prefix every name starts with (default `muster`; may span tokens, e.g. `prod.muster`).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -58,11 +58,11 @@ impl Subjects {
     pub fn reg_all(&self) -> String {
         format!("{}.reg.*", self.prefix)
     }
-    /// `<prefix>.hb.<host>`: heartbeats.
+    /// `<prefix>.hb.<host>`: one agent's heartbeats, plain core NATS (no stream).
     pub fn hb(&self, host: &HostId) -> String {
         format!("{}.hb.{host}", self.prefix)
     }
-    /// `<prefix>.hb.*`.
+    /// `<prefix>.hb.*`: every host's heartbeats, which every server instance subscribes to.
     pub fn hb_all(&self) -> String {
         format!("{}.hb.*", self.prefix)
     }
@@ -70,7 +70,7 @@ impl Subjects {
     pub fn cmd(&self, host: &HostId) -> String {
         format!("{}.cmd.{host}", self.prefix)
     }
-    /// `<prefix>.cmd.*`.
+    /// `<prefix>.cmd.*`: the subjects of stream `<PREFIX>_COMMANDS`; a swarm agent subscribes to it for all its hosts.
     pub fn cmd_all(&self) -> String {
         format!("{}.cmd.*", self.prefix)
     }
@@ -78,7 +78,7 @@ impl Subjects {
     pub fn report(&self, host: &HostId) -> String {
         format!("{}.report.{host}", self.prefix)
     }
-    /// `<prefix>.report.*`.
+    /// `<prefix>.report.*`: the subjects of stream `<PREFIX>_REPORTS`, and the leader's subscription for early finals.
     pub fn report_all(&self) -> String {
         format!("{}.report.*", self.prefix)
     }
@@ -143,7 +143,7 @@ impl Subjects {
     pub fn api_group(&self) -> String {
         format!("{}.api", self.prefix)
     }
-    /// `<prefix>.api.<endpoint>`.
+    /// `<prefix>.api.<endpoint>`: one API endpoint ([`crate::api::Endpoint::name`]), answered by any instance.
     pub fn api(&self, endpoint: &str) -> String {
         format!("{}.api.{endpoint}", self.prefix)
     }
@@ -210,7 +210,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Every kind.
+    /// Every kind; parsing an event subject ([`Subjects::parse_event`]) looks the token after `events.` up here.
     pub const ALL: [Self; 4] = [Self::Host, Self::Component, Self::Task, Self::Request];
 
     /// The subject token.

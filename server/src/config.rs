@@ -15,7 +15,7 @@ use muster_nats::settings::{DefaultValue, Setting, SettingsError, Table, Values,
 pub struct ServerConfig {
     /// NATS URL(s), comma-separated, as given (checked to parse).
     pub nats_url: String,
-    /// Subject prefix.
+    /// Subject prefix (`MUSTER_PREFIX`, default `muster`): every subject, stream and bucket name derives from it.
     pub prefix: String,
     /// Directory holding `muster.redb`.
     pub data_dir: PathBuf,

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 /// The one key in the bucket.
 const LEADER_KEY: &str = "leader";
 
-/// Election failures.
+/// Why the election bucket (KV `muster-election`) could not be created or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
     /// The bucket could not be created or opened.

@@ -20,7 +20,7 @@
 //! - [`snapshot`] — I/O: state snapshots in the object store; the log is trimmed only behind the newest.
 //! - [`log`]      — I/O: the txn log on JetStream, fenced appends and the applier every instance runs.
 //! - [`leader`]   — I/O with a pure core: [`leader::core`] and its concerns (pure) below the leader's shell
-//!   (`leader::driver`'s one order, [`leader::shell`], `lead`).
+//!   ([`leader::driver`]'s one order, [`leader::shell`], `lead`).
 //! - [`ingest`]   — I/O: agent messages, heartbeats (every instance), registrations and reports (leader).
 //! - [`writes`]   — I/O: the leader's write endpoints (`<prefix>.leader.*`).
 //! - [`api`]      — I/O: the `muster` services-framework API (`<prefix>.api.*`, JSON).

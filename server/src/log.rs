@@ -33,7 +33,7 @@ const MAX_APPLY_GROUP: usize = 512;
 /// the NATS cluster).
 const APPLIER_RETRY: Duration = Duration::from_millis(500);
 
-/// Log failures.
+/// Why an append to `MUSTER_TXN` or the applier failed; on the leader, any of them ends its term.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// Another writer appended since our last known sequence: this leader has been deposed.

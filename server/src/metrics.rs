@@ -49,9 +49,9 @@ muster_nats::counters! {
         ReportStaleAttempt = "report.stale_attempt",
         /// Requests created (by operators and by reconciliation).
         RequestsCreated = "requests.created",
-        /// Requests completed.
+        /// Requests that ended COMPLETED (including those with nothing to do).
         RequestsCompleted = "requests.completed",
-        /// Requests cancelled.
+        /// Requests that ended ABORTED: cancelled by an operator.
         RequestsAborted = "requests.aborted",
         /// Requests failed or timed out.
         RequestsFailed = "requests.failed",
@@ -71,7 +71,7 @@ muster_nats::counters! {
         TxnUndecodable = "txn.undecodable",
         /// Times the applier's consumer was recreated after a stall.
         TxnApplierRestarts = "txn.applier_restarts",
-        /// Snapshots taken.
+        /// Snapshots this instance stored (the leader, every `MUSTER_SNAPSHOT_EVERY` applied entries).
         SnapshotTaken = "snapshot.taken",
         /// Snapshots that failed.
         SnapshotFailed = "snapshot.failed",

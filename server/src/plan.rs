@@ -43,7 +43,7 @@ pub struct PlannedTask {
     pub component: Option<ComponentRef>,
     /// What it does to the component (INSTALL, START, ...; RUN for ad-hoc runs).
     pub command: RoleCommand,
-    /// What runs.
+    /// The command line, environment and timeout, copied from the stack at planning time.
     pub spec: CommandSpec,
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// Machine-readable code.
+    /// Which check failed; counted per code, and sent as `Muster-Error` when the message is answered.
     pub code: ErrorCode,
     /// What was wrong, for the reply and the log.
     pub message: String,

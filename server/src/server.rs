@@ -49,7 +49,7 @@ pub enum ServerError {
         path: String,
         /// Its applied sequence.
         applied: u64,
-        /// The stream.
+        /// The txn stream's name (`<PREFIX>_TXN`).
         stream: String,
         /// The stream's last sequence.
         last: u64,

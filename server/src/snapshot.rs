@@ -22,7 +22,7 @@ const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
 /// Pause after a failed snapshot before trying again.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// Snapshot failures.
+/// Why taking, storing or loading a state snapshot (object `state` in bucket `muster-snapshots`) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Object store or stream call failed.

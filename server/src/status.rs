@@ -97,7 +97,7 @@ impl Status {
         }
     }
 
-    /// Current role.
+    /// The role right now: leader while this instance holds the lease, else follower or observer by its config.
     pub fn role(&self) -> Role {
         *self.role.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -25,7 +25,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CliOutput {
     /// The command line, for messages.
     pub what: String,
-    /// Exit status.
+    /// How the `muster` process exited (the CLI exits 1 on an error or a request that did not complete).
     pub status: ExitStatus,
     /// Everything on stdout.
     pub stdout: String,

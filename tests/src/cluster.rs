@@ -27,9 +27,9 @@ const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=de
 /// The server's protocol timers, passed through its environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// `MUSTER_HEARTBEAT_INTERVAL_MS`.
+    /// `MUSTER_HEARTBEAT_INTERVAL_MS`: how often each agent sends a heartbeat.
     pub heartbeat_interval: Duration,
-    /// `MUSTER_HEARTBEAT_MISSES`.
+    /// `MUSTER_HEARTBEAT_MISSES`: intervals without a heartbeat before a host is HEARTBEAT_LOST.
     pub heartbeat_misses: u32,
     /// `MUSTER_LEASE_TTL_MS`: how long a dead leader's lease blocks its successor (or its own restart).
     pub lease_ttl: Duration,
@@ -91,7 +91,7 @@ impl Settings {
 pub struct Muster {
     /// Agents by host id (`MUSTER_HOST_ID`).
     pub agents: BTreeMap<String, Proc>,
-    /// The muster-server.
+    /// The one `muster-server` process, its output in its log file.
     pub server: Proc,
     /// Every process the agents started (they carry the test's marker); killed on Drop.
     pub descendants: Descendants,

@@ -142,7 +142,7 @@ pub struct Ensemble {
     pub timing: Timing,
     /// `<dir>/work`: files the commands under test write.
     pub work: WorkDir,
-    /// Holds everything.
+    /// The test's directory (NATS stores, logs, server data): removed when the test passes, kept when it fails.
     pub dir: TestDir,
 }
 

@@ -17,7 +17,7 @@ use crate::wait::{wait_until, Check};
 /// A request the system acknowledged (the CLI printed its id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
-    /// Its id.
+    /// The request id the CLI printed.
     pub id: RequestId,
     /// When the acknowledgement arrived.
     pub at: Instant,
@@ -159,7 +159,7 @@ pub struct Sampler<T> {
 }
 
 impl<T: Send + 'static> Sampler<T> {
-    /// Starts looking.
+    /// Spawns a task that calls `look` every `every` until [`Sampler::stop`], keeping every result.
     pub fn start<F, Fut>(every: Duration, mut look: F) -> Self
     where
         F: FnMut() -> Fut + Send + 'static,

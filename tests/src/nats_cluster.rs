@@ -6,7 +6,7 @@
 //! others — that happened here in 3 of 24 starts. So node `n1` is the seed (`n2` and `n3` route to it: both of
 //! `cluster.conf`'s route variables name it, and they learn of each other from it), the nodes start one after the
 //! other (about 1 in 50 starts still went wrong), and a cluster that cannot place a probe stream within
-//! [`PLACEMENT_TIMEOUT`] is started again from empty stores.
+//! `PLACEMENT_TIMEOUT` is started again from empty stores.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

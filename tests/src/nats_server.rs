@@ -68,7 +68,7 @@ impl NatsServer {
         Ok(Self { proc, dir, port, own_dir: None })
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// The client URL, `nats://127.0.0.1:<port>`; the same across restarts.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -83,7 +83,7 @@ impl NatsServer {
         self.dir.join("store")
     }
 
-    /// nats-server's log.
+    /// nats-server's log file (every start appended, separated by marker lines).
     pub fn log_path(&self) -> &Path {
         self.proc.log_path()
     }

@@ -182,12 +182,12 @@ impl TestDir {
         Ok(Self { path: dir.path().to_path_buf(), dir: Some(dir) })
     }
 
-    /// The directory.
+    /// The directory's path, named after the running test.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// `path/name`.
+    /// `path/name`, for a file or directory inside it (not created).
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.path.join(name)
     }

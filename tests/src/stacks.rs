@@ -23,7 +23,7 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// Creates `root`.
+    /// Creates `root` and its parents; fails if the path needs quoting in a shell script.
     pub fn create(root: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         anyhow::ensure!(
@@ -34,12 +34,12 @@ impl WorkDir {
         Ok(Self { root })
     }
 
-    /// The directory.
+    /// The root directory, which test stacks write their per-host files under.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `root/name`.
+    /// `root/name`, for a file inside it (not created).
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.root.join(name)
     }

@@ -42,7 +42,7 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl IntoFuture<Output 
         .map_err(|_| anyhow::anyhow!("timed out after {limit:?} waiting for {what}"))
 }
 
-/// Looks at the system every [`POLL_INTERVAL`] until `check` returns [`Check::Done`] or `limit` has passed.
+/// Looks at the system every `POLL_INTERVAL` until `check` returns [`Check::Done`] or `limit` has passed.
 ///
 /// An `Err` from `check` counts as "not yet" (a CLI call fails while a server restarts, for example) and is
 /// reported if the wait times out, unless it wraps [`Fatal`] (see [`fatal`]), which ends the wait at once.

@@ -33,7 +33,7 @@ pub struct Output {
     pub json: bool,
 }
 
-/// The commands.
+/// Every `muster` subcommand; each variant's doc is its line in `muster --help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List every host with its state and the time since its last heartbeat.
@@ -44,7 +44,7 @@ pub enum Command {
     },
     /// Show everything known about one host.
     Host {
-        /// Host id.
+        /// Host id, as `muster hosts` lists it.
         id: String,
         /// Text or JSON.
         #[command(flatten)]
@@ -102,7 +102,7 @@ pub enum Command {
         /// Seconds before the agent kills the command.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
-        /// Request options.
+        /// Batch size, failures tolerated and success factor of the request.
         #[command(flatten)]
         opts: RequestOpts,
         /// Program and arguments.
@@ -117,7 +117,7 @@ pub enum Command {
     },
     /// Show one request with its stages and tasks.
     Request {
-        /// Request id.
+        /// Request id, as `muster requests` lists it.
         id: u64,
         /// Follow progress until the request ends (exit 1 unless it COMPLETED).
         #[arg(long)]
@@ -134,7 +134,7 @@ pub enum Command {
     },
     /// Cancel a running request: queued tasks are dropped, running ones killed.
     Cancel {
-        /// Request id.
+        /// Id of the request to cancel, as `muster requests` lists it.
         id: u64,
         /// Text or JSON.
         #[command(flatten)]
@@ -142,12 +142,12 @@ pub enum Command {
     },
 }
 
-/// `apply FILE`.
+/// What can be done with a stack or blueprint file; `apply FILE` is the only operation.
 #[derive(Debug, Subcommand)]
 pub enum FileOp {
     /// Validate and store the file.
     Apply {
-        /// TOML file.
+        /// Path of the TOML file; sent as written, the leader validates it.
         file: PathBuf,
         /// Text or JSON.
         #[command(flatten)]
@@ -164,7 +164,7 @@ pub struct ActionArgs {
     /// term is selected. Default: every host that has the component.
     #[arg(long)]
     pub hosts: Option<String>,
-    /// Request options.
+    /// Batch size, failures tolerated and success factor of the request.
     #[command(flatten)]
     pub opts: RequestOpts,
 }

@@ -46,7 +46,7 @@ pub enum CliError {
     /// The request ran to its end but did not complete.
     #[error("request {id} ended {status}: {detail}")]
     RequestFailed {
-        /// The request.
+        /// Id of the request that ended.
         id: RequestId,
         /// How it ended.
         status: TaskStatus,

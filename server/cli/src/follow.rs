@@ -39,7 +39,7 @@ pub enum Next {
 /// One stage's progress, merged from the last read and the task events heard since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageProgress {
-    /// Stage name.
+    /// Stage name, e.g. `START master (batch 1/2)`.
     pub name: String,
     /// Stage status as last read.
     pub status: TaskStatus,
@@ -49,7 +49,7 @@ pub struct StageProgress {
     pub done: u64,
     /// Tasks that ended other than COMPLETED.
     pub failed: u64,
-    /// Tasks running.
+    /// Tasks IN_PROGRESS: the agent reported them started and they have not ended.
     pub running: u64,
 }
 

@@ -11,7 +11,7 @@
 //! - [`render`] — pure logic: the text printed for each API reply.
 //! - [`client`] — I/O shell: the NATS connection, typed API calls, `servers`, the change feed.
 //! - [`watch`]  — I/O shell: following a request to its end with progress bars.
-//! - [`run`]    — top: one command from arguments to output.
+//! - [`mod@run`]— top: one command from arguments to output.
 #![deny(missing_docs)]
 
 pub mod args;

@@ -1,4 +1,4 @@
-//! `muster`: the operator CLI. Parses the command line, runs it ([`muster_cli::run`]), and on failure prints
+//! `muster`: the operator CLI. Parses the command line, runs it ([`muster_cli::run()`]), and on failure prints
 //! `muster: <why>` on stderr and exits 1.
 
 use clap::Parser;

@@ -20,7 +20,7 @@ const OUTPUT_TAIL_LINES: usize = 3;
 /// Indent of a task's output lines under its row.
 const OUTPUT_INDENT: &str = "      ";
 
-/// `muster hosts`.
+/// `muster hosts`: one row per host (state, last heartbeat, time in state, hostname, problems), then the count.
 pub fn hosts(rows: &[HostSummary], width: Option<usize>) -> String {
     let mut t = Table::new(&[
         ("HOST", Align::Left),
@@ -89,7 +89,7 @@ pub fn host(d: &HostDetail, now: UnixMillis) -> String {
     out + &t.render(None)
 }
 
-/// `muster stats`.
+/// `muster stats`: the answering server's id, role, epoch, applied sequence, uptime, then its counters.
 pub fn stats(s: &ServerStats) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{:<12}{}", "server", s.server_id);
@@ -105,7 +105,7 @@ pub fn stats(s: &ServerStats) -> String {
     out + &t.render(None)
 }
 
-/// `muster components`.
+/// `muster components`: one row per host component, with state, desired state, time in state and restarts.
 pub fn components(rows: &[ComponentView], width: Option<usize>) -> String {
     let mut t = Table::new(&[
         ("HOST", Align::Left),
@@ -281,7 +281,7 @@ pub fn request_created(r: &RequestCreated) -> String {
     out
 }
 
-/// `muster cancel`.
+/// `muster cancel`: one line with the request id and how many tasks were aborted.
 pub fn request_cancelled(r: &RequestCancelled) -> String {
     format!("request {} cancelled: {} task(s) aborted\n", r.request, r.aborted_tasks)
 }

@@ -27,31 +27,31 @@ use muster_schemas::commands::{RoleCommand, TaskPhase};
 pub enum ComponentEvent {
     /// An INSTALL task was queued.
     Install,
-    /// INSTALL completed.
+    /// The INSTALL task ended COMPLETED: INSTALLING → INSTALLED.
     InstallOk,
     /// INSTALL failed, timed out or was aborted.
     InstallFailed,
     /// A START task was queued.
     Start,
-    /// START completed.
+    /// The START task ended COMPLETED: STARTING → STARTED.
     StartOk,
-    /// START failed.
+    /// The START task failed, timed out or was aborted: STARTING → INSTALLED.
     StartFailed,
     /// A STOP task was queued.
     Stop,
-    /// STOP completed.
+    /// The STOP task ended COMPLETED: STOPPING → INSTALLED.
     StopOk,
-    /// STOP failed.
+    /// The STOP task failed, timed out or was aborted: STOPPING → STARTED (taken as still running).
     StopFailed,
     /// An UNINSTALL task was queued.
     Uninstall,
-    /// UNINSTALL completed.
+    /// The UNINSTALL task ended COMPLETED: UNINSTALLING → UNINSTALLED.
     UninstallOk,
-    /// UNINSTALL failed.
+    /// The UNINSTALL task failed, timed out or was aborted: UNINSTALLING → INSTALLED.
     UninstallFailed,
     /// The agent's status check ran.
     Status {
-        /// Exit 0.
+        /// The status command exited 0 (running); any other outcome means not running.
         running: bool,
     },
     /// The host was declared HEARTBEAT_LOST.

@@ -38,7 +38,7 @@ pub enum Input {
     /// A heartbeat that passed Prep. Its arrival time is not carried: the listener recorded it in
     /// [`crate::status::LastSeen`], the one record of arrivals, and the core asks for it when it needs it.
     Heartbeat {
-        /// The heartbeat.
+        /// The heartbeat, decoded once by Prep; its health may move the host between HEALTHY and UNHEALTHY.
         hb: Heartbeat,
         /// The agent's control inbox, if it gave one.
         reply: Option<String>,
@@ -54,7 +54,7 @@ pub enum Input {
     },
     /// An operator call; `token` names the caller awaiting the answer.
     Api {
-        /// The call.
+        /// The write, already parsed from the endpoint and body.
         call: ApiCall,
         /// Shell token for the answer.
         token: u64,
@@ -121,7 +121,7 @@ pub enum ChangeEvent {
 pub enum Effect {
     /// Send a reply to an agent.
     Reply {
-        /// Reply subject.
+        /// The reply subject the agent's request or heartbeat carried.
         to: String,
         /// Host the reply concerns (for the `Muster-Host` header).
         host: HostId,
@@ -136,7 +136,7 @@ pub enum Effect {
     Api {
         /// Shell token of the waiting caller.
         token: u64,
-        /// The answer.
+        /// The typed reply, or the [`ApiError`] the caller gets.
         result: ApiResult,
     },
     /// Ack a consumed report.
@@ -151,12 +151,12 @@ pub enum Effect {
 /// A command to store in `MUSTER_COMMANDS` once the batch is committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
-    /// Target host.
+    /// Host whose `muster.cmd.<host>` subject the command is stored under.
     pub host: HostId,
     /// `Nats-Msg-Id`: a re-publish (new leader, retry) lands once. An execution's names its task attempt (the
     /// `Muster-Task` header, and the task whose `cmd_seq` the stored sequence becomes).
     pub msg_id: CommandMsgId,
-    /// The command.
+    /// The command body, MessagePack-encoded by the shell when it stores it.
     pub command: Command,
 }
 
@@ -201,9 +201,9 @@ pub enum Dirty {
     Stack(String),
     /// A blueprint, by name.
     Blueprint(String),
-    /// A request.
+    /// A request record (with its stages), by id.
     Request(RequestId),
-    /// A task.
+    /// A task record, by id.
     Task(TaskId),
     /// A host's command cursor.
     Cursor(HostId),
@@ -213,7 +213,7 @@ pub enum Dirty {
 /// it into a [`Ready`].
 #[derive(Debug, Default)]
 pub struct Output {
-    /// Records touched.
+    /// Records touched: each one's current value becomes a txn op when the batch is made ready.
     pub dirty: BTreeSet<Dirty>,
     /// Commands to publish after committing.
     pub publish: Vec<Outgoing>,
@@ -261,7 +261,7 @@ pub struct Loaded {
     pub hosts: Vec<HostRecord>,
     /// The current version of every stack.
     pub stacks: Vec<StackRecord>,
-    /// Every blueprint.
+    /// Every blueprint, at its current version.
     pub blueprints: Vec<BlueprintRecord>,
     /// Every host component.
     pub components: Vec<HostComponentRecord>,

@@ -22,6 +22,8 @@ use super::contract::{Effect, Input, Outgoing, Ready};
 use super::core::LeaderCore;
 
 /// What performs a [`Ready`]: the leader's I/O, or the unit tests' in-memory stand-in.
+// `async fn` without a `Send` bound is what is wanted: both shells are driven on the one task that owns the core.
+#[allow(async_fn_in_trait)]
 pub trait Shell {
     /// Why committing failed (it ends the leadership).
     type Error;

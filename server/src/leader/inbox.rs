@@ -27,7 +27,7 @@ pub enum Queued {
     Register {
         /// The request, decoded once by Prep.
         req: Box<RegisterRequest>,
-        /// Reply subject.
+        /// Where the reply goes: the agent's request inbox (`None` if it sent none; then nothing is answered).
         reply: Option<String>,
         /// Admission permit, released once the reply is sent.
         permit: OwnedSemaphorePermit,
@@ -49,7 +49,7 @@ pub enum Queued {
     },
     /// An operator's write call.
     Api {
-        /// The call.
+        /// The write, already parsed from the endpoint and body.
         call: ApiCall,
         /// Where the answer goes.
         respond: oneshot::Sender<WriteResult>,

@@ -2,7 +2,7 @@
 //!
 //! Prep happens in the listeners ([`crate::ingest`], [`crate::writes`]), which queue inputs ([`inbox`]). [`lead`]
 //! claims the log for its epoch, loads the core from redb, and then steps batches of queued inputs through
-//! [`driver::drive`] — Propose, Sync, Final, commands, in the order documented there — while [`publish_commands`]
+//! [`driver::drive`] — Propose, Sync, Final, commands, in the order documented there — while `publish_commands`
 //! stores each batch's commands and hands their stream sequences back as an input. Any failure of the log or of
 //! JetStream ends the leadership: the next term starts again from the log.
 //!
@@ -13,7 +13,7 @@
 pub mod components;
 pub mod contract;
 pub mod core;
-mod driver;
+pub mod driver;
 pub mod hosts;
 pub mod inbox;
 pub mod scheduler;

@@ -834,7 +834,7 @@ impl EarlyFinals {
         self.keys.contains(&(task, attempt))
     }
 
-    /// Forgets what was remembered longer than [`EARLY_FINAL_MEMORY`] before `now`.
+    /// Forgets what was remembered longer than `EARLY_FINAL_MEMORY` before `now`.
     pub fn expire(&mut self, now: Instant) {
         while let Some(&(at, task, attempt)) = self.order.front() {
             if now.saturating_duration_since(at) < EARLY_FINAL_MEMORY {

@@ -64,7 +64,7 @@ impl Api {
         serde_json::from_slice(&reply.payload).with_context(|| format!("{subject}: reply is not JSON"))
     }
 
-    /// `muster.api.stats`.
+    /// `muster.api.stats` as raw JSON: the answering instance's role, epoch and counters (5 s timeout).
     pub async fn stats(&self) -> anyhow::Result<Value> {
         self.call("stats", "", Duration::from_secs(5)).await
     }
@@ -74,7 +74,7 @@ impl Api {
         Ok(counter_of(&self.stats().await?, name))
     }
 
-    /// `muster.api.summary`.
+    /// `muster.api.summary`, reduced to the counts the scenarios wait on.
     pub async fn summary(&self) -> anyhow::Result<Summary> {
         let v = self.call("summary", "", API_TIMEOUT).await?;
         let count = |group: &str, key: &str| v.get(group).and_then(|g| g.get(key)).and_then(Value::as_u64).unwrap_or(0);
@@ -153,7 +153,7 @@ impl Api {
 /// One instance's answer on `<prefix>.servers`.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ServerStatus {
-    /// `MUSTER_SERVER_ID`.
+    /// `MUSTER_SERVER_ID` of the instance that answered.
     pub id: String,
     /// `leader`, `follower` or `observer`.
     pub role: String,
@@ -187,7 +187,7 @@ pub fn counter_of(stats: &Value, name: &str) -> u64 {
 /// What `muster.api.summary` says.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// Hosts HEALTHY.
+    /// Hosts in state HEALTHY (0 when none).
     pub healthy: u64,
     /// Host components STARTED.
     pub started_components: u64,
@@ -198,7 +198,7 @@ pub struct Summary {
 /// A request as `muster.api.requests` lists it.
 #[derive(Debug, Clone)]
 pub struct RequestRow {
-    /// Status.
+    /// IN_PROGRESS while it runs, then how it ended.
     pub status: TaskStatus,
     /// Created (ms since epoch).
     pub created_at: u64,
@@ -277,7 +277,7 @@ impl<T: Clone + Send + 'static> Collector<T> {
     }
 }
 
-/// Collects `muster.events.host.*`.
+/// Collects every host's state changes (`muster.events.host.*`) from now on, decoded.
 pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostChanged>> {
     Collector::start(url, &Subjects::default().events_of(EventKind::Host), |m| {
         muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()
@@ -294,7 +294,7 @@ pub async fn request_events(url: &str) -> anyhow::Result<Collector<(RequestChang
     .await
 }
 
-/// Collects `muster.events.task.*`.
+/// Collects every task's status changes (`muster.events.task.*`) from now on, decoded.
 pub async fn task_events(url: &str) -> anyhow::Result<Collector<TaskChanged>> {
     Collector::start(url, &Subjects::default().events_of(EventKind::Task), |m| {
         muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()

@@ -20,7 +20,7 @@ const JS_WINDOW: usize = 1_024;
 /// How many messages each measurement sends.
 #[derive(Debug, Clone, Copy)]
 pub struct CeilingSizes {
-    /// Core publishes.
+    /// Core-NATS messages published to one subscriber (no JetStream).
     pub core: u64,
     /// Pipelined JetStream publishes.
     pub js_pipelined: u64,

@@ -19,9 +19,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server protocol timers for one environment.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerTiming {
-    /// `MUSTER_HEARTBEAT_INTERVAL_MS`.
+    /// `MUSTER_HEARTBEAT_INTERVAL_MS`: how often each simulated agent heartbeats.
     pub heartbeat_interval: Duration,
-    /// `MUSTER_HEARTBEAT_MISSES`.
+    /// `MUSTER_HEARTBEAT_MISSES`: intervals without a heartbeat before a host is HEARTBEAT_LOST.
     pub heartbeat_misses: u32,
 }
 
@@ -37,9 +37,9 @@ impl ServerTiming {
 
 /// A nats-server from `nats/single.conf` on random client and monitoring ports, with its store in `dir`.
 pub struct Nats {
-    /// The process.
+    /// The nats-server process, its output in its log file.
     pub proc: Proc,
-    /// `nats://127.0.0.1:<port>`.
+    /// The client URL, `nats://127.0.0.1:<port>`.
     pub url: String,
     /// `http://127.0.0.1:<port>` (the monitoring endpoint: /varz).
     pub monitor: Option<String>,
@@ -128,7 +128,7 @@ pub async fn start_server(dir: &Path, nats_url: &str, timing: ServerTiming, api:
 
 /// One muster-server instance of a replicated ensemble.
 pub struct Instance {
-    /// `MUSTER_SERVER_ID`.
+    /// `MUSTER_SERVER_ID`: the instance's id, also the name of its log file and data directory.
     pub id: String,
     /// The process (log `<dir>/<id>.log`, data in `<dir>/<id>/`).
     pub proc: Proc,
@@ -372,20 +372,20 @@ pub fn describe_usage(usage: &BTreeMap<String, UsageOf>) -> String {
     )
 }
 
-/// Online CPUs.
+/// CPUs this process may use (`available_parallelism`), 1 if unknown.
 pub fn nproc() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// A directory for one benchmark run under `target/bench/`; kept on failure or when asked.
 pub struct RunDir {
-    /// The directory.
+    /// The run's directory under `target/bench/`.
     pub path: PathBuf,
     dir: Option<tempfile::TempDir>,
 }
 
 impl RunDir {
-    /// Creates `target/bench/<label>-XXXXXX`.
+    /// Creates `target/bench/<label>-XXXXXX` (random suffix), removed on drop unless [`RunDir::keep`] is called.
     pub fn new(label: &str) -> anyhow::Result<Self> {
         let base = workspace_root().join("target/bench");
         std::fs::create_dir_all(&base)?;

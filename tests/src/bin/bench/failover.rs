@@ -129,7 +129,7 @@ fn first_success(attempts: &[Attempt], since: Instant) -> Option<(Instant, u64)>
         .min_by_key(|(at, _)| *at)
 }
 
-/// Scenario 5.
+/// Scenario 5: SIGKILL the leader under load; the figure is the time until a write commits again.
 pub async fn failover(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     let dir = run.sub("failover")?;
     let mut nats = Nats::start(&dir).await?;

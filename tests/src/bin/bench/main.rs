@@ -41,7 +41,7 @@ use crate::env::RunDir;
 use crate::report::Run;
 use crate::scenarios::Plan;
 
-/// Command-line options.
+/// The bench's command line, parsed by hand (see [`USAGE`]).
 struct Options {
     quick: bool,
     /// Overrides the fleet of scenarios 1, 2, 4 and 5 (the storm target scales with it: 5,000 hosts/s).

@@ -44,7 +44,7 @@ impl Verdict {
 pub struct Row {
     /// What was measured.
     pub metric: String,
-    /// The figure.
+    /// The measured value with its unit, as printed.
     pub result: String,
     /// The target for this machine.
     pub target: String,
@@ -55,7 +55,7 @@ pub struct Row {
 }
 
 impl Row {
-    /// A row.
+    /// A row compared with a target and a ceiling.
     pub fn new(metric: &str, result: String, target: &str, ceiling: String, verdict: Verdict) -> Self {
         Self { metric: metric.to_owned(), result, target: target.to_owned(), ceiling, verdict }
     }
@@ -73,7 +73,7 @@ pub struct Scenario {
     pub title: String,
     /// What ran, in one or two sentences.
     pub setup: String,
-    /// The table.
+    /// The measurements, one [`Row`] each.
     pub rows: Vec<Row>,
     /// Who was busy during the measurement (CPU by process), and other observations.
     pub notes: Vec<String>,
@@ -92,7 +92,7 @@ pub struct Run {
     pub duration_secs: f64,
     /// (name, value) pairs describing the machine and versions.
     pub machine: Vec<(String, String)>,
-    /// The ceilings.
+    /// NATS throughput measured on this machine, which the scenarios' results are compared with.
     pub ceilings: Ceilings,
     /// Every scenario, in order.
     pub scenarios: Vec<Scenario>,

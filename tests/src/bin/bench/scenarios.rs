@@ -31,13 +31,13 @@ pub struct Plan {
     pub storm_target: Duration,
     /// How long the storm may take before the run is abandoned.
     pub storm_deadline: Duration,
-    /// Steady-state window.
+    /// How long scenario 2 measures steady heartbeats, after two heartbeat intervals of settling.
     pub steady_window: Duration,
     /// Fan-out sizes (powers of ten, at most `fleet`) and their targets.
     pub fanout: Vec<(usize, Duration)>,
     /// Hosts of the failure-detection fleet, and how many of them are killed.
     pub failure_fleet: usize,
-    /// Killed hosts.
+    /// How many of `failure_fleet` run in a swarm that is SIGKILLed at once.
     pub failure_victims: usize,
     /// Real-agent footprint window.
     pub footprint_window: Duration,
@@ -46,7 +46,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `make bench`.
+    /// The full plan (`make bench`): a 100,000-host fleet and full-length windows.
     pub fn full() -> Self {
         Self {
             fleet: 100_000,
