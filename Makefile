@@ -1,9 +1,10 @@
 # muster — developer entry points. Needs only a Rust toolchain and apt; everything else is installed by `tools`.
 #
 #   make tools      nats-server >= 2.10 (into .tools/ unless one is on PATH), rustfmt and clippy
-#   make build      every binary: muster-server, muster (CLI), muster-agent
+#   make build      every binary: muster-server (with its test failpoints), muster (CLI), muster-agent
 #   make lint       cargo fmt --check, clippy and rustdoc (intra-doc links) with warnings as errors
 #   make test       tools + lint + build + the whole test suite against a real nats-server
+#   make nemesis    50 leader faults under load on an HA ensemble (release binaries, ~10 min)
 #   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
 #   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
 #   make clean      demo-stop, cargo clean, remove .demo/ (keeps the downloaded .tools/)
@@ -20,12 +21,16 @@ tools:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+# The failpoints feature compiles muster-server's test hooks in; they act only when FAILPOINTS names them (the
+# end-to-end tests set it), and release builds (`bench`) leave them out.
+FEATURES := --features muster-server/failpoints
+
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins $(FEATURES)
 
 lint: tools
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 # The end-to-end tests run the binaries from target/debug, which `cargo test` does not build for another package,
@@ -34,7 +39,7 @@ lint: tools
 # 3-node NATS cluster and three servers), and on 2 cores two of those at once starve each other's timers.
 test: tools lint build
 	nats="$$(scripts/install-nats.sh --path)"; \
-	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace -- --test-threads=1
+	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace $(FEATURES) -- --test-threads=1
 
 # The driver (tests/src/bin/bench) starts its own nats-server, release muster-server and swarms on random ports, and
 # writes docs/benchmarks.md only if every scenario completed; a failed run exits non-zero and keeps its logs under
@@ -46,6 +51,16 @@ bench: tools
 bench-quick: tools
 	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent -p muster-tests
 	MUSTER_NATS_SERVER="$$(scripts/install-nats.sh --path)" target/release/bench --quick
+
+# The nemesis (tests/tests/nemesis.rs): 50 leader faults (SIGKILL, SIGSTOP past the lease) at random points under
+# small requests on real agents and requests on 5,000 simulated hosts, then 0 lost / 0 half-applied / 0 run twice;
+# release binaries, about 10 minutes. Not part of `test`.
+.PHONY: nemesis
+nemesis: tools
+	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent
+	nats="$$(scripts/install-nats.sh --path)"; \
+	MUSTER_BIN_DIR="$$PWD/target/release" NEMESIS_FAULTS=50 NEMESIS_SWARM=5000 MUSTER_NATS_SERVER="$$nats" \
+	PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test -p muster-tests --test nemesis -- --include-ignored --nocapture
 
 demo:
 	scripts/demo.sh start

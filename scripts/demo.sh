@@ -174,8 +174,10 @@ start() {
 
     local nats
     nats="$("$ROOT/scripts/install-nats.sh" --path)"
-    log "building (cargo build --workspace --bins)"
-    (cd "$ROOT" && cargo build --workspace --bins --quiet)
+    # The same build as `make build`, so the demo and the tests share binaries: the failpoints the e2e tests arm
+    # through FAILPOINTS are compiled in and inert unless that variable is set.
+    log "building (make build)"
+    (cd "$ROOT" && make --no-print-directory build >/dev/null)
 
     mkdir -p "$DEMO/nats" "$DEMO/server" "$TOY_DIR"
     log "starting nats-server ($nats)"

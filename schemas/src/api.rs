@@ -530,7 +530,17 @@ pub struct RequestSpec {
     /// Fraction of a stage's tasks that must complete (1.0 when absent).
     #[serde(default)]
     pub success_factor: Option<f64>,
+    /// Chosen by the client, fresh for each thing the operator asks and reused on every retry of it (a write
+    /// reported failed may have committed): the leader answers a repeat with the original [`RequestCreated`]
+    /// instead of creating a second request, even after a failover (the key is stored with the request). At most
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`]; absent: every call creates a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
+
+/// Longest [`RequestSpec::idempotency_key`]: room for a UUID or a hash with a prefix, small enough that the
+/// leader may remember one per request for the cluster's lifetime.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
 /// `stack.apply`: the stack as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -507,6 +507,13 @@ pub struct RequestRecord {
     pub finished_at: UnixMillis,
     /// Why it ended as it did.
     pub detail: String,
+    /// The [`crate::api::RequestSpec::idempotency_key`] of the `request.create` that made it, if its client gave
+    /// one: a repeat of that key is answered with this request, by this leader or any later one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Selected hosts left out at creation because they were HEARTBEAT_LOST: the rest of the original reply.
+    #[serde(default)]
+    pub skipped_lost_hosts: Vec<String>,
 }
 
 /// How far a host got through its commands on `muster.cmd.<host>`, so a restarted agent catches up exactly: it

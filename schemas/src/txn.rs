@@ -6,10 +6,20 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord};
 use crate::{HostRecord, UnixMillis};
 
-/// One log entry: a batch of state changes committed together (group commit).
+/// The newest log entry schema this build writes and understands. A replica stops at an entry of a newer schema
+/// (or one it cannot decode, such as an op it does not know) rather than skip it.
+///
+/// - 1: one entry is one whole decision.
+/// - 2: a decision may span several entries ([`Txn::continues`]).
+pub const TXN_SCHEMA: u16 = 2;
+
+/// One log entry: a leader's decision (the state changes of one batch, committed together), or one part of it when
+/// the decision does not fit one entry. Replicas apply a decision all-or-nothing: only once its last part arrived,
+/// in one redb transaction; a decision whose last part never came (its leader's term ended first) is dropped by
+/// every replica alike when the next leader's first entry arrives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Txn {
-    /// Protocol version ([`crate::PROTOCOL_VERSION`]) of the leader that wrote it.
+    /// [`TXN_SCHEMA`] of the leader that wrote it (entries written before schema 2 hold the protocol version, 1).
     pub schema: u16,
     /// The epoch of the leader that wrote it; replicas refuse an older epoch after a newer one.
     pub epoch: u64,
@@ -17,6 +27,9 @@ pub struct Txn {
     pub proposed_at: UnixMillis,
     /// The changes, applied in order in one redb write transaction.
     pub ops: Vec<TxnOp>,
+    /// More parts of the same decision follow (every part but the last); absent in schema 1 (false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 /// One state change.

@@ -101,6 +101,7 @@ pub async fn serve(
         .await
         .map_err(|source| ApiStartError::Subscribe { subject: subjects.servers(), source })?;
     let readers = Arc::new(Semaphore::new(MAX_CONCURRENT_READS));
+    let digests = Digests::default();
     // Every call is answered in a task of its own, so a slow one (a forwarded write, a large read, a read waiting
     // for its sequence) never holds up the next.
     let calls = TaskTracker::new();
@@ -109,10 +110,10 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             r = requests.next() => match r { Some(r) => r, None => break },
             Some(ask) = status_asks.next() => {
-                let (deps, client, subjects) = (deps.clone(), client.clone(), subjects.clone());
+                let (deps, client, subjects, digests) = (deps.clone(), client.clone(), subjects.clone(), digests.clone());
                 calls.spawn(async move {
                     let Some(reply) = ask.reply else { return };
-                    let body = serde_json::to_vec(&server_status(&deps, &subjects).await).unwrap_or_default();
+                    let body = serde_json::to_vec(&server_status(&deps, &subjects, &digests).await).unwrap_or_default();
                     if let Err(e) = client.publish(reply, body.into()).await {
                         warn!(error = %e, "servers answer not sent");
                     }
@@ -409,19 +410,53 @@ fn known_epoch(deps: &ApiDeps) -> u64 {
     deps.store.applied().map_or(deps.status.epoch(), |(_, e)| e.max(deps.status.epoch()))
 }
 
+/// The state digest `servers` shows, computed by one call at a time and reused while nothing new was applied.
+///
+/// A digest hashes every table: seconds at 100,000 hosts, and `muster servers` may be asked several times a second
+/// (the HA tests' samplers do). Computed once per call, concurrently, they piled up on the blocking pool; now the
+/// calls queue here and all but the first find the answer ready.
+#[derive(Clone, Default)]
+struct Digests {
+    last: Arc<tokio::sync::Mutex<Option<(u64, u64, String)>>>,
+}
+
+impl Digests {
+    /// `(epoch, (seq, digest))`: the digest of the state at `seq`, which is `applied` or later (read in the
+    /// digest's own transaction); `None` if the store could not be read.
+    async fn of(&self, deps: &ApiDeps, applied: u64) -> (u64, Option<(u64, String)>) {
+        let mut last = self.last.lock().await;
+        if let Some((seq, epoch, digest)) = last.as_ref() {
+            if *seq >= applied {
+                return (*epoch, Some((*seq, digest.clone())));
+            }
+        }
+        let blocking = deps.clone();
+        // Off the async loop: the read transaction and the hashing block for as long as the state is large.
+        let computed =
+            tokio::task::spawn_blocking(move || (known_epoch(&blocking), blocking.store.digest_at().ok())).await;
+        match computed {
+            Ok((epoch, Some((seq, digest)))) => {
+                *last = Some((seq, epoch, digest.clone()));
+                (epoch, Some((seq, digest)))
+            }
+            Ok((epoch, None)) => (epoch, None),
+            Err(_) => (deps.status.epoch(), None),
+        }
+    }
+}
+
 /// This instance for `muster servers`: role, epoch, how far it applied the log and how far behind it is, uptime,
 /// and the state digest (equal on replicas that applied the same log).
-async fn server_status(deps: &ApiDeps, subjects: &Subjects) -> ServerStatus {
+async fn server_status(deps: &ApiDeps, subjects: &Subjects, digests: &Digests) -> ServerStatus {
     let applied = *deps.status.applied.borrow();
     let log_end = match deps.js.get_stream(subjects.txn_stream()).await {
         Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).ok(),
         Err(_) => None,
     };
-    let blocking = deps.clone();
-    // The digest hashes every table: far too long for the async loop.
-    let (epoch, digest) = tokio::task::spawn_blocking(move || (known_epoch(&blocking), blocking.store.digest().ok()))
-        .await
-        .unwrap_or_else(|_| (deps.status.epoch(), None));
+    let (epoch, digest) = digests.of(deps, applied).await;
+    // The sequence the digest belongs to, so that replicas showing the same `applied_seq` compare like with like.
+    let applied = digest.as_ref().map_or(applied, |(seq, _)| *seq);
+    let digest = digest.map(|(_, d)| d);
     ServerStatus {
         id: deps.status.server_id.clone(),
         role: server_role(deps.status.role()),

@@ -1,7 +1,12 @@
 //! Leader election: a lease in the KV bucket `muster-election` whose `max_age` is the lease TTL.
 //!
+//! The TTL is one cluster-wide value: the bucket's. The first instance creates the bucket with its
+//! `MUSTER_LEASE_TTL_MS`; an instance configured with another TTL refuses to start ([`ElectionError::TtlMismatch`])
+//! instead of changing it under the leader, whose idea of its lease's validity would then be wrong.
+//!
 //! Winning = `create("leader")` succeeding (the key is absent or expired); the KV revision of that create is the
-//! **epoch**, which only grows. The leader renews with `update(.., last_revision)` every TTL/3 and steps down once
+//! leader's **epoch**, unless the log already holds that epoch or a newer one (a recreated bucket restarts its
+//! revisions at 1): the epoch is decided when the log is claimed ([`crate::log::claim_epoch`]). The leader renews with `update(.., last_revision)` every TTL/3 and steps down once
 //! another instance holds the key or a renewal could not be confirmed before the lease may have run out. Expiry
 //! produces no watch event, so candidates retry `create` on a timer.
 
@@ -25,9 +30,31 @@ pub enum ElectionError {
     /// The bucket could not be created or opened.
     #[error("election bucket: {0}")]
     Bucket(String),
+    /// The bucket exists with another lease TTL than this instance's: the TTL is one cluster-wide setting.
+    #[error(
+        "the election bucket {bucket} has a lease TTL of {bucket_ms} ms but this instance is configured with \
+         MUSTER_LEASE_TTL_MS={ours_ms}: the lease TTL must be the same on every instance (set it to {bucket_ms}, or \
+         stop every instance and delete the bucket to change it)"
+    )]
+    TtlMismatch {
+        /// The bucket's name.
+        bucket: String,
+        /// Its TTL (`max_age`), ms.
+        bucket_ms: u128,
+        /// This instance's `MUSTER_LEASE_TTL_MS`.
+        ours_ms: u128,
+    },
 }
 
-/// Creates (or updates the TTL of) the election bucket.
+impl ElectionError {
+    /// Whether retrying cannot help (the instance must not start).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::TtlMismatch { .. })
+    }
+}
+
+/// Creates the election bucket with the lease TTL `ttl`, or opens it (updating its replicas) if it exists with
+/// that TTL. Fails with [`ElectionError::TtlMismatch`] if it exists with another.
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -43,13 +70,26 @@ pub async fn ensure_bucket(
         num_replicas: replicas,
         ..Default::default()
     };
+    // The KV bucket is the stream `KV_<bucket>`. Two instances with different TTLs creating it at the same moment
+    // can both pass this check; every later start is checked against the TTL that won.
+    if let Ok(mut stream) = js.get_stream(format!("KV_{}", config.bucket)).await {
+        let info = stream.info().await.map_err(|e| ElectionError::Bucket(e.to_string()))?;
+        if info.config.max_age != ttl {
+            return Err(ElectionError::TtlMismatch {
+                bucket: config.bucket,
+                bucket_ms: info.config.max_age.as_millis(),
+                ours_ms: ttl.as_millis(),
+            });
+        }
+    }
     js.create_or_update_key_value(config).await.map_err(|e| ElectionError::Bucket(e.to_string()))
 }
 
 /// A won lease.
 #[derive(Debug, Clone)]
 pub struct Lease {
-    /// The epoch: the KV revision at which the lease was won.
+    /// The KV revision at which the lease was won: the epoch, unless the log already holds it
+    /// ([`crate::log::claim_epoch`]).
     pub epoch: u64,
     /// Latest revision of the key we wrote; renewals and the release update at it.
     revision: Arc<AtomicU64>,

@@ -186,13 +186,22 @@ pub async fn reports(
         .subscribe(subjects.report_all())
         .await
         .map_err(|e| LogError::Stream(format!("subscribing to early reports: {e}")))?;
+    // Test hooks: a leader that starts pulling late, with long-lived pulls, lets a test tell whose pull a report
+    // went to (tests/tests/deposed.rs).
+    let (start_delay, expires) = report_pull_hooks();
+    if !start_delay.is_zero() {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(start_delay) => {}
+        }
+    }
     // Pulls of up to 1,000 reports (a fan-out returns them by the thousand) that expire after a few seconds: a pull
     // that was lost or used up is replaced within REPORT_PULL_EXPIRES rather than the client's default 30 s.
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(REPORT_PULL_BATCH)
-        .expires(REPORT_PULL_EXPIRES)
-        .heartbeat(REPORT_PULL_EXPIRES / 2)
+        .expires(expires)
+        .heartbeat(expires / 2)
         .messages()
         .await
         .map_err(|e| LogError::Stream(e.to_string()))?;
@@ -223,6 +232,22 @@ pub async fn reports(
             }
         }
     }
+}
+
+/// The delay before the report consumer's first pull and the life of each pull: zero and [`REPORT_PULL_EXPIRES`],
+/// unless the failpoints `ingest::reports_start_delay_ms` / `ingest::report_pull_expires_ms` return other values.
+#[cfg(feature = "failpoints")]
+fn report_pull_hooks() -> (std::time::Duration, std::time::Duration) {
+    let ms = |name: &str| {
+        fail::eval(name, |s| s.and_then(|s| s.parse().ok()).map(std::time::Duration::from_millis)).flatten()
+    };
+    let delay = ms("ingest::reports_start_delay_ms").unwrap_or_default();
+    (delay, ms("ingest::report_pull_expires_ms").unwrap_or(REPORT_PULL_EXPIRES))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn report_pull_hooks() -> (std::time::Duration, std::time::Duration) {
+    (std::time::Duration::ZERO, REPORT_PULL_EXPIRES)
 }
 
 /// Hands the early copy of a final task report to the core if it passes Prep and the core has room; anything else

@@ -3,15 +3,17 @@
 //! - [`ensure_stream`] creates the stream idempotently at start.
 //! - [`Appender`] is the leader's write side: `Nats-Expected-Last-Sequence` fences off a deposed leader, and
 //!   `Nats-Msg-Id` makes a retried append (after a timed-out ack) land at most once.
-//! - [`run_applier`] is every instance's read side: an ordered consumer from `applied_seq + 1`, decoded and applied
-//!   to redb in groups, publishing progress on a `watch` channel the leader waits on before performing effects.
-
+//! - [`run_applier`] is every instance's read side: an ordered consumer from `applied_seq + 1`; entries are gathered
+//!   into whole decisions ([`Decisions`]) and applied to redb in groups, publishing how far it read ([`Read`]) and
+//!   how far it applied on `watch` channels the leader waits on. An entry it cannot understand stops it
+//!   ([`LogError::NotUnderstood`]): it is never skipped.
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures::StreamExt;
 use muster_nats::wire::header_map;
 use muster_schemas::ids::TxnMsgId;
+use muster_schemas::txn::TXN_SCHEMA;
 use muster_schemas::{codec, headers, limits, Subjects, Txn};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::election::Lease;
 use crate::metrics::{Metrics, ServerCounter};
+use crate::snapshot::Installing;
 use crate::store::{Store, StoreError};
 
 /// How long to wait for a JetStream publish ack before retrying with the same `Nats-Msg-Id`. With
@@ -68,6 +71,24 @@ pub enum LogError {
     /// A snapshot could not be loaded.
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// An entry this build cannot decode, or of a newer schema: applying past it would let this replica diverge
+    /// from those that understand it, so the applier stops there (the instance exits) until it is upgraded.
+    #[error("txn log entry {seq} is not understood by this build (txn schema {TXN_SCHEMA}): {reason}; applied up to {applied}, stopping")]
+    NotUnderstood {
+        /// The entry's sequence.
+        seq: u64,
+        /// The last sequence applied (it stays there).
+        applied: u64,
+        /// Why (the decode error, or its schema).
+        reason: String,
+    },
+}
+
+impl LogError {
+    /// Whether retrying cannot help: the applier stops and the instance exits.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::NotUnderstood { .. })
+    }
 }
 
 /// Creates or updates the txn stream. File storage, no limits (the log is trimmed only behind a snapshot), direct
@@ -189,9 +210,16 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// An appender for the leader holding `lease` that has applied the log up to `last_seq` (its end).
-    pub fn new(js: jetstream::Context, subjects: &Subjects, server_id: &str, lease: Lease, last_seq: u64) -> Self {
-        let epoch = lease.epoch;
+    /// An appender writing under `epoch` for the leader holding `lease`, which has read the log up to `last_seq`
+    /// (its end). `epoch` is decided when the log is claimed ([`claim_epoch`]).
+    pub fn new(
+        js: jetstream::Context,
+        subjects: &Subjects,
+        server_id: &str,
+        lease: Lease,
+        epoch: u64,
+        last_seq: u64,
+    ) -> Self {
         Self {
             lease,
             js,
@@ -266,61 +294,154 @@ impl Appender {
     }
 }
 
-/// Applies the log to `store` from its `applied_seq` on, forever, publishing progress on `applied`.
+/// The epoch a new leader writes under: its lease's revision, unless the log already holds that epoch or a
+/// higher one — after the election bucket was recreated (revisions restart at 1), or a lease won early because
+/// a NATS node's clock stepped — then one above the log's. Decided when the log is claimed, from the log read to
+/// its end, and written by the claim's own fenced append: a leader never writes under an epoch lower than the log's.
+pub fn claim_epoch(lease_revision: u64, log_epoch: u64) -> u64 {
+    lease_revision.max(log_epoch + 1)
+}
+
+/// How far this instance's applier has read the log: the last entry it received (applied, or held as a part of a
+/// decision whose last part has not arrived yet) and the highest epoch of the entries read (or of the state it
+/// started from).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Read {
+    /// Last sequence received.
+    pub seq: u64,
+    /// Highest epoch in the log up to `seq`.
+    pub epoch: u64,
+}
+
+/// Gathers log entries into whole decisions (pure). Every part of a decision but the last says it
+/// [`continues`](Txn::continues); a leader appends a decision's parts one after the other and ends its term when
+/// one fails, so a decision still open when an entry of another epoch arrives can never be completed: it is
+/// dropped, by every replica at the same place in the log, and the caller who proposed it was told it failed.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    open: Vec<(u64, Txn)>,
+}
+
+impl Decisions {
+    /// Takes the next entry. Its decision's entries go to `ready`, in log order, once `txn` is the last part;
+    /// returns how many parts of an abandoned decision were dropped.
+    pub fn push(&mut self, seq: u64, txn: Txn, ready: &mut Vec<(u64, Txn)>) -> u64 {
+        let mut dropped = 0;
+        if self.open.first().is_some_and(|(_, first)| first.epoch != txn.epoch) {
+            dropped = self.open.len() as u64;
+            self.open.clear();
+        }
+        let continues = txn.continues;
+        self.open.push((seq, txn));
+        if !continues {
+            ready.append(&mut self.open);
+        }
+        dropped
+    }
+}
+
+/// Applies the log to `store` from its `applied_seq` on until `shutdown` fires, publishing how far it read on
+/// `read` and how far it applied on `applied` (always the last part of a whole decision).
 ///
-/// A log entry that cannot be decoded is logged, counted (`txn.undecodable`) and skipped — all replicas skip the
-/// same entry, so they stay identical — never retried forever and never a crash.
+/// A log entry this build cannot decode, or of a newer [`TXN_SCHEMA`], is logged, counted (`txn.undecodable`) and
+/// stops the applier with [`LogError::NotUnderstood`], `applied_seq` left before it: skipping it would let this
+/// replica diverge from those that understand it. Every other error is retried.
 pub async fn run_applier(
     js: jetstream::Context,
     subjects: Subjects,
     store: Store,
     applied: watch::Sender<u64>,
+    read: watch::Sender<Read>,
     metrics: Metrics,
     shutdown: CancellationToken,
-) {
+) -> Result<(), LogError> {
+    // A snapshot install is progress, however long it takes: the stall watch waits while one runs.
+    let installing = Installing::default();
     loop {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = apply_stream(&js, &subjects, &store, &applied, &metrics) => r,
-            () = stalled(&js, &subjects, applied.subscribe()) => {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = apply_stream(&js, &subjects, &store, &applied, &read, &metrics, &installing) => r,
+            () = stalled(&js, &subjects, read.subscribe(), installing.clone()) => {
                 metrics.inc(ServerCounter::TxnApplierRestarts);
                 Err(LogError::Stream("the log has entries this replica is not receiving; recreating its consumer".into()))
             }
         };
-        if let Err(e) = result {
-            warn!(error = %e, "txn applier interrupted; resuming");
+        match result {
+            Err(e) if e.is_fatal() => {
+                error!(error = %e, "txn applier stopped");
+                return Err(e);
+            }
+            Err(e) => warn!(error = %e, "txn applier interrupted; resuming"),
+            Ok(()) => {}
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(APPLIER_RETRY) => {}
         }
     }
 }
 
-/// How long the applier may receive nothing while the log has entries it has not applied. An ordered consumer
+/// How long the applier may receive nothing while the log has entries it has not read. An ordered consumer
 /// whose NATS node died can take a minute to notice; recreating it on a live node takes milliseconds.
 const STALL_AFTER: Duration = Duration::from_secs(3);
-/// How often the stall watch compares the log's end with `applied_seq`.
+/// How often the stall watch compares the log's end with what the applier read.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
-/// Returns once the log's end has stayed ahead of `applied` without progress for [`STALL_AFTER`].
-async fn stalled(js: &jetstream::Context, subjects: &Subjects, applied: watch::Receiver<u64>) {
-    let mut behind_since: Option<(tokio::time::Instant, u64)> = None;
+/// Returns once the log's end has stayed ahead of `read` without progress for [`STALL_AFTER`] ([`StallWatch`]).
+async fn stalled(js: &jetstream::Context, subjects: &Subjects, read: watch::Receiver<Read>, installing: Installing) {
+    let mut watch = StallWatch::default();
     loop {
         tokio::time::sleep(STALL_CHECK).await;
         let Ok(end) = last_sequence(js, subjects).await else { continue };
-        let now_applied = *applied.borrow();
-        match behind_since {
-            _ if end <= now_applied => behind_since = None,
-            Some((since, at)) if at == now_applied => {
-                if since.elapsed() >= STALL_AFTER {
-                    warn!(applied = now_applied, log_end = end, "txn applier stalled");
-                    return;
-                }
-            }
-            _ => behind_since = Some((tokio::time::Instant::now(), now_applied)),
+        let now_read = read.borrow().seq;
+        if watch.look(tokio::time::Instant::now(), end, now_read, installing.active()) {
+            warn!(read = now_read, log_end = end, "txn applier stalled");
+            return;
         }
     }
+}
+
+/// The stall watch's judgement, pure: the applier is stalled once the log's end has stayed ahead of what it read,
+/// with no progress, for [`STALL_AFTER`]. A snapshot install is progress (the read sequence stands still while a
+/// large state downloads and restores): the watch starts over once it ends.
+#[derive(Debug, Default)]
+struct StallWatch {
+    /// Since when, and at which read sequence, the applier has been behind without progress.
+    behind_since: Option<(tokio::time::Instant, u64)>,
+}
+
+impl StallWatch {
+    /// One look: the log's end, how far the applier read, whether a snapshot install runs. True: stalled.
+    fn look(&mut self, now: tokio::time::Instant, end: u64, read: u64, installing: bool) -> bool {
+        match self.behind_since {
+            _ if end <= read || installing => self.behind_since = None,
+            Some((since, at)) if at == read => return now.duration_since(since) >= STALL_AFTER,
+            _ => self.behind_since = Some((now, read)),
+        }
+        false
+    }
+}
+
+/// Decodes one entry, or says why this build does not understand it.
+fn understand(payload: &[u8]) -> Result<Txn, String> {
+    let txn = codec::decode::<Txn>(payload, limits::MAX_TXN_BYTES + 64 * 1024)
+        .map_err(|e| format!("it does not decode ({e})"))?;
+    if txn.schema > TXN_SCHEMA {
+        return Err(format!("it has txn schema {}", txn.schema));
+    }
+    Ok(txn)
+}
+
+async fn apply_batch(store: &Store, batch: Vec<(u64, Txn)>, metrics: &Metrics) -> Result<u64, LogError> {
+    let last = batch.last().map_or(0, |(seq, _)| *seq);
+    let st = store.clone();
+    let outcome = tokio::task::spawn_blocking(move || st.apply(&batch)).await.map_err(StoreError::from)??;
+    metrics.add(ServerCounter::TxnApplied, outcome.applied);
+    if outcome.stale > 0 {
+        metrics.add(ServerCounter::TxnRefusedStaleEpoch, outcome.stale);
+        warn!(count = outcome.stale, "refused txns from an older epoch");
+    }
+    Ok(last)
 }
 
 async fn apply_stream(
@@ -328,13 +449,16 @@ async fn apply_stream(
     subjects: &Subjects,
     store: &Store,
     applied: &watch::Sender<u64>,
+    read: &watch::Sender<Read>,
     metrics: &Metrics,
+    installing: &Installing,
 ) -> Result<(), LogError> {
-    let (mut from, _) = store.applied()?;
+    let (mut from, mut epoch) = store.applied()?;
     let mut stream = js.get_stream(subjects.txn_stream()).await.map_err(|e| LogError::Stream(e.to_string()))?;
     let first = stream.info().await.map_err(|e| LogError::Stream(e.to_string()))?.state.first_sequence;
     if first > from + 1 {
         // What we need next was trimmed behind a snapshot: load it, then apply the log after it.
+        let _install = installing.start();
         let snap = crate::snapshot::latest(js, subjects)
             .await?
             .ok_or_else(|| LogError::Stream(format!("the log starts at {first} but no snapshot exists")))?;
@@ -347,6 +471,7 @@ async fn apply_stream(
         if snap.seq > from {
             let st = store.clone();
             let seq = snap.seq;
+            epoch = snap.epoch;
             tokio::task::spawn_blocking(move || st.restore(&snap)).await.map_err(StoreError::from)??;
             metrics.inc(ServerCounter::SnapshotRestored);
             info!(seq, "state restored from snapshot");
@@ -354,6 +479,7 @@ async fn apply_stream(
         }
     }
     applied.send_replace(from);
+    read.send_replace(Read { seq: from, epoch });
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from + 1 },
@@ -366,44 +492,145 @@ async fn apply_stream(
     info!(from = from + 1, "applying txn log");
     let mut groups = messages.ready_chunks(MAX_APPLY_GROUP);
     let mut expected = from + 1;
+    // Restarted at a decision's first part (`applied_seq` is always a decision's last), so nothing is open yet.
+    let mut decisions = Decisions::default();
     while let Some(group) = groups.next().await {
         let mut batch = Vec::with_capacity(group.len());
-        let mut last_seen = None;
+        let mut failed = None;
         for m in group {
             let m = m.map_err(|e| LogError::Stream(e.to_string()))?;
             let seq = m.info().map_err(|e| LogError::Stream(e.to_string()))?.stream_sequence;
-            if seq > expected {
-                // Trimmed under us: apply what we have, then start over (from the snapshot).
-                if let Some(last) = last_seen {
-                    let st = store.clone();
-                    tokio::task::spawn_blocking(move || st.apply(&batch, last)).await.map_err(StoreError::from)??;
-                    applied.send_replace(last);
-                }
-                return Err(LogError::Gap { expected, got: seq });
-            }
             if seq < expected {
                 continue;
             }
-            expected = seq + 1;
-            last_seen = Some(seq);
-            match codec::decode::<Txn>(&m.payload, limits::MAX_TXN_BYTES + 64 * 1024) {
-                Ok(txn) => batch.push((seq, txn)),
-                Err(e) => {
+            if seq > expected {
+                // Trimmed under us: apply the whole decisions we have, then start over (from the snapshot).
+                failed = Some(LogError::Gap { expected, got: seq });
+                break;
+            }
+            let txn = match understand(&m.payload) {
+                Ok(txn) => txn,
+                Err(reason) => {
                     metrics.inc(ServerCounter::TxnUndecodable);
-                    error!(seq, error = %e, "skipping undecodable txn log entry");
+                    // `applied` is filled in below, once the decisions before it are applied.
+                    failed = Some(LogError::NotUnderstood { seq, applied: 0, reason });
+                    break;
                 }
+            };
+            expected = seq + 1;
+            epoch = epoch.max(txn.epoch);
+            let dropped = decisions.push(seq, txn, &mut batch);
+            if dropped > 0 {
+                metrics.add(ServerCounter::TxnDroppedIncomplete, dropped);
+                warn!(parts = dropped, before = seq, "dropped a decision whose leader ended before its last part");
             }
         }
-        let Some(last) = last_seen else { continue };
-        let st = store.clone();
-        let outcome = tokio::task::spawn_blocking(move || st.apply(&batch, last)).await.map_err(StoreError::from)??;
-        metrics.add(ServerCounter::TxnApplied, outcome.applied);
-        if outcome.stale > 0 {
-            metrics.add(ServerCounter::TxnRefusedStaleEpoch, outcome.stale);
-            warn!(count = outcome.stale, "refused txns from an older epoch");
+        if !batch.is_empty() {
+            let last = apply_batch(store, batch, metrics).await?;
+            debug!(seq = last, "applied");
+            applied.send_replace(last);
         }
-        debug!(seq = last, "applied");
-        applied.send_replace(last);
+        read.send_replace(Read { seq: expected - 1, epoch });
+        if let Some(mut e) = failed {
+            if let LogError::NotUnderstood { applied: at, .. } = &mut e {
+                *at = *applied.borrow();
+            }
+            return Err(e);
+        }
     }
     Err(LogError::Stream("txn consumer ended".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_schemas::TxnOp;
+
+    fn part(epoch: u64, n: u64, continues: bool) -> Txn {
+        let ops = vec![TxnOp::ReserveIds { tasks: n, requests: n }];
+        Txn { schema: TXN_SCHEMA, epoch, proposed_at: 0, ops, continues }
+    }
+
+    fn seqs(ready: &[(u64, Txn)]) -> Vec<u64> {
+        ready.iter().map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn a_snapshot_install_is_progress_however_long_it_takes() {
+        let t0 = tokio::time::Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // Behind the log and not moving: stalled once STALL_AFTER has passed.
+        let mut w = StallWatch::default();
+        assert!(!w.look(at(0), 100, 10, false));
+        assert!(!w.look(at(2), 100, 10, false));
+        assert!(w.look(at(3), 100, 10, false), "a consumer that delivers nothing is recreated");
+        // A minute-long install never is, and the watch starts over once it ends.
+        let mut w = StallWatch::default();
+        for s in 0..60 {
+            assert!(!w.look(at(s), 100, 10, true), "an install restarted after {s} s");
+        }
+        assert!(!w.look(at(60), 100, 90, false));
+        assert!(!w.look(at(62), 100, 90, false));
+        assert!(w.look(at(63), 100, 90, false));
+        // Progress, or the end reached, resets it.
+        let mut w = StallWatch::default();
+        assert!(!w.look(at(0), 100, 10, false));
+        assert!(!w.look(at(2), 100, 11, false));
+        assert!(!w.look(at(4), 100, 11, false));
+        assert!(!w.look(at(5), 11, 11, false));
+        assert!(!w.look(at(9), 100, 11, false));
+    }
+
+    #[test]
+    fn a_decision_is_ready_only_with_its_last_part() {
+        let mut d = Decisions::default();
+        let mut ready = Vec::new();
+        assert_eq!(d.push(1, part(3, 1, false), &mut ready), 0);
+        assert_eq!(seqs(&ready), [1], "a one-entry decision is ready at once");
+        ready.clear();
+        d.push(2, part(3, 2, true), &mut ready);
+        d.push(3, part(3, 3, true), &mut ready);
+        assert!(ready.is_empty(), "parts are held until the last one");
+        assert_eq!(d.push(4, part(3, 4, false), &mut ready), 0);
+        assert_eq!(seqs(&ready), [2, 3, 4], "the whole decision, in order");
+    }
+
+    #[test]
+    fn a_decision_left_without_its_last_part_is_dropped_at_the_next_epoch() {
+        let mut d = Decisions::default();
+        let mut ready = Vec::new();
+        d.push(5, part(3, 1, true), &mut ready);
+        d.push(6, part(3, 2, true), &mut ready);
+        // The next leader's claim: the open decision can never be completed.
+        assert_eq!(d.push(7, part(4, 0, false), &mut ready), 2);
+        assert_eq!(seqs(&ready), [7]);
+        // A restart re-reads from the last whole decision and decides the same.
+        let mut again = Decisions::default();
+        let mut ready2 = Vec::new();
+        let dropped: u64 = [(5, part(3, 1, true)), (6, part(3, 2, true)), (7, part(4, 0, false))]
+            .into_iter()
+            .map(|(s, t)| again.push(s, t, &mut ready2))
+            .sum();
+        assert_eq!((dropped, seqs(&ready2)), (2, vec![7]));
+    }
+
+    #[test]
+    fn an_entry_of_a_newer_schema_or_that_does_not_decode_is_not_understood() {
+        assert_eq!(understand(&codec::encode(&part(3, 1, false))).unwrap(), part(3, 1, false));
+        let newer = Txn { schema: TXN_SCHEMA + 1, ..part(3, 1, false) };
+        assert!(understand(&codec::encode(&newer)).unwrap_err().contains("txn schema"));
+        // An op kind this build does not know.
+        let mut unknown = codec::encode(&part(3, 1, false));
+        let at = unknown.windows(11).position(|w| w == b"reserve_ids").unwrap();
+        unknown[at..at + 11].copy_from_slice(b"reserve_xyz");
+        assert!(understand(&unknown).unwrap_err().contains("does not decode"));
+        assert!(understand(b"not a txn").is_err());
+    }
+
+    #[test]
+    fn the_claimed_epoch_is_above_every_epoch_in_the_log() {
+        assert_eq!(claim_epoch(12, 7), 12, "normally the lease's revision");
+        assert_eq!(claim_epoch(1, 40), 41, "a recreated election bucket restarts revisions at 1");
+        assert_eq!(claim_epoch(40, 40), 41, "a revision the log already holds is not reused");
+    }
 }

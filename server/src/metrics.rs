@@ -61,14 +61,18 @@ muster_nats::counters! {
         TasksRetried = "tasks.retried",
         /// Commands stored in MUSTER_COMMANDS.
         CommandsPublished = "commands.published",
+        /// Command publishes answered as duplicates still being proposed (sequence 0), asked again.
+        CommandsDuplicatePending = "commands.duplicate_pending",
         /// Txns the leader appended.
         TxnCommitted = "txn.committed",
         /// Txns this instance applied.
         TxnApplied = "txn.applied",
         /// Txns refused for an epoch older than one already applied.
         TxnRefusedStaleEpoch = "txn.refused_stale_epoch",
-        /// Log entries that could not be decoded and were skipped.
+        /// Log entries this instance could not decode or that have a newer txn schema: its applier stops there.
         TxnUndecodable = "txn.undecodable",
+        /// Parts of decisions dropped because their leader's term ended before their last part.
+        TxnDroppedIncomplete = "txn.dropped_incomplete",
         /// Times the applier's consumer was recreated after a stall.
         TxnApplierRestarts = "txn.applier_restarts",
         /// Snapshots this instance stored (the leader, every `MUSTER_SNAPSHOT_EVERY` applied entries).
@@ -77,8 +81,18 @@ muster_nats::counters! {
         SnapshotFailed = "snapshot.failed",
         /// States restored from a snapshot.
         SnapshotRestored = "snapshot.restored",
+        /// Snapshots not stored: the term ended, or the stored one already covers as much of the log.
+        SnapshotSkipped = "snapshot.skipped",
+        /// Batches with answers but no changes whose leadership was first proven by an empty fenced append.
+        LeaderBarriers = "leader.barriers",
+        /// `request.create` calls answered with the original reply of their idempotency key.
+        RequestsRepeated = "requests.repeated",
         /// Leaderships that ended.
         LeaderStepDowns = "leader.step_downs",
+        /// Claims whose epoch had to be raised above the lease's revision (the log held it already).
+        LeaderEpochAboveLease = "leader.epoch_above_lease",
+        /// Commits not acknowledged because a newer epoch was applied first (the leader was deposed).
+        LeaderSuperseded = "leader.superseded",
         /// Messages NATS dropped because a subscription was too slow.
         NatsSlowConsumer = "nats.slow_consumer",
     }

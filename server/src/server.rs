@@ -1,11 +1,16 @@
 //! `run`: wires one server instance together and drives its role until shutdown.
 //!
 //! Every instance: ensures the stream and bucket, opens redb, applies the log (applier task), hears heartbeats,
-//! serves the read API. A voter also campaigns for the lease and, while it holds it, leads.
+//! makes sure no live instance has its id, serves the read API. A voter also campaigns for the lease and, while it
+//! holds it, leads. An instance stops with an error — it must not go on — when the election bucket has another lease
+//! TTL, when another live instance answers with its server id, and when its applier meets a log entry it does not
+//! understand.
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use futures::StreamExt;
+use muster_schemas::api::ServerStatus;
 use muster_schemas::Subjects;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +59,21 @@ pub enum ServerError {
         /// The stream's last sequence.
         last: u64,
     },
+    /// Another live instance answered `<prefix>.servers` with this instance's id: two instances with one id would
+    /// both pass the lease's identity check (the default id is the hostname: two instances on one host clash).
+    #[error(
+        "another live instance already has server id {0:?} (it answered on {1}); give each instance its own \
+         MUSTER_SERVER_ID"
+    )]
+    DuplicateId(String, String),
+    /// The NATS connection failed while checking for a duplicate id.
+    #[error("asking {subject}: {detail}")]
+    Servers {
+        /// `<prefix>.servers`.
+        subject: String,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// Runs one instance until `shutdown` fires, then stops every task it started and returns.
@@ -63,6 +83,9 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    set_up_failpoints();
+    // Our own: the applier stops the whole instance when it meets an entry it does not understand.
+    let shutdown = shutdown.child_token();
     let subjects = Subjects::new(&cfg.prefix);
     let js = jetstream::new(client.clone());
     let replicas = replicas_for(&cfg, &client).await;
@@ -80,6 +103,7 @@ pub async fn run(
         };
         match setup.await {
             Ok(done) => break done,
+            Err(ServerError::Election(e)) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, retry_in = ?delay, "setting up streams and buckets failed");
                 tokio::select! {
@@ -103,20 +127,32 @@ pub async fn run(
     info!(server_id = %cfg.server_id, applied_seq, log_end = stream.state.last_sequence, "starting");
 
     let (applied_tx, applied_rx) = watch::channel(applied_seq);
+    let (read_tx, read_rx) = watch::channel(log::Read { seq: applied_seq, epoch });
     let idle_role = if cfg.role == ServerRole::Observer { Role::Observer } else { Role::Follower };
     let status = Status::new(cfg.server_id.clone(), idle_role, applied_rx.clone());
     status.set_epoch(epoch);
     let (slot_tx, slot_rx) = watch::channel(None);
     let tasks = TaskTracker::new();
 
-    tasks.spawn(log::run_applier(
-        js.clone(),
-        subjects.clone(),
-        store.clone(),
-        applied_tx,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let applier = {
+        let applying = log::run_applier(
+            js.clone(),
+            subjects.clone(),
+            store.clone(),
+            applied_tx,
+            read_tx,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let result = applying.await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        })
+    };
     {
         let hb = ingest::heartbeats(
             client.clone(),
@@ -131,6 +167,17 @@ pub async fn run(
                 error!(error = %e, "heartbeat listener failed");
             }
         });
+    }
+    let unique = tokio::select! {
+        r = refuse_duplicate_id(&client, &subjects, &cfg.server_id) => r,
+        // The applier stopped: its error is returned below.
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    if let Err(e) = unique {
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Err(e);
     }
     {
         let deps = ApiDeps { store: store.clone(), status: status.clone(), metrics: metrics.clone(), js: js.clone() };
@@ -155,6 +202,7 @@ pub async fn run(
             },
             store: store.clone(),
             applied: applied_rx,
+            read: read_rx,
             metrics: metrics.clone(),
             last_seen: status.last_seen.clone(),
         };
@@ -245,9 +293,56 @@ pub async fn run(
         shutdown.cancelled().await;
     }
     drop(slot_tx);
+    shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    let applied = applier.await.unwrap_or(Ok(()));
     info!("stopped");
+    Ok(applied?)
+}
+
+/// Test hooks: in a build with the `failpoints` feature, sets up the failpoints named in the `FAILPOINTS`
+/// environment variable (`name=actions;...`, in the fail crate's syntax, e.g. `leader::commit_last_part=1*return`).
+/// Without the feature it does nothing.
+fn set_up_failpoints() {
+    #[cfg(feature = "failpoints")]
+    for point in std::env::var("FAILPOINTS").unwrap_or_default().split(';').filter(|p| !p.trim().is_empty()) {
+        let set = match point.split_once('=') {
+            Some((name, actions)) => fail::cfg(name.trim(), actions.trim()),
+            None => Err(format!("expected name=actions, got {point:?}")),
+        };
+        match set {
+            Ok(()) => warn!(failpoint = point, "failpoint set (a test build)"),
+            Err(e) => error!(failpoint = point, error = %e, "failpoint not set"),
+        }
+    }
+}
+
+/// How long to collect answers on `<prefix>.servers` before starting: every live instance answers within a few
+/// milliseconds (computing its digest takes longer on a large state; such an instance may be missed).
+const SERVERS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Asks `<prefix>.servers` (before this instance answers there itself) and fails if a live instance answers with
+/// `server_id`. A stopped instance (crashed, restarting under the same id) does not answer.
+async fn refuse_duplicate_id(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    server_id: &str,
+) -> Result<(), ServerError> {
+    let subject = subjects.servers();
+    let failed = |detail: String| ServerError::Servers { subject: subject.clone(), detail };
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| failed(e.to_string()))?;
+    client.publish_with_reply(subject.clone(), inbox, bytes::Bytes::new()).await.map_err(|e| failed(e.to_string()))?;
+    client.flush().await.map_err(|e| failed(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + SERVERS_WAIT;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        if let Ok(status) = serde_json::from_slice::<ServerStatus>(&msg.payload) {
+            if status.id == server_id {
+                return Err(ServerError::DuplicateId(server_id.to_string(), subject));
+            }
+        }
+    }
     Ok(())
 }
 

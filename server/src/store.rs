@@ -1,8 +1,10 @@
 //! The materialised state in redb: one file per server instance, written only by the log applier
 //! ([`crate::log::run_applier`]), read by anyone through cheap [`Store`] clones.
 //!
-//! Each txn-log entry (or a group of them) is applied in ONE redb write transaction together with `applied_seq`,
-//! so after any crash the file holds exactly the state of the log up to `applied_seq`.
+//! Whole decisions (one or more txn-log entries each, see [`muster_schemas::Txn`]) are applied in ONE redb write
+//! transaction together with `applied_seq`, the last part of the last decision applied, so after any crash the
+//! file holds exactly the state of the log's whole decisions up to `applied_seq` — never part of one — and so does
+//! every snapshot taken from it.
 
 use std::fmt;
 use std::path::Path;
@@ -286,36 +288,48 @@ impl Store {
     /// SHA-256 over every table (names, keys and encoded records in key order), hex: equal on every replica that
     /// applied the same log, whatever route it took there (log only, or snapshot + log).
     pub fn digest(&self) -> Result<String, StoreError> {
+        self.digest_at().map(|(_, digest)| digest)
+    }
+
+    /// [`Self::digest`] and the `applied_seq` of the state it hashes, read in the same transaction.
+    pub fn digest_at(&self) -> Result<(u64, String), StoreError> {
         use sha2::Digest as _;
-        let snap = self.snapshot()?;
+        // Hashed inside one read transaction, row by row: copying the tables first (as a snapshot does) would hold
+        // the whole state in memory once per concurrent `servers` answer.
+        let r = self.db.begin_read()?;
+        let seq = r.open_table(META)?.get(APPLIED_SEQ)?.map_or(0, |v| v.value());
         let mut h = sha2::Sha256::new();
-        for (name, rows) in &snap.str_tables {
-            h.update(name.as_bytes());
-            for (k, v) in rows {
+        for def in STR_TABLES {
+            h.update(def.name().as_bytes());
+            for row in r.open_table(def)?.iter()? {
+                let (k, v) = row?;
+                let (k, v) = (k.value(), v.value());
                 h.update((k.len() as u64).to_le_bytes());
                 h.update(k.as_bytes());
                 h.update((v.len() as u64).to_le_bytes());
                 h.update(v);
             }
         }
-        for (name, rows) in &snap.id_tables {
-            h.update(name.as_bytes());
-            for (k, v) in rows {
-                h.update(k.to_le_bytes());
+        for def in ID_TABLES {
+            h.update(def.name().as_bytes());
+            for row in r.open_table(def)?.iter()? {
+                let (k, v) = row?;
+                let v = v.value();
+                h.update(k.value().to_le_bytes());
                 h.update((v.len() as u64).to_le_bytes());
                 h.update(v);
             }
         }
-        Ok(h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect())
+        Ok((seq, h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()))
     }
 
-    /// Applies log entries `(seq, txn)` in one durable write transaction (group commit) and records `applied_seq`
-    /// as `through`: the last sequence consumed, which may lie past the last entry when undecodable ones were skipped.
+    /// Applies log entries `(seq, txn)` — every part of whole decisions, in log order — in one durable write
+    /// transaction (group commit) and records `applied_seq` as the last one's sequence.
     ///
     /// Entries at or below the stored `applied_seq` are skipped (a redelivery after a crash is harmless), and an
     /// entry whose epoch is older than one already applied is refused (a deposed leader's write) but still advances
     /// `applied_seq`, so every replica makes the same decision at the same place in the log.
-    pub fn apply(&self, batch: &[(u64, Txn)], through: u64) -> Result<ApplyOutcome, StoreError> {
+    pub fn apply(&self, batch: &[(u64, Txn)]) -> Result<ApplyOutcome, StoreError> {
         let mut outcome = ApplyOutcome::default();
         let w = self.db.begin_write()?;
         {
@@ -376,7 +390,7 @@ impl Store {
                 }
                 outcome.applied += 1;
             }
-            meta.insert(APPLIED_SEQ, applied.max(through))?;
+            meta.insert(APPLIED_SEQ, applied)?;
             meta.insert(EPOCH, epoch)?;
         }
         w.commit()?;
@@ -391,7 +405,8 @@ fn decode_record<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use muster_schemas::{HostFacts, HostState, PROTOCOL_VERSION};
+    use muster_schemas::txn::TXN_SCHEMA;
+    use muster_schemas::{HostFacts, HostState};
 
     fn rec(id: &str, state: HostState) -> HostRecord {
         HostRecord {
@@ -410,7 +425,7 @@ mod tests {
     }
 
     fn txn(epoch: u64, ops: Vec<TxnOp>) -> Txn {
-        Txn { schema: PROTOCOL_VERSION, epoch, proposed_at: 0, ops }
+        Txn { schema: TXN_SCHEMA, epoch, proposed_at: 0, ops, continues: false }
     }
 
     #[test]
@@ -418,24 +433,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let out = store
-            .apply(
-                &[
-                    (1, txn(5, vec![TxnOp::PutHost(Box::new(rec("a", HostState::Healthy)))])),
-                    (2, txn(5, vec![TxnOp::PutHost(Box::new(rec("b", HostState::Healthy)))])),
-                ],
-                2,
-            )
+            .apply(&[
+                (1, txn(5, vec![TxnOp::PutHost(Box::new(rec("a", HostState::Healthy)))])),
+                (2, txn(5, vec![TxnOp::PutHost(Box::new(rec("b", HostState::Healthy)))])),
+            ])
             .unwrap();
         assert_eq!(out, ApplyOutcome { applied: 2, stale: 0 });
         // Redelivery of seq 2 changes nothing.
         let again =
-            store.apply(&[(2, txn(5, vec![TxnOp::PutHost(Box::new(rec("b", HostState::HeartbeatLost)))]))], 2).unwrap();
+            store.apply(&[(2, txn(5, vec![TxnOp::PutHost(Box::new(rec("b", HostState::HeartbeatLost)))]))]).unwrap();
         assert_eq!(again.applied, 0);
         assert_eq!(store.hosts().unwrap().len(), 2);
         assert_eq!(store.host(&HostId::new("b").unwrap()).unwrap().unwrap().state, HostState::Healthy);
         // A deposed leader's entry (older epoch) is refused but consumes its sequence.
         let stale =
-            store.apply(&[(3, txn(4, vec![TxnOp::PutHost(Box::new(rec("a", HostState::HeartbeatLost)))]))], 3).unwrap();
+            store.apply(&[(3, txn(4, vec![TxnOp::PutHost(Box::new(rec("a", HostState::HeartbeatLost)))]))]).unwrap();
         assert_eq!(stale, ApplyOutcome { applied: 0, stale: 1 });
         assert_eq!(store.host(&HostId::new("a").unwrap()).unwrap().unwrap().state, HostState::Healthy);
         assert_eq!(store.applied().unwrap(), (3, 5));
@@ -445,9 +457,9 @@ mod tests {
     fn snapshot_restores_the_same_state_and_digest() {
         let dir = tempfile::tempdir().unwrap();
         let a = Store::open(&dir.path().join("a.redb")).unwrap();
-        a.apply(&[(4, txn(3, vec![TxnOp::PutHost(Box::new(rec("x", HostState::Healthy)))]))], 4).unwrap();
+        a.apply(&[(4, txn(3, vec![TxnOp::PutHost(Box::new(rec("x", HostState::Healthy)))]))]).unwrap();
         let b = Store::open(&dir.path().join("b.redb")).unwrap();
-        b.apply(&[(1, txn(1, vec![TxnOp::PutHost(Box::new(rec("stale", HostState::Init)))]))], 1).unwrap();
+        b.apply(&[(1, txn(1, vec![TxnOp::PutHost(Box::new(rec("stale", HostState::Init)))]))]).unwrap();
         assert_ne!(a.digest().unwrap(), b.digest().unwrap());
         let snap = a.snapshot().unwrap();
         let bytes = codec::encode(&snap);
@@ -463,7 +475,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.apply(&[(7, txn(2, vec![TxnOp::PutHost(Box::new(rec("a", HostState::Unhealthy)))]))], 7).unwrap();
+            store.apply(&[(7, txn(2, vec![TxnOp::PutHost(Box::new(rec("a", HostState::Unhealthy)))]))]).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.applied().unwrap(), (7, 2));

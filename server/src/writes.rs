@@ -2,6 +2,13 @@
 //! executed by the core, and answered after commit. Replies are the typed JSON of `muster_schemas::api`; an error is
 //! the one [`ApiError`] in the services framework's error headers (and as the JSON body), so the answering
 //! instance relays it as it is.
+//!
+//! Only the leader answers. Every instance that ever led may still be subscribed for a moment (a deposed leader
+//! that has not noticed yet, or one whose term is ending), and NATS hands a request to every subscriber: a fast
+//! "stepped down" from one of them would beat the real leader's answer and make the caller retry a write that
+//! is being committed. So a call whose term ends before the core answered it gets no answer at all, from here:
+//! the core's own answers are given only after the batch proved the leadership ([`crate::leader::driver`]), and
+//! a caller that hears nothing retries with the same idempotency key and gets the original result.
 
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use futures::StreamExt;
@@ -32,13 +39,16 @@ pub async fn leader_api(
         let (queue, client) = (queue.clone(), client.clone());
         // Answered in its own task so a slow write does not hold up the next call's parsing; the core still
         // executes calls one batch at a time, in arrival order.
+        let stop = stop.clone();
         calls.spawn(async move {
             let result = match parse_call(&endpoint, &msg.payload) {
-                Ok(call) => execute(&queue, call).await,
-                Err(e) => Err(e),
+                Ok(call) => execute(&queue, call, &stop).await,
+                Err(e) => Some(Err(e)),
             };
-            let (h, body) = api_reply(&result);
-            let _ = client.publish_with_headers(reply, h, body).await;
+            if let Some(result) = result {
+                let (h, body) = api_reply(&result);
+                let _ = client.publish_with_headers(reply, h, body).await;
+            }
         });
     }
     let _ = sub.unsubscribe().await;
@@ -47,17 +57,16 @@ pub async fn leader_api(
     Ok(())
 }
 
-/// Queues `call` for the core and waits for its answer, at most [`limits::WRITE_TIMEOUT`].
-async fn execute(queue: &mpsc::Sender<Queued>, call: ApiCall) -> WriteResult {
-    let stepped_down = || ApiError::unavailable("leader stepped down; retry");
+/// Queues `call` for the core and waits for its answer, at most [`limits::WRITE_TIMEOUT`]. `None`: the term ended
+/// before the core answered (the batch was not committed, or the core is gone), and a deposed instance says
+/// nothing (see the module docs).
+async fn execute(queue: &mpsc::Sender<Queued>, call: ApiCall, stop: &CancellationToken) -> Option<WriteResult> {
     let (tx, rx) = oneshot::channel();
-    if queue.send(Queued::Api { call, respond: tx }).await.is_err() {
-        return Err(stepped_down());
-    }
+    queue.send(Queued::Api { call, respond: tx }).await.ok()?;
     match tokio::time::timeout(limits::WRITE_TIMEOUT, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(stepped_down()),
-        Err(_) => Err(ApiError::timeout("the leader did not answer in time")),
+        Ok(answer) => answer.ok(),
+        Err(_) if stop.is_cancelled() => None,
+        Err(_) => Some(Err(ApiError::timeout("the leader did not answer in time"))),
     }
 }
 

@@ -1,7 +1,8 @@
 //! [`Ensemble`]: muster in high availability for one test — a 3-node NATS cluster ([`NatsCluster`]), three
 //! muster-server instances (`server-1` and `server-2` voters, `server-3` an observer) and agents — and what HA
 //! tests look at: `muster servers` rows, who leads, failover times, convergence of every replica, one instance's
-//! own counters.
+//! own counters; [`TxnTap`], which lets a test strike the moment the leader appends a given entry; and
+//! [`Ensemble::audit`], the outcome every fault must leave.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use muster_schemas::api::RequestView;
+use muster_schemas::cluster::TaskStatus;
+use muster_schemas::commands::RequestId;
 use muster_schemas::{limits, HostState, Subjects, Txn};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -17,9 +20,11 @@ use nix::unistd::Pid;
 use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
 use crate::cluster::{describe, server_env, Settings, Timing, LOG_ENV};
 use crate::descendants::Descendants;
+use crate::load::Runs;
 use crate::nats_cluster::{NatsCluster, NODES};
 use crate::paths::{tail, workspace_bin, TestDir};
 use crate::process::Proc;
+use crate::requests::{describe_request, half_applied};
 use crate::stacks::WorkDir;
 use crate::wait::{fatal, wait_until, within, Check};
 
@@ -115,6 +120,82 @@ pub struct LogState {
     /// The NATS node (`n1`…) leading the stream's RAFT group.
     pub nats_leader: Option<String>,
 }
+
+/// Every append to the txn log as the leader sends it: a core subscription to `<prefix>.txn`, which NATS delivers
+/// as it hands the same message to the stream. A fault struck the moment a wanted entry arrives lands after the
+/// leader appended it and before anything it does next (waiting for its applier, replying, acking reports,
+/// publishing commands): the window is hit by observation, not by a sleep.
+#[derive(Debug)]
+pub struct TxnTap {
+    sub: async_nats::Subscriber,
+}
+
+impl TxnTap {
+    /// Waits at most `limit` for an appended entry for which `wanted` holds and returns it; `what` names it in the
+    /// error. Entries that do not decode as a [`Txn`] are passed over.
+    pub async fn next_where(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut wanted: impl FnMut(&Txn) -> bool,
+    ) -> anyhow::Result<Txn> {
+        let mut seen = 0u32;
+        let found = within(limit, &format!("an appended txn: {what}"), async {
+            while let Some(msg) = futures::StreamExt::next(&mut self.sub).await {
+                seen += 1;
+                let Ok(txn) = muster_schemas::decode::<Txn>(&msg.payload, limits::MAX_TXN_BYTES + TXN_FRAMING) else {
+                    continue;
+                };
+                if wanted(&txn) {
+                    return Some(txn);
+                }
+            }
+            None
+        })
+        .await;
+        found
+            .with_context(|| format!("{seen} appends seen"))?
+            .with_context(|| format!("the txn subscription ended after {seen} appends"))
+    }
+}
+
+/// What [`Ensemble::audit`] counted.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// Requests in the log (acknowledged or not).
+    pub requests: usize,
+    /// Acknowledged requests.
+    pub acked: usize,
+    /// Tasks of every request.
+    pub tasks: u64,
+    /// Tasks on the traced hosts, whose runs were counted.
+    pub traced_tasks: usize,
+    /// Runs in the traced hosts' files.
+    pub runs: usize,
+    /// Traced tasks with more than one attempt.
+    pub retried: usize,
+    /// The converged `muster servers` rows.
+    pub rows: Vec<ServerRow>,
+}
+
+impl Audit {
+    /// `412 requests (400 acknowledged), 20,412 tasks; traced: 1,236 tasks, 1,236 runs, 0 retried`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests ({} acknowledged), {} tasks; traced: {} tasks, {} runs, {} with more than one attempt; {}",
+            self.requests,
+            self.acked,
+            self.tasks,
+            self.traced_tasks,
+            self.runs,
+            self.retried,
+            describe_servers(&self.rows)
+        )
+    }
+}
+
+/// Violations quoted in an audit's error, at most.
+const AUDIT_QUOTED: usize = 40;
 
 /// A 3-node NATS cluster, three muster-server instances ([`MEMBERS`]) with data in `<dir>/<id>/` and logs in
 /// `<dir>/<id>.log`, and agents named by host id.
@@ -473,6 +554,88 @@ impl Ensemble {
             out.push(LogEntry { seq, epoch, writer, txn });
         }
         Ok(out)
+    }
+
+    /// A tap on every append to the txn log from now on (see [`TxnTap`]).
+    pub async fn tap_txns(&self) -> anyhow::Result<TxnTap> {
+        let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).txn();
+        let sub = self.client.subscribe(subject.clone()).await.with_context(|| format!("subscribing to {subject}"))?;
+        // The subscription is in place at the server before the caller goes on to cause what it waits for.
+        self.client.flush().await.context("flushing the txn subscription")?;
+        Ok(TxnTap { sub })
+    }
+
+    /// The outcome every fault must leave, checked once the load has stopped: within `limit` every request in the
+    /// log (acknowledged or not) has ended and every instance converged (same `applied_seq` and digest, at the
+    /// log's end); then
+    /// - **nothing acknowledged lost**: every id in `acked` exists and COMPLETED;
+    /// - **no half-applied decision**: every request is whole ([`half_applied`]) with `expected_tasks(request)`
+    ///   tasks, and COMPLETED (the loads' commands cannot fail);
+    /// - **no task run twice, none run unrecorded**: on the `traced` hosts (whose commands append `$MUSTER_TASK`
+    ///   to `<runs>/<host>.runs`, see [`crate::load::traced_run`]) every task ran on its own host exactly as many
+    ///   times as its record's attempt — each attempt once where the lines carry it — and every run belongs to a
+    ///   task some request records.
+    ///
+    /// Every violation is listed in the error.
+    pub async fn audit(
+        &mut self,
+        acked: &[RequestId],
+        runs_dir: &Path,
+        traced: &[&str],
+        expected_tasks: impl Fn(&RequestView) -> u64,
+        limit: Duration,
+    ) -> anyhow::Result<Audit> {
+        let mut last = String::from("no answer yet");
+        let ended = wait_until(limit, "every request in the log has ended", async || {
+            self.ensure_alive()?;
+            let rows: Vec<RequestRow> = self.api("requests", "").await?;
+            let known: BTreeSet<RequestId> = rows.iter().map(|r| r.id).collect();
+            let missing: Vec<RequestId> = acked.iter().copied().filter(|id| !known.contains(id)).collect();
+            let open: Vec<String> =
+                rows.iter().filter(|r| !r.status.is_terminal()).map(|r| format!("{} {}", r.id, r.status)).collect();
+            last = format!("acknowledged but unknown: {missing:?}; not ended: {open:?}");
+            Ok(if missing.is_empty() && open.is_empty() { Check::Done(rows) } else { Check::NotYet(last.clone()) })
+        })
+        .await;
+        let rows = ended.with_context(|| format!("last seen: {last}"))?;
+        let converged = self.wait_converged(limit).await?;
+        let mut views = BTreeMap::new();
+        for row in &rows {
+            views.insert(row.id, self.api::<RequestView>("request", &row.id.to_string()).await?);
+        }
+
+        let mut wrong: Vec<String> = Vec::new();
+        for id in acked {
+            match views.get(id) {
+                None => wrong.push(format!("acknowledged request {id} is lost")),
+                Some(v) if v.status != TaskStatus::Completed => {
+                    wrong.push(format!("acknowledged request did not complete: {}", describe_request(v)))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut audit = Audit { requests: views.len(), acked: acked.len(), rows: converged, ..Audit::default() };
+        let runs = Runs::read(runs_dir, traced)?;
+        for v in views.values() {
+            audit.tasks += v.tasks_total;
+            let gaps = half_applied(v, expected_tasks(v));
+            if !gaps.is_empty() {
+                wrong.push(format!("request {} is not whole: {}: {}", v.id, gaps.join("; "), describe_request(v)));
+            }
+            if v.status != TaskStatus::Completed {
+                wrong.push(format!("request did not complete: {}", describe_request(v)));
+            }
+        }
+        let (ran_wrong, tally) = runs.check(views.values(), traced);
+        wrong.extend(ran_wrong);
+        (audit.traced_tasks, audit.retried) = (tally.tasks, tally.retried);
+        audit.runs = runs.total();
+        if !wrong.is_empty() {
+            let n = wrong.len();
+            wrong.truncate(AUDIT_QUOTED);
+            anyhow::bail!("{n} violations ({}):\n{}", audit.summary(), wrong.join("\n"));
+        }
+        Ok(audit)
     }
 
     /// Every request the answering instance knows, in full, by id.

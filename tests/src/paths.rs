@@ -50,7 +50,7 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let bin = dir.join(name);
     if !bin.is_file() {
         bail!(
-            "{} does not exist: build the binaries first with `cargo build --workspace --bins` (`make test` does), \
+            "{} does not exist: build the binaries first with `make build` (`make test` does), \
              or point {BIN_DIR_ENV} at a directory holding them",
             bin.display()
         );
@@ -91,7 +91,7 @@ fn warn_if_stale(bin: &Path) {
     if let Some((t, path)) = newest {
         if t > built {
             eprintln!(
-                "WARNING: {} is older than {}: the test runs a stale build; run `cargo build --workspace --bins`",
+                "WARNING: {} is older than {}: the test runs a stale build; run `make build`",
                 bin.display(),
                 path.display()
             );

@@ -73,6 +73,32 @@ pub fn component<'a>(rows: &'a [ComponentView], host: &str, component: &str) -> 
     rows.iter().find(|r| r.host == host && r.component == component)
 }
 
+/// What is wrong with `v` as the record of one whole decision that asked `expected` hosts: every task its stages
+/// name exists (a request written without part of its tasks counts fewer than it names), it has `expected` of
+/// them, no host has two tasks in one stage (among the tasks the view lists), and a COMPLETED request has every
+/// stage COMPLETED with every task ended. Empty when all holds.
+pub fn half_applied(v: &RequestView, expected: u64) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let named: u64 = v.stages.iter().map(|s| s.total).sum();
+    let present: u64 = v.counts.values().sum();
+    if named != v.tasks_total || present != v.tasks_total {
+        wrong.push(format!("its stages name {named} tasks, {} in all, of which {present} exist", v.tasks_total));
+    }
+    if v.tasks_total != expected {
+        wrong.push(format!("{} tasks for {expected} hosts", v.tasks_total));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in v.tasks.iter().filter(|t| !seen.insert((t.stage, t.host.as_str()))) {
+        wrong.push(format!("host {} has two tasks in stage {}", t.host, t.stage));
+    }
+    if v.status == muster_schemas::cluster::TaskStatus::Completed {
+        for s in v.stages.iter().filter(|s| s.status != v.status || s.done != s.total) {
+            wrong.push(format!("COMPLETED with stage {:?} {} ({}/{} ended)", s.name, s.status, s.done, s.total));
+        }
+    }
+    wrong
+}
+
 /// `request 3 IN_PROGRESS [INSTALL master=COMPLETED, START master=IN_PROGRESS] tasks: 7 h1 START svc/master
 /// IN_PROGRESS a1 exit -; ...`
 pub fn describe_request(v: &RequestView) -> String {

@@ -29,6 +29,35 @@ pub struct ApiParams {
     pub write_timeout: Duration,
 }
 
+/// Attempts of a write that is safe to repeat (it carries an idempotency key) while no leader answers: with the
+/// pauses of [`retry_pause`] they span about 15 s, several times a failover with the default 2 s lease.
+const IDEMPOTENT_ATTEMPTS: u32 = 6;
+
+/// The pause before retry `attempt` (from 1) of an idempotent write: 500 ms doubling, at most 4 s.
+fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis(500 << attempt.saturating_sub(1).min(3))
+}
+
+/// Whether a write that failed this way may be repeated: no leader answered (none elected, it stepped down, or
+/// it did not answer in time), so the write may or may not have committed.
+fn retryable(e: &CliError) -> bool {
+    use muster_schemas::api::ApiErrorCode;
+    match e {
+        CliError::Api(e) => matches!(e.code, ApiErrorCode::Unavailable | ApiErrorCode::Timeout),
+        CliError::Timeout { .. } => true,
+        _ => false,
+    }
+}
+
+/// A fresh idempotency key for one operator command: the time, the process and a random number (the standard
+/// library's per-process random hash keys), so two invocations never share one.
+pub fn fresh_idempotency_key() -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("cli-{nanos:x}-{:x}-{random:016x}", std::process::id())
+}
+
 /// How long `servers` keeps collecting answers after the last one arrived: every instance answers within a few
 /// milliseconds of the others unless it is stuck, and a stuck one is what `muster servers` is for.
 const SERVERS_QUIET: Duration = Duration::from_millis(300);
@@ -67,6 +96,25 @@ impl Api {
     pub async fn write<T: DeserializeOwned>(&self, endpoint: Endpoint, body: &str) -> Result<Committed<T>, CliError> {
         let payload = self.call(endpoint, body, None, self.params.write_timeout).await?;
         decode_json(&payload)
+    }
+
+    /// Like [`Api::write`] for a write whose body carries an idempotency key: repeated with the same body while no
+    /// leader answers (a failover), since the leader answers a repeat with the original result.
+    pub async fn write_idempotent<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        body: &str,
+    ) -> Result<Committed<T>, CliError> {
+        let mut attempt = 1;
+        loop {
+            match self.write(endpoint, body).await {
+                Err(e) if attempt < IDEMPOTENT_ATTEMPTS && retryable(&e) => {
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     async fn call(
@@ -195,4 +243,24 @@ impl Feed {
 fn decode_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CliError> {
     serde_json::from_slice(payload)
         .map_err(|e| CliError::Decode { what: "reply from the server", detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_schemas::api::ApiError;
+
+    #[test]
+    fn only_unanswered_writes_are_repeated_and_keys_are_fresh() {
+        assert!(retryable(&CliError::Api(ApiError::unavailable("no leader"))));
+        assert!(retryable(&CliError::Api(ApiError::timeout("slow"))));
+        assert!(retryable(&CliError::Timeout { subject: "x".into(), timeout: Duration::from_secs(1) }));
+        assert!(!retryable(&CliError::Api(ApiError::bad_request("no"))));
+        assert!(!retryable(&CliError::Api(ApiError::not_found("no"))));
+        let pauses: Vec<u64> = (1..IDEMPOTENT_ATTEMPTS).map(|a| retry_pause(a).as_millis() as u64).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 4000, 4000]);
+        let (a, b) = (fresh_idempotency_key(), fresh_idempotency_key());
+        assert_ne!(a, b);
+        assert!(a.len() <= muster_schemas::api::MAX_IDEMPOTENCY_KEY_BYTES, "{a}");
+    }
 }

@@ -125,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 batch: opts.batch,
                 max_failures: opts.max_failures,
                 success_factor: opts.success_factor,
+                idempotency_key: None,
             };
             submit(&api, spec, &opts, width).await
         }
@@ -141,19 +142,22 @@ async fn action(api: &Api, verb: RequestAction, a: ActionArgs, width: Option<usi
         batch: a.opts.batch,
         max_failures: a.opts.max_failures,
         success_factor: a.opts.success_factor,
+        idempotency_key: None,
     };
     submit(api, spec, &a.opts, width).await
 }
 
-/// Creates a request and, unless detached, follows it to its end.
+/// Creates a request (under a fresh idempotency key, so the retries of a failover create it once) and, unless
+/// detached, follows it to its end.
 async fn submit(api: &Api, spec: RequestSpec, opts: &RequestOpts, width: Option<usize>) -> Result<(), CliError> {
     let out = &mut std::io::stdout();
     let o = opts.out;
+    let spec = RequestSpec { idempotency_key: Some(crate::client::fresh_idempotency_key()), ..spec };
     let body =
         serde_json::to_string(&spec).map_err(|e| CliError::Decode { what: "request spec", detail: e.to_string() })?;
     // Subscribed before the request exists, so its end cannot be missed however fast it comes.
     let feed = if opts.detach { None } else { Some(api.feed(shows_progress(o)).await?) };
-    let created = api.write::<RequestCreated>(Endpoint::RequestCreate, &body).await?;
+    let created = api.write_idempotent::<RequestCreated>(Endpoint::RequestCreate, &body).await?;
     let id = created.reply.request;
     if o.json && opts.detach {
         return print_json(out, &created);

@@ -174,13 +174,17 @@ pub struct Ready {
     /// Txn ops to append to the log: the id reservation first when one is due, then every record the batch
     /// touched. Empty: nothing to commit.
     pub ops: Vec<TxnOp>,
-    /// Effects to perform once `ops` are committed (or to fail, if committing fails).
+    /// Effects to perform once `ops` are committed (or, with no ops, once a barrier proved the leadership).
     pub effects: Vec<Effect>,
     /// Commands to store once `ops` are committed; their sequences come back as [`Input::Delivered`].
     pub publish: Vec<Outgoing>,
     /// Hosts whose detection window ran out: their last arrivals come back as [`Input::Heard`] before any of
     /// them is declared lost.
     pub suspects: Vec<HostId>,
+    /// Whether performing `effects` and `publish` may only be done by the leader: anything but counters, settled
+    /// acks ([`Output::ack_settled`]) and heartbeat replies (advice to register again) tells someone something a
+    /// successor may have changed. With no `ops` to fence the batch, the driver proves the leadership first.
+    pub needs_leadership: bool,
 }
 
 impl Ready {
@@ -221,6 +225,8 @@ pub struct Output {
     pub effects: Vec<Effect>,
     /// Hosts to look up in the arrival record.
     pub suspects: Vec<HostId>,
+    /// Tokens of the acks in `effects` that are true whoever sends them ([`Output::ack_settled`]).
+    pub settled: BTreeSet<u64>,
 }
 
 impl Output {
@@ -239,6 +245,31 @@ impl Output {
         if let Some(token) = ack {
             self.effects.push(Effect::Ack { token, term });
         }
+    }
+
+    /// Acks the stored copy of a report whose effect is already committed (a duplicate of an applied final, a
+    /// progress report behind it). Such an ack is true whoever sends it — committed state is never undone, and a
+    /// successor would ack it the same way — so it needs no proof of leadership: the common case of a fan-out,
+    /// where every final report's stored copy follows its early copy, costs no append.
+    pub fn ack_settled(&mut self, ack: Option<u64>) {
+        if let Some(token) = ack {
+            self.settled.insert(token);
+            self.effects.push(Effect::Ack { token, term: false });
+        }
+    }
+
+    /// Whether anything accumulated may only be performed by the leader (see [`Ready::needs_leadership`]).
+    pub fn needs_leadership(&self) -> bool {
+        !self.publish.is_empty()
+            || self.effects.iter().any(|e| match e {
+                Effect::Count(_) => false,
+                Effect::Ack { token, term: false } => !self.settled.contains(token),
+                // It can only ask the agent to register again, which is legal in every state and answered by the
+                // leader; every instance's Prep answers heartbeats too. A barrier per batch of heartbeats from
+                // unknown hosts would grow the log for every misconfigured agent.
+                Effect::Reply { body: Reply::Heartbeat(_), .. } => false,
+                _ => true,
+            })
     }
 }
 

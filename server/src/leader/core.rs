@@ -136,6 +136,7 @@ impl LeaderCore {
     pub fn ready(&mut self) -> Ready {
         self.components.flush_configures(self.epoch, &self.stacks, &mut self.out);
         let out = std::mem::take(&mut self.out);
+        let needs_leadership = out.needs_leadership();
         let mut ops = Vec::new();
         if !out.dirty.is_empty() || !out.publish.is_empty() {
             // Before the records: the batch's commands may carry ids beyond the last reservation.
@@ -155,7 +156,7 @@ impl LeaderCore {
         }
         // Their final records are in `ops`: from here on they are redb's.
         self.scheduler.forget_finished();
-        Ready { ops, effects: out.effects, publish: out.publish, suspects: out.suspects }
+        Ready { ops, effects: out.effects, publish: out.publish, suspects: out.suspects, needs_leadership }
     }
 
     fn register(&mut self, req: RegisterRequest, reply: Option<String>, now: Instant, wall: UnixMillis) {

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use muster_schemas::{codec, headers, Txn, PROTOCOL_VERSION};
+use muster_schemas::txn::TXN_SCHEMA;
+use muster_schemas::{codec, headers, Txn};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ use tracing::{error, info, warn};
 use self::contract::{Input, Loaded, Outgoing};
 use self::core::LeaderCore;
 use self::inbox::Queued;
-use self::shell::{wait_applied, NatsShell};
+use self::shell::{wait_applied, wait_read, NatsShell};
 pub use self::shell::{LeaderDeps, LeaderError};
 use crate::election::{self, Lease};
 use crate::log::{self, Appender, LogError};
@@ -52,6 +53,11 @@ const PUBLISH_PIPELINE: usize = 2_048;
 const DELIVERED_CHUNK: usize = 1_024;
 /// How long to wait for a command's JetStream ack before retrying with the same `Nats-Msg-Id`.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before asking again for the sequence of a command the stream is still proposing (a duplicate answered
+/// with sequence 0): a proposal in an R3 stream commits within milliseconds unless the cluster is electing.
+const DUPLICATE_PENDING_PAUSE: Duration = Duration::from_millis(100);
+/// How often to ask again before counting it as a failed publish: 50 × 100 ms covers a stream leader election.
+const DUPLICATE_PENDING_ASKS: u32 = 50;
 /// Times a new leader tries to claim the log end before giving up the lease.
 const EPOCH_CLAIM_ATTEMPTS: u32 = 5;
 /// Attempts per command publish before the leader steps down.
@@ -67,16 +73,28 @@ pub async fn lead(
     mut inputs: mpsc::Receiver<Queued>,
     deposed: CancellationToken,
 ) -> Result<(), LeaderError> {
-    let appender = claim(&deps, &lease, &deposed).await?;
-    let loaded = load(&deps.store)?;
+    let claimed = async {
+        let appender = claim(&deps, &lease, &deposed).await?;
+        let loaded = load(&deps.store)?;
+        Ok::<_, LeaderError>((appender, loaded))
+    };
+    let (appender, loaded) = match claimed.await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            election::release(&kv, &lease).await;
+            return Err(e);
+        }
+    };
+    let epoch = appender.epoch();
     info!(
-        epoch = lease.epoch,
+        epoch,
+        lease = lease.epoch,
         seq = appender.last_seq(),
         hosts = loaded.hosts.len(),
         requests = loaded.requests.iter().filter(|r| !r.status.is_terminal()).count(),
         "leading"
     );
-    let mut core = LeaderCore::new(lease.epoch, deps.timing, loaded, Instant::now(), unix_millis());
+    let mut core = LeaderCore::new(epoch, deps.timing, loaded, Instant::now(), unix_millis());
     // Liveness and task deadlines are checked every `tick`: when idle on a timer, under load as part of the next
     // batch once due (a queue that never empties must not starve failure detection).
     let tick = (deps.timing.interval / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -134,15 +152,27 @@ pub async fn lead(
     result
 }
 
-/// Applies the log to its end, then claims it with an empty txn of our epoch (ZooKeeper's NEWLEADER): once that
-/// is in, a deposed leader's expected-last-sequence can never match again. A deposed leader that appended in the
-/// meantime just moves the end: catch up again and retry.
+/// Reads the log to its end, then claims it with an empty txn (ZooKeeper's NEWLEADER) under the epoch
+/// [`log::claim_epoch`] decides from what was read — above every epoch in the log, whatever the lease's revision —
+/// appended right after the end it read: once that is in, a deposed leader's expected-last-sequence can never
+/// match again, and every replica drops a decision the previous leader left without its last part. A deposed
+/// leader that appended in the meantime just moves the end: read again (and decide the epoch again) and retry.
 async fn claim(deps: &LeaderDeps, lease: &Lease, deposed: &CancellationToken) -> Result<Appender, LeaderError> {
     for _ in 0..EPOCH_CLAIM_ATTEMPTS {
         let last = log::last_sequence(&deps.js, &deps.subjects).await?;
-        wait_applied(&deps.applied, last, deposed).await?;
-        let mut a = Appender::new(deps.js.clone(), &deps.subjects, &deps.server_id, lease.clone(), last);
-        let marker = Txn { schema: PROTOCOL_VERSION, epoch: lease.epoch, proposed_at: unix_millis(), ops: Vec::new() };
+        let read = wait_read(&deps.read, last, deposed).await?;
+        let epoch = log::claim_epoch(lease.epoch, read.epoch);
+        if epoch != lease.epoch {
+            deps.metrics.inc(ServerCounter::LeaderEpochAboveLease);
+            warn!(
+                lease = lease.epoch,
+                log = read.epoch,
+                epoch,
+                "the log holds the lease's epoch or a newer one; leading above it"
+            );
+        }
+        let mut a = Appender::new(deps.js.clone(), &deps.subjects, &deps.server_id, lease.clone(), epoch, last);
+        let marker = Txn { schema: TXN_SCHEMA, epoch, proposed_at: unix_millis(), ops: Vec::new(), continues: false };
         match a.append(&marker).await {
             Ok(seq) => {
                 wait_applied(&deps.applied, seq, deposed).await?;
@@ -196,7 +226,8 @@ async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderE
     let payload = bytes::Bytes::from(codec::encode(&o.command));
     let subject = deps.subjects.cmd(&o.host);
     let mut last = String::new();
-    for _ in 0..PUBLISH_ATTEMPTS {
+    let (mut failures, mut pending) = (0, 0);
+    while failures < PUBLISH_ATTEMPTS {
         let msg =
             jetstream::message::PublishMessage::build().payload(payload.clone()).headers(h.clone()).message_id(&msg_id);
         let ack = match deps.js.send_publish(subject.clone(), msg).await {
@@ -204,10 +235,20 @@ async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderE
             Err(e) => Ok(Err(e)),
         };
         match ack {
+            // A clustered stream answers a duplicate of a message it is still proposing with sequence 0 and no
+            // error (nats-server 2.10): that is no sequence. Asked again a moment later, it names the stored one.
+            Ok(Ok(ack)) if ack.duplicate && ack.sequence == 0 && pending < DUPLICATE_PENDING_ASKS => {
+                deps.metrics.inc(ServerCounter::CommandsDuplicatePending);
+                pending += 1;
+                tokio::time::sleep(DUPLICATE_PENDING_PAUSE).await;
+                continue;
+            }
+            Ok(Ok(ack)) if ack.sequence == 0 => last = "the stream named no sequence for a stored command".into(),
             Ok(Ok(ack)) => return Ok(ack.sequence),
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "no ack in time".into(),
         }
+        failures += 1;
         warn!(msg_id = %o.msg_id, error = %last, "command publish failed; retrying with the same Nats-Msg-Id");
     }
     Err(LeaderError::Publish(last))

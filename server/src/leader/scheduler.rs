@@ -75,6 +75,9 @@ pub struct Scheduler {
     took_over_wall: UnixMillis,
     /// Final reports that ended their task from their early copy, awaiting the stored copy to ack.
     early_finals: EarlyFinals,
+    /// The reply to every `request.create` that carried an idempotency key, by key: a repeat is answered with it.
+    /// Rebuilt from the request records at takeover, so it outlives the leader that created the request.
+    created: HashMap<String, api::RequestCreated>,
 }
 
 /// What the scheduler starts from.
@@ -95,6 +98,8 @@ impl Scheduler {
     /// The scheduler of a new leader.
     pub fn new(committed: Committed, task_grace: Duration, wall: UnixMillis) -> Self {
         let max_request = committed.requests.iter().map(|r| r.id).max().unwrap_or(0);
+        let created =
+            committed.requests.iter().filter_map(|r| Some((r.idempotency_key.clone()?, created_reply(r)))).collect();
         let mut open: HashMap<(RequestId, u32), usize> = HashMap::new();
         for t in committed.tasks.iter().filter(|t| !t.status.is_terminal()) {
             *open.entry((t.request, t.stage)).or_default() += 1;
@@ -112,6 +117,7 @@ impl Scheduler {
             task_grace,
             took_over_wall: wall,
             early_finals: EarlyFinals::default(),
+            created,
         }
     }
 
@@ -241,6 +247,19 @@ impl Scheduler {
         wall: UnixMillis,
         cx: &mut Cx,
     ) -> Result<api::RequestCreated, ApiError> {
+        if let Some(key) = &spec.idempotency_key {
+            if key.len() > api::MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err(ApiError::bad_request(format!(
+                    "idempotency_key is longer than {} bytes",
+                    api::MAX_IDEMPOTENCY_KEY_BYTES
+                )));
+            }
+            if let Some(original) = self.created.get(key) {
+                debug!(key, request = original.request, "request.create repeated: the original reply");
+                cx.out.count(ServerCounter::RequestsRepeated);
+                return Ok(original.clone());
+            }
+        }
         let options = RequestOptions {
             success_factor: spec.success_factor.unwrap_or(1.0),
             max_failures: spec.max_failures,
@@ -308,12 +327,21 @@ impl Scheduler {
         let tasks: usize = stages.iter().map(|s| s.tasks.len()).sum();
         let n_stages = stages.len();
         let id = self.create_request(description, stages, options, wall, cx);
-        Ok(api::RequestCreated {
+        let reply = api::RequestCreated {
             request: id,
             stages: n_stages as u64,
             tasks: tasks as u64,
             skipped_lost_hosts: skipped,
-        })
+        };
+        // Still here even if it already ended (nothing to do): it is forgotten only once its record is in the ops.
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.skipped_lost_hosts = reply.skipped_lost_hosts.clone();
+            r.idempotency_key = spec.idempotency_key.clone();
+        }
+        if let Some(key) = spec.idempotency_key {
+            self.created.insert(key, reply.clone());
+        }
+        Ok(reply)
     }
 
     /// Cancels a running request: its open tasks are aborted (and cancelled on their hosts if they were sent).
@@ -394,6 +422,8 @@ impl Scheduler {
                 created_at: wall,
                 finished_at: 0,
                 detail: String::new(),
+                idempotency_key: None,
+                skipped_lost_hosts: Vec::new(),
             },
         );
         cx.out.dirty.insert(Dirty::Request(id));
@@ -693,7 +723,7 @@ impl Scheduler {
             // The stored copy of an applied early final, or a progress report of that attempt still in the
             // stream's backlog behind it.
             cx.out.count(if r.phase.is_final() { ServerCounter::ReportDuplicate } else { ServerCounter::ReportLate });
-            cx.out.ack(ack, false);
+            cx.out.ack_settled(ack);
             return;
         }
         let refuse = |out: &mut Output, counter: ServerCounter, why: String| {
@@ -720,13 +750,13 @@ impl Scheduler {
                     // The stored copy of a final report whose early copy a previous leader applied.
                     Some(status) if status == task.status => {
                         cx.out.count(ServerCounter::ReportDuplicate);
-                        cx.out.ack(ack, false);
+                        cx.out.ack_settled(ack);
                         return;
                     }
                     // A progress report that was still in the stream's backlog when the final one was heard early.
                     None => {
                         cx.out.count(ServerCounter::ReportLate);
-                        cx.out.ack(ack, false);
+                        cx.out.ack_settled(ack);
                         return;
                     }
                     Some(_) => {}
@@ -880,6 +910,16 @@ fn final_status(phase: TaskPhase) -> Option<TaskStatus> {
         TaskPhase::Failed => Some(TaskStatus::Failed),
         TaskPhase::TimedOut => Some(TaskStatus::TimedOut),
         TaskPhase::Aborted => Some(TaskStatus::Aborted),
+    }
+}
+
+/// The reply `request.create` gave for `r`, rebuilt from its record.
+fn created_reply(r: &RequestRecord) -> api::RequestCreated {
+    api::RequestCreated {
+        request: r.id,
+        stages: r.stages.len() as u64,
+        tasks: r.stages.iter().map(|s| s.tasks.len() as u64).sum(),
+        skipped_lost_hosts: r.skipped_lost_hosts.clone(),
     }
 }
 

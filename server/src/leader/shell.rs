@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use muster_schemas::api::{ApiError, Committed};
-use muster_schemas::{
-    codec, headers, limits, MessageKind, RegisterReply, Subjects, Txn, TxnOp, UnixMillis, PROTOCOL_VERSION,
-};
+use muster_schemas::api::Committed;
+use muster_schemas::txn::TXN_SCHEMA;
+use muster_schemas::{codec, headers, limits, MessageKind, RegisterReply, Subjects, Txn, TxnOp, UnixMillis};
 use muster_schemas::{ErrorCode, HeartbeatReply, HostId};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -19,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::contract::{ChangeEvent, Effect, Input, Outgoing, Reply, Timing};
 use super::driver::Shell;
 use super::inbox::{Queued, WriteResult};
-use crate::log::{Appender, LogError};
+use crate::log::{Appender, LogError, Read};
 use crate::metrics::{Metrics, ServerCounter};
 use crate::status::LastSeen;
 use crate::store::{Store, StoreError};
@@ -29,8 +28,6 @@ use muster_nats::wire::header_map;
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-txn framing overhead budget when splitting ops to fit [`limits::MAX_TXN_BYTES`].
 const TXN_OVERHEAD: usize = 256;
-/// What a registration refused because the batch could not be committed is told to wait before retrying.
-const UNCOMMITTED_RETRY_MS: u64 = 1000;
 
 /// Why leadership ended.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +41,18 @@ pub enum LeaderError {
     /// The applier did not catch up in time.
     #[error("own applier did not reach sequence {0} within {APPLY_TIMEOUT:?}")]
     ApplyTimeout(u64),
+    /// The term ended (deposed, shutdown) while waiting for the applier: what it applied so far is not the log.
+    #[error("interrupted while waiting for the applier to reach sequence {0}")]
+    Interrupted(u64),
+    /// A leader of a newer epoch wrote before our entries were applied: they may have been refused, so they are
+    /// not acknowledged.
+    #[error("the log holds epoch {log}, newer than ours ({ours}): deposed")]
+    Superseded {
+        /// This leader's epoch.
+        ours: u64,
+        /// The newest epoch applied.
+        log: u64,
+    },
     /// A command could not be stored.
     #[error("command publish failed: {0}")]
     Publish(String),
@@ -66,6 +75,9 @@ pub struct LeaderDeps {
     pub store: Store,
     /// This instance's applier progress: a commit is done once it reaches the appended sequence.
     pub applied: watch::Receiver<u64>,
+    /// How far this instance's applier has read the log (and the newest epoch in it): a new leader claims the log
+    /// once it read to the end.
+    pub read: watch::Receiver<Read>,
     /// Counters shown by `muster stats`.
     pub metrics: Metrics,
     /// The arrival record the heartbeat listener writes; suspects are looked up here.
@@ -175,32 +187,43 @@ impl NatsShell {
 impl Shell for NatsShell {
     type Error = LeaderError;
 
-    /// Appends `ops` as one or more txns (each under the size limit) and waits until this instance applied them.
+    /// Appends `ops` as one decision — one or more txns, each under the size limit, every one but the last marked
+    /// [`continues`](Txn::continues) — and waits until this instance applied it whole. A failure at any part ends
+    /// the term, and the parts already appended are dropped by every replica when the next leader's claim arrives.
     async fn commit(&mut self, ops: Vec<TxnOp>, wall: UnixMillis) -> Result<(), LeaderError> {
         let started = Instant::now();
         let n_ops = ops.len();
-        let mut txns = Vec::new();
-        let mut current = Vec::new();
-        let mut size = TXN_OVERHEAD;
-        for op in ops {
-            let op_size = codec::encode(&op).len();
-            if !current.is_empty() && size + op_size > limits::MAX_TXN_BYTES {
-                txns.push(std::mem::take(&mut current));
-                size = TXN_OVERHEAD;
-            }
-            size += op_size;
-            current.push(op);
-        }
-        txns.push(current);
-        let n = txns.len() as u64;
+        let parts = split(ops, part_limit());
+        let n = parts.len();
+        let writes_request = cfg!(feature = "failpoints")
+            && n > 1
+            && parts.iter().flatten().any(|op| matches!(op, TxnOp::PutRequest(_)));
+        let epoch = self.appender.epoch();
         let mut last = 0;
-        for ops in txns {
-            let txn = Txn { schema: PROTOCOL_VERSION, epoch: self.appender.epoch(), proposed_at: wall, ops };
+        for (i, ops) in parts.into_iter().enumerate() {
+            let continues = i + 1 < n;
+            if !continues && writes_request {
+                // Test hook: the last part of a decision that writes a request fails to append, as when the lease
+                // lapses mid-decision.
+                fail::fail_point!("leader::commit_last_part", |_| Err(LogError::Unavailable(
+                    "failpoint leader::commit_last_part".into()
+                )
+                .into()));
+            }
+            let txn = Txn { schema: TXN_SCHEMA, epoch, proposed_at: wall, ops, continues };
             last = self.appender.append(&txn).await?;
         }
         wait_applied(&self.deps.applied, last, &CancellationToken::new()).await?;
+        // Only what was applied (not refused for its epoch) is acknowledged. The claim makes our epoch the log's
+        // newest and every append is fenced, so this holds by construction; checked because a caller must never
+        // be told a refused write succeeded.
+        let (_, log) = self.deps.store.applied()?;
+        if log > epoch {
+            self.deps.metrics.inc(ServerCounter::LeaderSuperseded);
+            return Err(LeaderError::Superseded { ours: epoch, log });
+        }
         debug!(ops = n_ops, txns = n, ms = started.elapsed().as_millis() as u64, "batch committed");
-        self.deps.metrics.add(ServerCounter::TxnCommitted, n);
+        self.deps.metrics.add(ServerCounter::TxnCommitted, n as u64);
         Ok(())
     }
 
@@ -236,29 +259,6 @@ impl Shell for NatsShell {
         debug!(effects = n, perform_us = performing.elapsed().as_micros() as u64, "batch performed");
     }
 
-    /// The batch failed to commit: nobody is told it succeeded. Registrations and API calls get a retryable error;
-    /// reports stay un-acked (JetStream redelivers them to the next leader).
-    async fn fail(&mut self, effects: Vec<Effect>) {
-        for e in effects {
-            match e {
-                Effect::Reply { to, host, body: Reply::Register(_) } => {
-                    let body = Reply::Register(RegisterReply::Rejected {
-                        code: ErrorCode::Internal,
-                        message: "the transaction log is unavailable; retry".into(),
-                        retry_after_ms: Some(UNCOMMITTED_RETRY_MS),
-                    });
-                    self.reply(to, &host, &body).await;
-                }
-                Effect::Api { token, .. } => {
-                    if let Some(tx) = self.attachments.apis.remove(&token) {
-                        let _ = tx.send(Err(ApiError::unavailable("leader stepped down; retry")));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
     fn publish(&mut self, commands: Vec<Outgoing>) {
         // The publisher only goes away when the term ends, and then so does this loop.
         let _ = self.commands.send(commands);
@@ -269,7 +269,33 @@ impl Shell for NatsShell {
     }
 }
 
-/// Waits until this instance's applier reached `seq` (or `stop` fires).
+/// Splits one decision's ops into parts whose encodings fit `limit` bytes (an op bigger than that alone).
+fn split(ops: Vec<TxnOp>, limit: usize) -> Vec<Vec<TxnOp>> {
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut size = TXN_OVERHEAD;
+    for op in ops {
+        let op_size = codec::encode(&op).len();
+        if !current.is_empty() && size + op_size > limit {
+            parts.push(std::mem::take(&mut current));
+            size = TXN_OVERHEAD;
+        }
+        size += op_size;
+        current.push(op);
+    }
+    parts.push(current);
+    parts
+}
+
+/// The most bytes of one part: [`limits::MAX_TXN_BYTES`]; the failpoint `leader::txn_part_bytes` (`return(N)`)
+/// lowers it so a test splits small decisions.
+fn part_limit() -> usize {
+    fail::fail_point!("leader::txn_part_bytes", |n| n.and_then(|n| n.parse().ok()).unwrap_or(limits::MAX_TXN_BYTES));
+    limits::MAX_TXN_BYTES
+}
+
+/// Waits until this instance's applier reached `seq`. Fails when it takes longer than [`APPLY_TIMEOUT`], and when
+/// `stop` fires first: a caller that goes on would work from a state short of the log.
 pub async fn wait_applied(
     applied: &watch::Receiver<u64>,
     seq: u64,
@@ -277,11 +303,25 @@ pub async fn wait_applied(
 ) -> Result<(), LeaderError> {
     let mut rx = applied.clone();
     tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(LeaderError::Interrupted(seq)),
         r = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|a| *a >= seq)) => match r {
             Ok(Ok(_)) => Ok(()),
             _ => Err(LeaderError::ApplyTimeout(seq)),
         },
-        _ = stop.cancelled() => Ok(()),
+    }
+}
+
+/// Waits until this instance's applier has read the log up to `seq`; returns how far it read.
+pub async fn wait_read(read: &watch::Receiver<Read>, seq: u64, stop: &CancellationToken) -> Result<Read, LeaderError> {
+    let mut rx = read.clone();
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(LeaderError::Interrupted(seq)),
+        r = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| r.seq >= seq)) => match r {
+            Ok(Ok(r)) => Ok(*r),
+            _ => Err(LeaderError::ApplyTimeout(seq)),
+        },
     }
 }
 
@@ -296,5 +336,33 @@ fn heartbeat_error(r: &HeartbeatReply) -> Option<ErrorCode> {
     match r {
         HeartbeatReply::Rejected { code, .. } => Some(*code),
         HeartbeatReply::Reregister { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_for_the_applier_that_is_interrupted_is_an_error() {
+        let (tx, rx) = watch::channel(5u64);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let r = wait_applied(&rx, 7, &stop).await;
+        assert!(matches!(r, Err(LeaderError::Interrupted(7))), "{r:?}");
+        // Even when the applier is already there: cancellation wins, the caller stops.
+        tx.send_replace(9);
+        assert!(matches!(wait_applied(&rx, 7, &stop).await, Err(LeaderError::Interrupted(7))));
+        assert!(wait_applied(&rx, 7, &CancellationToken::new()).await.is_ok());
+    }
+
+    #[test]
+    fn a_decision_is_split_in_order_under_the_limit() {
+        let op = |n| TxnOp::ReserveIds { tasks: n, requests: n };
+        let one = codec::encode(&op(1)).len();
+        let parts = split((1..=5).map(op).collect(), TXN_OVERHEAD + 2 * one);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert_eq!(parts.concat(), (1..=5).map(op).collect::<Vec<_>>());
+        assert_eq!(split(Vec::new(), 10).len(), 1, "an empty decision (the epoch claim) is one entry");
     }
 }

@@ -3,7 +3,6 @@
 //! commits are instant, stored commands and suspects' arrivals come back as inputs at once.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use muster_schemas::api::{ApiError, BlueprintApplied, RequestCancelled, RequestCreated, RequestSpec, WriteReply};
@@ -74,12 +73,24 @@ struct TestShell {
     /// What the batches since the last [`Harness::step`] committed and performed.
     ops: Vec<TxnOp>,
     effects: Vec<Effect>,
+    /// Commits asked for (barriers included).
+    commits: usize,
+    /// Another leader took the log: every commit is fenced.
+    deposed: bool,
 }
 
-impl Shell for TestShell {
-    type Error = Infallible;
+/// The test shell's commit failure: another leader appended.
+#[derive(Debug)]
+struct Fenced;
 
-    async fn commit(&mut self, ops: Vec<TxnOp>, _wall: UnixMillis) -> Result<(), Infallible> {
+impl Shell for TestShell {
+    type Error = Fenced;
+
+    async fn commit(&mut self, ops: Vec<TxnOp>, _wall: UnixMillis) -> Result<(), Fenced> {
+        self.commits += 1;
+        if self.deposed {
+            return Err(Fenced);
+        }
         for op in &ops {
             if let TxnOp::PutRequest(r) = op {
                 self.written.insert(r.id, r.status);
@@ -91,10 +102,6 @@ impl Shell for TestShell {
 
     async fn perform(&mut self, effects: Vec<Effect>) {
         self.effects.extend(effects);
-    }
-
-    async fn fail(&mut self, _effects: Vec<Effect>) {
-        // Commits never fail here.
     }
 
     fn publish(&mut self, commands: Vec<Outgoing>) {
@@ -155,9 +162,9 @@ impl Harness {
         let mut batch = batch;
         while !batch.is_empty() {
             let driven = drive(&mut self.core, &mut self.shell, batch, self.now, self.wall);
-            // The test shell's futures never wait.
-            if let Err(e) = futures::executor::block_on(driven) {
-                match e {}
+            // The test shell's futures never wait. A fenced commit ends the leadership: nothing follows.
+            if futures::executor::block_on(driven).is_err() {
+                break;
             }
             batch = std::mem::take(&mut self.shell.follow_ups);
         }
@@ -210,6 +217,12 @@ impl Harness {
             .expect("an API answer")
     }
 
+    /// An operator call as one batch, whatever it performs.
+    fn api_outcome(&mut self, call: ApiCall) -> Outcome {
+        self.next_token += 1;
+        self.step(Input::Api { call, token: self.next_token })
+    }
+
     fn request(&mut self, action: &str, target: Option<&str>, hosts: Option<&str>) -> Result<RequestCreated, ApiError> {
         let r = self.api(ApiCall::Request(RequestSpec {
             action: action.parse().expect("a known action"),
@@ -220,6 +233,7 @@ impl Harness {
             batch: 0,
             max_failures: 0,
             success_factor: None,
+            idempotency_key: None,
         }));
         r.map(|r| match r {
             WriteReply::RequestCreated(c) => c,
@@ -311,6 +325,11 @@ impl Harness {
 
 fn acked(out: &Outcome, term: bool) -> bool {
     out.effects.iter().any(|e| matches!(e, Effect::Ack { term: t, .. } if *t == term))
+}
+
+/// Whether performing `e` tells anyone outside the process something (all but counters).
+fn tells(e: &Effect) -> bool {
+    !matches!(e, Effect::Count(_))
 }
 
 fn counted(out: &Outcome, name: &str) -> bool {
@@ -451,6 +470,7 @@ async fn a_command_stored_after_its_task_ended_is_finished_in_the_cursor() {
         batch: 0,
         max_failures: 0,
         success_factor: None,
+        idempotency_key: None,
     };
     h.step(Input::Api { call: ApiCall::Request(spec), token: 1 });
     let outgoing = std::mem::take(&mut h.shell.held);
@@ -810,4 +830,110 @@ async fn ids_are_reserved_before_use_and_a_new_leader_starts_above_the_reservati
     let Some(TxnOp::ReserveIds { tasks, requests }) = out.ops.first() else { panic!("no reservation") };
     assert!(*tasks > 500 && *requests > 40);
     assert_eq!(next.core.scheduler().next_ids(), (501, 41));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deposed_leader_that_has_not_noticed_acks_replies_and_answers_nothing() {
+    let mut h = Harness::new();
+    let r = h.cluster();
+    let (host, task, attempt) = h.executions()[0].clone();
+    let stranger = if host == "h3" { "h2" } else { "h3" };
+    h.shell.deposed = true;
+    h.shell.commits = 0;
+    // Each of these changes no state, so no ops would fence it: a task the successor created (unknown here), a
+    // task this leader thinks is another host's, a refused API call.
+    let outcomes = [
+        h.report("h2", 999_999, 1, TaskPhase::InProgress),
+        h.report(stranger, task, attempt, TaskPhase::InProgress),
+        h.api_outcome(ApiCall::Cancel { request: r + 1_000 }),
+    ];
+    for (i, out) in outcomes.iter().enumerate() {
+        let told: Vec<&Effect> = out.effects.iter().filter(|e| tells(e)).collect();
+        assert!(told.is_empty(), "batch {i}: a deposed leader performed {told:?}");
+    }
+    assert_eq!(h.shell.commits, 3, "every batch tried to prove the leadership first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_without_changes_wait_for_a_barrier_and_counters_alone_do_not() {
+    let mut h = Harness::new();
+    h.cluster();
+    let before = h.shell.commits;
+    let out = h.report("h2", 999_999, 1, TaskPhase::InProgress);
+    assert!(out.ops.is_empty() && acked(&out, true), "the refusal is term-acked: {:?}", out.effects);
+    assert!(counted(&out, "leader.barriers"));
+    assert_eq!(h.shell.commits, before + 1, "one barrier");
+    // A heartbeat of a healthy host tells nobody anything: no append.
+    let out = h.beat("h1", &[]);
+    assert!(out.effects.iter().all(|e| !tells(e)), "{:?}", out.effects);
+    assert_eq!(h.shell.commits, before + 1, "no barrier for counters alone");
+    // Nor for advice to register again, which any instance may give.
+    let out = h.beat("stranger", &[]);
+    assert!(out.effects.iter().any(|e| matches!(e, Effect::Reply { body: Reply::Heartbeat(_), .. })));
+    assert_eq!(h.shell.commits, before + 1, "no barrier for a heartbeat's reply");
+    // The stored copy of a final whose early copy is committed is acked as any leader would: no barrier either,
+    // even when deposed (the common case of a fan-out stays free).
+    let (host, task, attempt) = h.executions()[0].clone();
+    h.report_copy(&host, task, attempt, TaskPhase::Completed, true);
+    let before = h.shell.commits;
+    h.shell.deposed = true;
+    let out = h.report(&host, task, attempt, TaskPhase::Completed);
+    assert!(acked(&out, false) && counted(&out, "report.duplicate"), "{:?}", out.effects);
+    assert_eq!(h.shell.commits, before, "a settled ack needs no barrier");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_request_create_gets_the_original_reply_from_this_leader_and_the_next() {
+    let mut h = Harness::new();
+    h.healthy(["h1", "h2"].map(String::from));
+    let spec = |key: &str| RequestSpec {
+        action: RequestAction::Run,
+        target: None,
+        hosts: Some("h*".into()),
+        argv: vec!["true".into()],
+        timeout_secs: None,
+        batch: 0,
+        max_failures: 0,
+        success_factor: None,
+        idempotency_key: Some(key.into()),
+    };
+    let first = h.api_outcome(ApiCall::Request(spec("k-1")));
+    let records: Vec<_> = first
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            TxnOp::PutRequest(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].idempotency_key.as_deref(), Some("k-1"), "the key is stored with the request");
+    let answer = |out: &Outcome| {
+        out.effects.iter().find_map(|e| match e {
+            Effect::Api { result: Ok(WriteReply::RequestCreated(c)), .. } => Some(c.clone()),
+            _ => None,
+        })
+    };
+    let original = answer(&first).expect("created");
+    let sent = h.executions().len();
+    // The client did not hear the answer and retries with the same key: nothing new is created or sent.
+    let again = h.api_outcome(ApiCall::Request(spec("k-1")));
+    assert_eq!(answer(&again), Some(original.clone()));
+    assert!(again.ops.iter().all(|op| !matches!(op, TxnOp::PutRequest(_) | TxnOp::PutTask(_))), "{:?}", again.ops);
+    assert!(counted(&again, "requests.repeated"));
+    assert_eq!(h.executions().len(), sent, "no second run");
+    // Another key is another request.
+    let other = answer(&h.api_outcome(ApiCall::Request(spec("k-2")))).expect("created");
+    assert_ne!(other.request, original.request);
+    // After a failover the next leader, loaded from the records, still knows the key.
+    let loaded = Loaded { hosts: h.core.hosts().records().cloned().collect(), requests: records, ..Default::default() };
+    let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
+    let mut next = Harness::with_core(LeaderCore::new(9, timing, loaded, h.now, h.wall), h.now, h.wall);
+    let after = next.api_outcome(ApiCall::Request(spec("k-1")));
+    assert_eq!(answer(&after), Some(original));
+    assert!(next.executions().is_empty(), "the next leader creates nothing either");
+    // A key too long to remember is refused.
+    let long = "k".repeat(muster_schemas::api::MAX_IDEMPOTENCY_KEY_BYTES + 1);
+    let refused = h.api(ApiCall::Request(spec(&long)));
+    assert!(matches!(refused, Err(ref e) if e.code == muster_schemas::api::ApiErrorCode::BadRequest), "{refused:?}");
 }
