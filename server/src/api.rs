@@ -453,7 +453,10 @@ async fn server_status(deps: &ApiDeps, subjects: &Subjects, digests: &Digests) -
         Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).ok(),
         Err(_) => None,
     };
-    let (epoch, digest) = digests.of(deps, applied).await;
+    let (digest_epoch, digest) = digests.of(deps, applied).await;
+    // The status's epoch moves when this instance takes the lead, before anything new is applied (which is what
+    // renews the cached digest): the newest of the two is the epoch it knows.
+    let epoch = digest_epoch.max(deps.status.epoch());
     // The sequence the digest belongs to, so that replicas showing the same `applied_seq` compare like with like.
     let applied = digest.as_ref().map_or(applied, |(seq, _)| *seq);
     let digest = digest.map(|(_, d)| d);

@@ -226,8 +226,7 @@ impl<T> Drop for Sampler<T> {
 
 /// `muster run --hosts <hosts> --timeout <secs> -- sh -c 'echo $MUSTER_TASK… >> <runs>/$MUSTER_HOST.runs'`: each
 /// run of each task appends its `MUSTER_TASK` to its host's file in `runs` (created here), which [`Runs::read`]
-/// reads back — as `<task>-a<attempt>` if the agent also sets `MUSTER_ATTEMPT` (it does not yet), so each attempt
-/// is counted. The command takes milliseconds; a long timeout keeps a task whose dispatch a failover lost from being
+/// reads back as `<task>-a<attempt>` (the agent sets `MUSTER_ATTEMPT` too), so each attempt is counted. The command takes milliseconds; a long timeout keeps a task whose dispatch a failover lost from being
 /// rescued by the re-send after its timeout: the new leader must redo it.
 pub fn traced_run(runs: &Path, hosts: &str, timeout_secs: u64) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(runs)?;

@@ -52,16 +52,22 @@ impl TaskContext {
 }
 
 /// Adds what every command may need to know about where it runs: `MUSTER_HOST` (several agents on one machine keep
-/// separate state with it), `MUSTER_SERVICE`/`MUSTER_COMPONENT` and, for tasks, `MUSTER_TASK`. The stack's own env
-/// wins on a clash.
-pub fn with_muster_env(spec: &mut CommandSpec, host: &HostId, component: Option<&ComponentRef>, task: Option<u64>) {
+/// separate state with it), `MUSTER_SERVICE`/`MUSTER_COMPONENT` and, for tasks, `MUSTER_TASK` and `MUSTER_ATTEMPT`
+/// (the leader re-sends a task that went unreported as its next attempt). The stack's own env wins on a clash.
+pub fn with_muster_env(
+    spec: &mut CommandSpec,
+    host: &HostId,
+    component: Option<&ComponentRef>,
+    task: Option<(u64, u32)>,
+) {
     let mut vars = vec![("MUSTER_HOST", host.to_string())];
     if let Some(c) = component {
         vars.push(("MUSTER_SERVICE", c.service.clone()));
         vars.push(("MUSTER_COMPONENT", c.component.clone()));
     }
-    if let Some(t) = task {
+    if let Some((t, attempt)) = task {
         vars.push(("MUSTER_TASK", t.to_string()));
+        vars.push(("MUSTER_ATTEMPT", attempt.to_string()));
     }
     for (k, v) in vars {
         spec.env.entry(k.to_string()).or_insert(v);
@@ -90,7 +96,7 @@ pub async fn run_task<E: Executor>(
 
     let timeout_ms = execution.spec.timeout_ms;
     let mut spec = execution.spec;
-    with_muster_env(&mut spec, &context.host, execution.component.as_ref(), Some(execution.task));
+    with_muster_env(&mut spec, &context.host, execution.component.as_ref(), Some((execution.task, execution.attempt)));
     let run = executor.execute(spec, abort, output.clone());
     tokio::pin!(run);
     let interval = context.progress_interval;
