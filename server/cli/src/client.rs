@@ -49,13 +49,10 @@ fn retryable(e: &CliError) -> bool {
     }
 }
 
-/// A fresh idempotency key for one operator command: the time, the process and a random number (the standard
-/// library's per-process random hash keys), so two invocations never share one.
+/// A fresh idempotency key for one operator command: the time (the one clock) and 64 random bits, so two
+/// invocations never share one.
 pub fn fresh_idempotency_key() -> String {
-    use std::hash::BuildHasher;
-    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("cli-{nanos:x}-{:x}-{random:016x}", std::process::id())
+    format!("cli-{:x}-{:016x}", muster_nats::unix_millis(), rand::random::<u64>())
 }
 
 /// How long `servers` keeps collecting answers after the last one arrived: every instance answers within a few
