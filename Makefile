@@ -5,6 +5,8 @@
 #   make lint       cargo fmt --check, clippy and rustdoc (intra-doc links) with warnings as errors
 #   make test       tools + lint + build + the whole test suite against a real nats-server
 #   make nemesis    50 leader faults under load on an HA ensemble (release binaries, ~10 min)
+#   make fuzz       every cargo-fuzz target (fuzz/) long enough for >= 1 million executions each (~40 min)
+#   make fuzz-ci    every cargo-fuzz target for 20 s (CI)
 #   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
 #   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
 #   make clean      demo-stop, cargo clean, remove .demo/ (keeps the downloaded .tools/)
@@ -71,3 +73,12 @@ demo-stop:
 clean: demo-stop
 	$(CARGO) clean
 	rm -rf .demo
+
+# cargo-fuzz targets for everything the network reaches (docs/fuzzing.md): cargo-fuzz into .tools/, its own target
+# dir fuzz/target; FUZZ_SECONDS=N runs each target N seconds, FUZZ_TARGETS="a b" only those.
+.PHONY: fuzz fuzz-ci
+fuzz:
+	scripts/fuzz.sh
+
+fuzz-ci:
+	scripts/fuzz.sh --ci

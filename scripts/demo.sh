@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# A running muster to look at: one nats-server (nats/single.conf, 127.0.0.1:4222, monitoring :8222), one
-# muster-server and three agents (demo-1..3), all under .demo/ (logs, pid files, JetStream store, redb file), with
+# A running muster to look at, secured as a real deployment is: `muster security init` writes keys, a CA, credentials
+# and the nats-server config into .demo/security/; one nats-server (TLS, JWT accounts; 127.0.0.1:4222, monitoring
+# :8222), one muster-server with the server identity and the command-signing key, and three agents — demo-1 with
+# credentials minted offline (`muster creds agent`), demo-2 and demo-3 enrolled with a token (`muster token
+# create`) — all under .demo/ (logs, pid files, JetStream store, redb file, the agents' state directories), with
 # the toy stack of docs/examples deployed on them (its daemons keep their files in .demo/toy/<host>/).
 #
-#   scripts/demo.sh start   # (make demo) install nats-server if needed, build, start, wait until all HEALTHY,
-#                           # apply the toy stack and blueprint, run a command on every host
+#   scripts/demo.sh start   # (make demo) install nats-server if needed, build, secure, start, wait until all
+#                           # HEALTHY, apply the toy stack and blueprint, run a command on every host
 #   scripts/demo.sh stop    # (make demo-stop) stop the agents, the toy daemons, the server and nats-server
 #
 # The processes are left running after `start`; their state survives a stop/start (delete .demo/ to reset).
@@ -15,6 +18,12 @@ DEMO="$ROOT/.demo"
 BIN="$ROOT/target/debug"
 NATS_URL="nats://127.0.0.1:4222"
 AGENTS=(demo-1 demo-2 demo-3)
+# demo-1 gets credentials minted offline; the others enroll with a token (docs/enrollment.md).
+ENROLLED=(demo-2 demo-3)
+# What `muster security init` wrote (docs/credentials.md): kept across stop/start, so agents keep their identities.
+SEC="$DEMO/security"
+# The CLI's identity: an operator with the admin role. Exported, so every `muster` below (and in `show`) uses it.
+export MUSTER_NATS_CREDS="$SEC/admin.creds" MUSTER_NATS_CA="$SEC/ca.pem"
 # Where the toy daemons keep their files. Given to the agents as TOY_DIR, so every process they start (the toy
 # daemons, running commands) carries the exact entry TOY_DIR=<this path>: that is how `stop` finds them, and only them.
 TOY_DIR="$DEMO/toy"
@@ -179,9 +188,14 @@ start() {
     log "building (make build)"
     (cd "$ROOT" && make --no-print-directory build >/dev/null)
 
-    mkdir -p "$DEMO/nats" "$DEMO/server" "$TOY_DIR"
-    log "starting nats-server ($nats)"
-    launch nats-server env MUSTER_NATS_STORE_DIR="$DEMO/nats" "$nats" -c "$ROOT/nats/single.conf"
+    mkdir -p "$DEMO/nats" "$DEMO/server" "$DEMO/state" "$TOY_DIR"
+    if [[ ! -e "$SEC/security.json" ]]; then
+        log "securing: muster security init ${SEC#"$ROOT"/}"
+        "$BIN/muster" security init "$SEC" >/dev/null
+    fi
+    log "starting nats-server ($nats) with ${SEC#"$ROOT"/}/nats-single.conf (TLS, JWT accounts)"
+    # -a: the demo listens on loopback only, though every connection is authenticated and encrypted.
+    launch nats-server env MUSTER_NATS_STORE_DIR="$DEMO/nats" "$nats" -c "$SEC/nats-single.conf" -a 127.0.0.1
     local i
     for ((i = 0; i < 100; i++)); do
         port_open 4222 && break
@@ -190,13 +204,40 @@ start() {
     done
     port_open 4222 || die "nats-server did not listen on 4222 within 10 s"
 
-    log "starting muster-server"
+    log "starting muster-server (server identity, command key, enrollment on)"
     launch muster-server env NO_COLOR=1 MUSTER_NATS_URL="$NATS_URL" MUSTER_DATA_DIR="$DEMO/server" \
+        MUSTER_NATS_CREDS="$SEC/server.creds" MUSTER_NATS_CA="$SEC/ca.pem" MUSTER_COMMAND_KEY="$SEC/command.nk" \
+        MUSTER_AGENT_SIGNER="$SEC/signers/agent.nk" \
         MUSTER_SERVER_ID=demo-server MUSTER_LOG="${MUSTER_LOG:-info}" "$BIN/muster-server"
-    local id
+    # demo-1: credentials minted here, offline, from the security directory.
+    if [[ ! -e "$DEMO/state/demo-1/agent.creds" ]]; then
+        mkdir -p "$DEMO/state/demo-1"
+        "$BIN/muster" creds agent demo-1 --dir "$SEC" --out "$DEMO/state/demo-1/agent.creds" >/dev/null
+    fi
+    # demo-2, demo-3: a token good for two 'demo-*' hosts for ten minutes; each agent makes its own key, enrolls, and
+    # keeps the credentials the leader mints in its state directory (the token is not needed after that).
+    local token="" id need=0
+    for id in "${ENROLLED[@]}"; do
+        [[ -e "$DEMO/state/$id/agent.creds" ]] || need=1
+    done
+    if ((need)); then
+        log "creating an enrollment token (muster token create --hosts 'demo-*' --uses ${#ENROLLED[@]} --ttl 10m)"
+        for ((i = 0; i < 100; i++)); do
+            token="$("$BIN/muster" token create --dir "$SEC" --hosts 'demo-*' --uses "${#ENROLLED[@]}" --ttl 10m \
+                2>/dev/null)" && break
+            alive "$DEMO/muster-server.pid" || die "muster-server exited"
+            sleep 0.3
+        done
+        [[ -n "$token" ]] || die "no enrollment token: the server did not take token.create within 30 s"
+    fi
     for id in "${AGENTS[@]}"; do
         log "starting muster-agent $id"
-        launch "agent-$id" env NO_COLOR=1 MUSTER_NATS_URL="$NATS_URL" MUSTER_HOST_ID="$id" \
+        local creds=() enroll=()
+        [[ "$id" != demo-1 ]] || creds=(MUSTER_NATS_CREDS="$DEMO/state/demo-1/agent.creds")
+        [[ "$id" == demo-1 || -z "$token" ]] || enroll=(MUSTER_ENROLL_TOKEN="$token")
+        launch "agent-$id" env -u MUSTER_NATS_CREDS NO_COLOR=1 MUSTER_NATS_URL="$NATS_URL" MUSTER_HOST_ID="$id" \
+            MUSTER_NATS_CA="$SEC/ca.pem" MUSTER_TRUSTED_KEYS="@$SEC/command.pub" MUSTER_STATE_DIR="$DEMO/state/$id" \
+            "${creds[@]}" "${enroll[@]}" \
             MUSTER_STATUS_INTERVAL_MS="$STATUS_INTERVAL_MS" MUSTER_AUTO_RESTART_MIN_GAP_MS="$AUTO_RESTART_MIN_GAP_MS" \
             TOY_DIR="$TOY_DIR" MUSTER_LOG="${MUSTER_LOG:-info}" "$BIN/muster-agent"
     done
@@ -214,6 +255,7 @@ start() {
     ((n == ${#AGENTS[@]})) || die "only $n of ${#AGENTS[@]} hosts HEALTHY after ${HEALTHY_TIMEOUT_SECS}s"
 
     show hosts
+    show hosts enrollments
     show host demo-1
     show stack apply docs/examples/toy-stack.toml || die "the toy stack was refused"
     # Follows the request that installs and starts the toy service, a progress bar per stage; exits non-zero unless
@@ -223,10 +265,14 @@ start() {
     show run --hosts 'demo-*' -- uname -a || die "'muster run' on every host did not complete"
     cat <<EOF
 
-The demo is running (logs and pid files in .demo/; NATS at $NATS_URL, monitoring at http://127.0.0.1:8222).
+The demo is running, secured (logs and pid files in .demo/; NATS at $NATS_URL with TLS and JWT accounts,
+monitoring at http://127.0.0.1:8222; keys, CA and credentials in .demo/security/ — docs/security.md).
+The CLI needs an identity; take the demo's admin:
+  export MUSTER_NATS_CREDS=\$PWD/.demo/security/admin.creds MUSTER_NATS_CA=\$PWD/.demo/security/ca.pem
 Look around:
   target/debug/muster hosts                         # every host and its state
   target/debug/muster host demo-2                   # one host with all its facts
+  target/debug/muster hosts enrollments             # how each host enrolled, with its key
   target/debug/muster components                    # the toy components: state, desired state, auto-restarts
   target/debug/muster restart toy --batch 1         # a rolling restart, one host at a time
   target/debug/muster requests                      # every request, newest first
@@ -234,17 +280,19 @@ Look around:
   target/debug/muster run --hosts 'demo-*' --detach -- sleep 60    # then: target/debug/muster cancel <id>
   kill \$(cat .demo/toy/demo-2/worker.pid)           # the agent notices within ${STATUS_INTERVAL_MS} ms and restarts it
   target/debug/muster stats                         # the leader's counters
-  kill \$(cat .demo/agent-demo-3.pid)                # then watch demo-3 become HEARTBEAT_LOST
+  target/debug/muster creds revoke demo-3 --dir .demo/security    # cut demo-3 off; it goes HEARTBEAT_LOST
+  MUSTER_NATS_CREDS=\$PWD/.demo/security/viewer.creds target/debug/muster run -- id   # refused: read-only
   tail -f .demo/muster-server.log
-With the nats CLI (more in docs/protocol.md):
-  nats micro info muster
-  nats sub 'muster.events.>'                                            # host, component, task, request changes
-  nats sub 'muster.cmd.*' --translate 'target/debug/muster decode'      # commands to the agents
-  nats sub 'muster.report.*' --translate 'target/debug/muster decode'   # the agents' reports
-  nats stream view MUSTER_COMMANDS --translate 'target/debug/muster decode'
-  nats stream view MUSTER_TXN --translate 'target/debug/muster decode'
-  nats sub 'muster.hb.*' --translate 'target/debug/muster decode'
-  nats kv get muster-election leader
+With the nats CLI (more in docs/protocol.md; the server identity sees every subject, the admin only the API):
+  alias n='nats --creds .demo/security/server.creds --tlsca .demo/security/ca.pem'
+  n micro info muster
+  n sub 'muster.events.>'                                            # host, component, task, request changes
+  n sub 'muster.cmd.*' --translate 'target/debug/muster decode'      # signed commands to the agents
+  n sub 'muster.report.*' --translate 'target/debug/muster decode'   # the agents' reports
+  n stream view MUSTER_COMMANDS --translate 'target/debug/muster decode'
+  n stream view MUSTER_TXN --translate 'target/debug/muster decode'
+  n kv get muster-election leader
+  nats --tlsca .demo/security/ca.pem sub '>'                         # refused: no credentials
 Stop it all with: make demo-stop
 EOF
 }

@@ -10,17 +10,22 @@
 //! and none of them reads the configuration.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
+use muster_nats::connect::TRUST;
 use muster_nats::settings::{self, DefaultValue, Setting, SettingsError, Table, Values};
+use muster_nats::ClientTrust;
+use muster_schemas::messages::EnrollToken;
 use muster_schemas::{HostId, Subjects, UnixMillis};
+use muster_security::command::{CommandVerifier, KeyError};
 
 use crate::params::{
-    CommandParams, RestartLimits, SessionParams, DEFAULT_AUTO_RESTART, DEFAULT_DISK_FULL_PERCENT, DEFAULT_LIFETIME_MAX,
-    DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_WINDOW, DEFAULT_MIN_GAP, DEFAULT_PROGRESS_INTERVAL, DEFAULT_REGISTER_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATUS_INTERVAL, DEFAULT_WINDOW,
+    CommandParams, CommandTrust, RestartLimits, SessionParams, DEFAULT_AUTO_RESTART, DEFAULT_DISK_FULL_PERCENT,
+    DEFAULT_LIFETIME_MAX, DEFAULT_MAX_PARALLEL, DEFAULT_MAX_PER_WINDOW, DEFAULT_MIN_GAP, DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_REGISTER_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STATUS_INTERVAL, DEFAULT_WINDOW,
 };
 use crate::stats::SessionStats;
 
@@ -117,6 +122,29 @@ const SHUTDOWN_GRACE: Setting = Setting {
     meaning: "on SIGTERM, how long running commands may still finish and report",
 };
 
+const TRUSTED_KEYS: Setting = Setting {
+    key: "trusted_keys",
+    env: "MUSTER_TRUSTED_KEYS",
+    default: DefaultValue::Unset,
+    meaning: concat!(
+        "public command keys (N..., comma-separated; or @FILE with one per line) whose signed commands the agent ",
+        "acts on; unset: every command is refused, unless MUSTER_INSECURE is set (then unsigned ones are run)"
+    ),
+};
+
+const STATE_DIR: Setting = Setting {
+    key: "state_dir",
+    env: "MUSTER_STATE_DIR",
+    default: DefaultValue::Text("/var/lib/muster-agent"),
+    meaning: "where enrollment keeps the agent's credentials (agent.creds, 0600); nothing else is written",
+};
+const ENROLL_TOKEN: Setting = Setting {
+    key: "enroll_token",
+    env: "MUSTER_ENROLL_TOKEN",
+    default: DefaultValue::Unset,
+    meaning: "enrollment token (`muster token create`), or @FILE holding it; used only while the state directory has no credentials",
+};
+
 /// The settings only the agent has, after the ones every binary shares (`nats_url`, `prefix`).
 const AGENT: &[Setting] = &[
     HOST_ID,
@@ -132,11 +160,15 @@ const AGENT: &[Setting] = &[
     AUTO_RESTART_MIN_GAP,
     AUTO_RESTART_LIFETIME_MAX,
     SHUTDOWN_GRACE,
+    TRUSTED_KEYS,
+    STATE_DIR,
+    ENROLL_TOKEN,
 ];
 
 /// Every setting the agent reads, and the variables its binary reads itself (the config file, the log filter):
 /// the single source of loading, `--help` and the table in docs/agent.md.
-pub static TABLE: Table = Table { groups: &[settings::COMMON, AGENT], env_only: &[settings::CONFIG, settings::LOG] };
+pub static TABLE: Table =
+    Table { groups: &[settings::COMMON, TRUST, AGENT], env_only: &[settings::CONFIG, settings::LOG] };
 
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
@@ -163,6 +195,23 @@ pub struct AgentConfig {
     pub auto_restart: RestartLimits,
     /// On shutdown, how long running commands may still finish and report.
     pub shutdown_grace: Duration,
+    /// Credentials and TLS of the NATS connection, and `MUSTER_INSECURE` (see [`muster_nats::check_insecure`]).
+    pub trust: ClientTrust,
+    /// The command keys whose signatures the agent accepts (`MUSTER_TRUSTED_KEYS`); empty: none.
+    pub trusted_keys: Arc<CommandVerifier>,
+    /// Where enrollment keeps the agent's credentials (`MUSTER_STATE_DIR`).
+    pub state_dir: PathBuf,
+    /// The enrollment token, if one is configured (`MUSTER_ENROLL_TOKEN`).
+    pub enroll_token: Option<EnrollTokenSource>,
+}
+
+/// Where the enrollment token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollTokenSource {
+    /// Given in the setting itself (checked to parse; its `Debug` hides the seed).
+    Inline(EnrollToken),
+    /// `@FILE`: read when it is needed (a mounted secret).
+    File(PathBuf),
 }
 
 /// Why the configuration could not be loaded.
@@ -183,6 +232,9 @@ pub enum ConfigError {
     /// No host id was configured and the hostname could not be read.
     #[error("cannot determine the hostname to derive the host id; set MUSTER_HOST_ID")]
     NoHostname,
+    /// `MUSTER_TRUSTED_KEYS` names a key that is not a public command key, or a file that cannot be read.
+    #[error("MUSTER_TRUSTED_KEYS: {0}")]
+    TrustedKeys(#[from] KeyError),
 }
 
 impl AgentConfig {
@@ -227,7 +279,21 @@ impl AgentConfig {
                 lifetime_max: u32_setting(&AUTO_RESTART_LIFETIME_MAX)?,
             },
             shutdown_grace: values.millis(&SHUTDOWN_GRACE, 0)?,
+            trust: ClientTrust::from_values(values)?,
+            state_dir: PathBuf::from(values.string(&STATE_DIR)?),
+            enroll_token: enroll_token(values)?,
+            trusted_keys: Arc::new(trusted_keys(values.optional_string(&TRUSTED_KEYS)?.as_deref())?),
         })
+    }
+
+    /// Which commands the agent acts on: those signed by a trusted key; with none trusted, all if
+    /// `MUSTER_INSECURE` is set, else none.
+    pub fn command_trust(&self) -> CommandTrust {
+        if self.trusted_keys.is_empty() && self.trust.insecure {
+            CommandTrust::Insecure
+        } else {
+            CommandTrust::Signed(self.trusted_keys.clone())
+        }
     }
 
     /// The session parameters of this host, with fresh counters. `agent_started_at` is when this process started.
@@ -241,6 +307,7 @@ impl AgentConfig {
             agent_started_at,
             commands: self.command_params(),
             stats: SessionStats::default(),
+            trust: self.command_trust(),
         }
     }
 
@@ -255,6 +322,32 @@ impl AgentConfig {
             ..CommandParams::default()
         }
     }
+}
+
+/// The trusted keys of `MUSTER_TRUSTED_KEYS`: a comma-separated list, or `@FILE` with one per line.
+fn trusted_keys(value: Option<&str>) -> Result<CommandVerifier, KeyError> {
+    match value.map(str::trim) {
+        Some(file) if file.starts_with('@') => {
+            let path = &file[1..];
+            let text =
+                std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+            CommandVerifier::parse_list(&text)
+        }
+        Some(list) => CommandVerifier::parse_list(list),
+        None => CommandVerifier::new(Vec::<String>::new()),
+    }
+}
+
+/// `MUSTER_ENROLL_TOKEN`: a token, `@FILE`, or unset (empty counts as unset).
+fn enroll_token(values: &Values) -> Result<Option<EnrollTokenSource>, SettingsError> {
+    let Some(text) = values.optional_string(&ENROLL_TOKEN)?.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
+    if let Some(path) = text.trim().strip_prefix('@') {
+        return Ok(Some(EnrollTokenSource::File(PathBuf::from(path))));
+    }
+    // The value is a secret: the error names what is wrong with it, never the value.
+    EnrollToken::parse(&text)
+        .map(|t| Some(EnrollTokenSource::Inline(t)))
+        .map_err(|e| SettingsError::Invalid { setting: ENROLL_TOKEN.env.to_owned(), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -500,6 +593,30 @@ mod tests {
             assert!(help.contains(s.env), "{} missing from help", s.env);
         }
         assert!(help.contains(settings::LOG.env) && help.contains(settings::CONFIG.env));
+    }
+
+    #[test]
+    fn trusted_keys_come_from_a_list_or_a_file_and_decide_the_trust() {
+        let (a, b) =
+            (muster_security::command::CommandSigner::generate(), muster_security::command::CommandSigner::generate());
+        let list = format!("{}, {}", a.public_key(), b.public_key());
+        let c = load(None, &[("MUSTER_TRUSTED_KEYS", &list)]).unwrap();
+        assert_eq!(c.trusted_keys.keys().collect::<Vec<_>>(), [a.public_key(), b.public_key()]);
+        assert!(matches!(c.command_trust(), CommandTrust::Signed(v) if !v.is_empty()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trusted");
+        std::fs::write(&file, format!("# command keys\n{}\n", b.public_key())).unwrap();
+        let c = load(None, &[("MUSTER_TRUSTED_KEYS", &format!("@{}", file.display()))]).unwrap();
+        assert_eq!(c.trusted_keys.keys().collect::<Vec<_>>(), [b.public_key()]);
+        // No keys: everything refused, unless insecure (then unsigned commands run, as in a lab).
+        assert!(load(None, &[]).unwrap().command_trust().refuses_everything());
+        assert!(matches!(load(None, &[("MUSTER_INSECURE", "true")]).unwrap().command_trust(), CommandTrust::Insecure));
+        let with_keys = load(None, &[("MUSTER_INSECURE", "true"), ("MUSTER_TRUSTED_KEYS", &list)]).unwrap();
+        assert!(matches!(with_keys.command_trust(), CommandTrust::Signed(_)), "keys are checked even when insecure");
+        for bad in ["Nnope", "@/nonexistent/keys", &muster_security::command::CommandSigner::generate().seed()] {
+            let e = load(None, &[("MUSTER_TRUSTED_KEYS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("MUSTER_TRUSTED_KEYS"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! muster-agent: registers its host with the muster leader, heartbeats its health, runs the commands the leader
 //! sends and reports their results, checks its components' status and restarts the ones that should run.
-//! Stateless: nothing is written to disk; everything it must not forget lives on the server or in JetStream.
+//! Stateless but for its credentials: enrollment ([`enroll`]) keeps them in its state directory; everything else it
+//! must not forget lives on the server or in JetStream.
 //!
 //! # Layout
 //! Four layers; a module imports only from its own layer or the layers below it.
@@ -31,6 +32,8 @@
 //!
 //! Top — configuration and entry points:
 //! - [`config`]     — [`AgentConfig`]: defaults < TOML file < `MUSTER_*` environment, validated; builds the params.
+//! - [`enroll`]     — enrollment with a token: its own key, the leader's verdict, credentials kept in the state
+//!   directory.
 //! - [`swarm`]      — `muster-agent swarm`: many simulated hosts in one process over shared connections.
 //! - [`run`] (here) — one real host's agent.
 //!
@@ -41,6 +44,7 @@
 pub mod backoff;
 pub mod config;
 pub mod delivery;
+pub mod enroll;
 pub mod executor;
 pub mod facts;
 pub mod feed;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use muster_agent::config::{self, AgentConfig};
+use muster_agent::enroll;
 use muster_agent::swarm::{self, SwarmParams};
 use muster_nats::settings::{self, DefaultValue};
 use muster_nats::{ConnectParams, ConnectionEvents};
@@ -141,11 +142,30 @@ fn init_tracing(default: &str) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = AgentConfig::load(cli.config.as_deref())?;
+    let mut config = AgentConfig::load(cli.config.as_deref())?;
+    let swarm = matches!(cli.command, Some(Command::Swarm(_)));
+    // Credentials from an earlier enrollment (or a token to enroll with); a swarm brings its own.
+    let plan = if swarm { enroll::Plan::Configured } else { enroll::plan(&config)? };
+    if let enroll::Plan::Stored(path) = &plan {
+        config.trust.credentials = Some(path.clone());
+    }
+    let has_credentials = config.trust.credentials.is_some() || matches!(plan, enroll::Plan::Enroll(_));
+    // Before anything connects, the swarm included: an anonymous agent off loopback runs whatever anyone sends it.
+    muster_nats::check_insecure(&config.nats_servers, has_credentials, config.trust.insecure)?;
     if let Ok(env) = settings::env_vars(std::env::vars_os()) {
         for name in config::TABLE.unknown_env_vars(&env) {
             tracing::warn!(variable = %name, "ignoring unknown MUSTER_ variable (typo?)");
         }
+    }
+    match config.command_trust() {
+        trust if trust.refuses_everything() => tracing::error!(
+            "no MUSTER_TRUSTED_KEYS: every command will be refused (set it to the server's command.pub, or set \
+             MUSTER_INSECURE for a lab without signing)"
+        ),
+        muster_agent::params::CommandTrust::Insecure => {
+            tracing::warn!("MUSTER_INSECURE without MUSTER_TRUSTED_KEYS: acting on unsigned commands")
+        }
+        muster_agent::params::CommandTrust::Signed(_) => {}
     }
     let shutdown = CancellationToken::new();
     let exit = CancellationToken::new();
@@ -160,12 +180,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!(host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), "starting");
     handle_signals(&tracker, &shutdown, &exit)?;
+    if let enroll::Plan::Enroll(token) = &plan {
+        match enroll::enroll(&config, token, &shutdown).await? {
+            Some(creds) => config.trust.credentials = Some(creds),
+            None => {
+                exit.cancel();
+                tracker.close();
+                tracker.wait().await;
+                return Ok(());
+            }
+        }
+    }
 
     let events = ConnectionEvents::new();
     let reconnects = events.reconnects();
     let connect = ConnectParams {
         urls: config.nats_servers.clone(),
         name: format!("muster-agent {}", config.host_id),
+        trust: config.trust.clone(),
         // The agent may start before NATS: it keeps trying, and sessions wait for the first connection.
         retry_initial_connect: true,
         events,

@@ -3,10 +3,12 @@
 //! from the operator's settings.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_schemas::limits::MAX_OUTPUT_BYTES;
 use muster_schemas::{HostId, Subjects, UnixMillis};
+use muster_security::command::CommandVerifier;
 
 use crate::stats::SessionStats;
 
@@ -123,4 +125,23 @@ pub struct SessionParams {
     pub commands: CommandParams,
     /// Counters, shared with whoever wants to read them (the swarm sums them).
     pub stats: SessionStats,
+    /// Which commands (and registration replies) the session acts on.
+    pub trust: CommandTrust,
+}
+
+/// Which messages from the server an agent acts on (`MUSTER_TRUSTED_KEYS`, `MUSTER_INSECURE`).
+#[derive(Debug, Clone)]
+pub enum CommandTrust {
+    /// Only those signed by one of these command keys (all are refused when the list is empty).
+    Signed(Arc<CommandVerifier>),
+    /// Any, signed or not: `MUSTER_INSECURE` without trusted keys (labs only; anyone who can publish on the
+    /// host's command subject runs anything).
+    Insecure,
+}
+
+impl CommandTrust {
+    /// Whether every message will be refused (no key trusted and not insecure).
+    pub fn refuses_everything(&self) -> bool {
+        matches!(self, Self::Signed(v) if v.is_empty())
+    }
 }

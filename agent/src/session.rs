@@ -39,7 +39,7 @@ use crate::delivery::{Delivery, DeliveryError};
 use crate::executor::Executor;
 use crate::facts::{bound_health, FactSource};
 use crate::feed::Feed;
-use crate::intake::Registration;
+use crate::intake::{CommandGate, Registration};
 use crate::params::SessionParams;
 use crate::protocol::{transition, Effect, RetryDelay, SessionEvent, SessionState, Unanswered};
 use crate::runner::{run_command_path, RUNNER_INPUT_QUEUE};
@@ -173,6 +173,7 @@ pub fn run_session_with<E: Executor>(
             commands,
             runner,
             params.stats.clone(),
+            params.trust.clone(),
         )
         .await?;
         let stop = shutdown.child_token();
@@ -373,7 +374,7 @@ impl<F: FactSource> Shell<F> {
             .payload(body.into())
             .timeout(Some(self.params.register_timeout));
         let result = self.client.send_request(self.reg_subject.clone(), request).await;
-        let (event, registration) = classify_register(result);
+        let (event, registration) = classify_register(result, self.delivery.gate());
         if let SessionEvent::RegisterAccepted { heartbeat_interval_ms, .. } = &event {
             self.last_interval = Some(Duration::from_millis(*heartbeat_interval_ms));
         }
@@ -480,8 +481,12 @@ impl<F: FactSource> Shell<F> {
 }
 
 /// What a registration request's outcome means for the protocol, and for an accepted one what it says about
-/// command delivery.
-pub fn classify_register(result: Result<Message, RequestError>) -> (SessionEvent, Option<Registration>) {
+/// command delivery. The component set of an accepted reply is taken only if `gate` admits its signature; a
+/// refused one still registers the host (it stays healthy, keeps its current set, and the refusal is reported).
+pub fn classify_register(
+    result: Result<Message, RequestError>,
+    gate: &CommandGate,
+) -> (SessionEvent, Option<Registration>) {
     let message = match result {
         Ok(message) => message,
         Err(e) => {
@@ -510,6 +515,13 @@ pub fn classify_register(result: Result<Message, RequestError>) -> (SessionEvent
             if skew > MAX_CLOCK_SKEW {
                 tracing::warn!(skew_secs = skew.as_secs(), "agent and server clocks differ; check NTP");
             }
+            let components = match gate.check_registration(message.headers.as_ref(), &message.payload) {
+                Ok(()) => Some(components),
+                Err(why) => {
+                    tracing::error!(%why, "not applying the component set of an untrusted registration reply");
+                    None
+                }
+            };
             let registration = Registration { components, cursor, done_after_cursor };
             (SessionEvent::RegisterAccepted { heartbeat_interval_ms, epoch }, Some(registration))
         }
@@ -535,6 +547,7 @@ pub fn control_event(message: &Message) -> Result<SessionEvent, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::CommandTrust;
     use async_nats::StatusCode;
     use muster_schemas::commands::{Category, ComponentSpec};
 
@@ -571,6 +584,7 @@ mod tests {
 
     #[test]
     fn register_outcomes_are_classified() {
+        let gate = CommandGate::new(HostId::new("web-1").unwrap(), CommandTrust::Insecure, Default::default());
         let component = ComponentSpec {
             service: "svc".into(),
             component: "server".into(),
@@ -588,29 +602,65 @@ mod tests {
             done_after_cursor: vec![43, 47],
         };
         assert_eq!(
-            classify_register(Ok(message(encode(&accepted), Some(MessageKind::RegisterReply)))),
+            classify_register(Ok(message(encode(&accepted), Some(MessageKind::RegisterReply))), &gate),
             (
                 SessionEvent::RegisterAccepted { heartbeat_interval_ms: 2_000, epoch: 9 },
-                Some(Registration { components: vec![component], cursor: 41, done_after_cursor: vec![43, 47] })
+                Some(Registration { components: Some(vec![component]), cursor: 41, done_after_cursor: vec![43, 47] })
             )
         );
         let rejected =
             RegisterReply::Rejected { code: ErrorCode::Busy, message: "full".into(), retry_after_ms: Some(700) };
         assert_eq!(
-            classify_register(Ok(message(encode(&rejected), None))).0,
+            classify_register(Ok(message(encode(&rejected), None)), &gate).0,
             SessionEvent::RegisterRejected { code: ErrorCode::Busy, message: "full".into(), retry_after_ms: Some(700) }
         );
         assert!(matches!(
-            classify_register(Ok(message(b"\xc1".to_vec(), None))),
+            classify_register(Ok(message(b"\xc1".to_vec(), None)), &gate),
             (SessionEvent::RegisterUnanswered(Unanswered::BadReply(_)), None)
         ));
         let timed_out = RequestError::new(RequestErrorKind::TimedOut);
-        assert_eq!(classify_register(Err(timed_out)), (SessionEvent::RegisterUnanswered(Unanswered::TimedOut), None));
+        assert_eq!(
+            classify_register(Err(timed_out), &gate),
+            (SessionEvent::RegisterUnanswered(Unanswered::TimedOut), None)
+        );
         let none = RequestError::new(RequestErrorKind::NoResponders);
-        assert_eq!(classify_register(Err(none)).0, SessionEvent::RegisterUnanswered(Unanswered::NoResponders));
+        assert_eq!(classify_register(Err(none), &gate).0, SessionEvent::RegisterUnanswered(Unanswered::NoResponders));
         let mut status = message(vec![], None);
         status.status = Some(StatusCode::from_u16(503).unwrap());
-        assert!(matches!(classify_register(Ok(status)).0, SessionEvent::RegisterUnanswered(Unanswered::BadReply(_))));
+        assert!(matches!(
+            classify_register(Ok(status), &gate).0,
+            SessionEvent::RegisterUnanswered(Unanswered::BadReply(_))
+        ));
+    }
+
+    #[test]
+    fn an_unsigned_registration_reply_registers_but_its_components_are_not_applied() {
+        let signer = muster_security::command::CommandSigner::generate();
+        let verifier = muster_security::command::CommandVerifier::new([signer.public_key()]).unwrap();
+        let stats = crate::stats::SessionStats::default();
+        let gate =
+            CommandGate::new(HostId::new("web-1").unwrap(), CommandTrust::Signed(Arc::new(verifier)), stats.clone());
+        let accepted = RegisterReply::Accepted {
+            heartbeat_interval_ms: 2_000,
+            epoch: 9,
+            server_time: unix_millis(),
+            components: vec![],
+            cursor: 41,
+            done_after_cursor: vec![],
+        };
+        let body = encode(&accepted);
+        let (event, registration) = classify_register(Ok(message(body.clone(), None)), &gate);
+        assert_eq!(event, SessionEvent::RegisterAccepted { heartbeat_interval_ms: 2_000, epoch: 9 });
+        assert_eq!(registration.map(|r| (r.components, r.cursor)), Some((None, 41)));
+        assert_eq!(stats.get(SessionCounter::RefusedUnsigned), 1);
+        // Signed: applied.
+        let fields = muster_schemas::signing::SignedFields::registration(gate.host(), 9, unix_millis());
+        let mut reply = message(body.clone(), Some(MessageKind::RegisterReply));
+        for (name, value) in signer.sign(&fields, &body) {
+            reply.headers.as_mut().unwrap().insert(name, value.as_str());
+        }
+        let (_, registration) = classify_register(Ok(reply), &gate);
+        assert_eq!(registration.and_then(|r| r.components), Some(vec![]));
     }
 
     #[test]

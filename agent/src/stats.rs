@@ -29,6 +29,23 @@ muster_nats::counters! {
         BadCommands = "command.bad",
         /// Commands dropped as repeats of one already seen.
         DuplicateCommands = "command.duplicate",
+        /// Messages refused because they carry no signature (`muster_schemas::signing`). Every refusal but a
+        /// replay is also reported to the server (`commands.refused_by_agents` in `muster stats`).
+        RefusedUnsigned = "command.refused.unsigned",
+        /// Messages whose signature by a trusted key does not match them (tampered).
+        RefusedBadSignature = "command.refused.bad_signature",
+        /// Messages signed by a key this agent does not trust (forged, or a key rotated out).
+        RefusedUntrustedKey = "command.refused.untrusted_key",
+        /// Genuine messages signed for another host.
+        RefusedOtherHost = "command.refused.other_host",
+        /// Genuine messages past their expiry.
+        RefusedExpired = "command.refused.expired",
+        /// Genuine messages accepted before (an execute or cancel seen again), or a component set older than the
+        /// one applied. Not reported: a redelivery (live and catch-up, a re-registration, a new leader's re-publish)
+        /// looks the same, and neither runs anything twice.
+        RefusedReplayed = "command.refused.replayed",
+        /// Messages whose signature headers do not parse.
+        RefusedMalformed = "command.refused.malformed",
         /// Tasks whose command was started.
         TasksStarted = "task.started",
         /// Tasks that ended, reported or not (a kill at shutdown is not reported).

@@ -277,6 +277,7 @@ pub async fn run_swarm(
         let connect = ConnectParams {
             urls: config.nats_servers.clone(),
             name,
+            trust: config.trust.clone(),
             retry_initial_connect: true,
             events: events.clone(),
             ..ConnectParams::default()

@@ -8,7 +8,9 @@
 //! - [`urls`]     — leaf: comma-separated NATS URL lists and the default URL.
 //! - [`wire`]     — leaf: turns `muster_schemas::headers` sets into the client's header map.
 //! - [`settings`] — logic: defaults < TOML file < `MUSTER_*` environment, declared once per binary in a table.
-//! - [`connect`](mod@connect) — I/O: [`ConnectParams`], [`connect()`], connection events, reconnect watchers.
+//! - [`connect`](mod@connect) — I/O: [`ConnectParams`], [`connect()`], credentials and TLS ([`ClientTrust`], the
+//!   `MUSTER_NATS_CREDS`/`_CA`/`_CERT`/`_KEY` and `MUSTER_INSECURE` settings, the insecurity guard), connection
+//!   events, reconnect watchers.
 #![deny(missing_docs)]
 
 pub mod clock;
@@ -19,4 +21,4 @@ pub mod urls;
 pub mod wire;
 
 pub use clock::unix_millis;
-pub use connect::{connect, ConnectParams, ConnectionEvents, Reconnects};
+pub use connect::{check_insecure, connect, ClientTrust, ConnectParams, ConnectionEvents, Reconnects};

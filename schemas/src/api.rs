@@ -16,6 +16,12 @@
 //! | `blueprint.apply` (write) | blueprint TOML | [`Committed`]`<`[`BlueprintApplied`]`>` |
 //! | `request.create` (write) | [`RequestSpec`] JSON | [`Committed`]`<`[`RequestCreated`]`>` |
 //! | `request.cancel` (write) | a request id (plain text) | [`Committed`]`<`[`RequestCancelled`]`>` |
+//! | `tokens` | empty | `[`[`TokenRecord`]`]` (enrollment tokens; never their secret) |
+//! | `enrollments` | empty | `[`[`EnrollmentRecord`]`]` (every host's enrollment: pending, accepted, rejected) |
+//! | `token.create` (write) | [`TokenSpec`] JSON | [`Committed`]`<`[`TokenRecord`]`>` |
+//! | `token.revoke` (write) | a token id (plain text) | [`Committed`]`<`[`TokenRecord`]`>` |
+//! | `host.accept` (write) | a host id (plain text) | [`Committed`]`<`[`EnrollmentRecord`]`>` |
+//! | `host.reject` (write) | a host id (plain text) | [`Committed`]`<`[`EnrollmentRecord`]`>` |
 //! | `<prefix>.servers` (every instance answers, no queue group) | empty | [`ServerStatus`] |
 //!
 //! A failed call answers with the services framework's error headers ([`SERVICE_ERROR_HEADER`],
@@ -29,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ComponentState, DesiredState, RequestAction, TaskStatus};
 use crate::commands::{RequestId, TaskId};
-use crate::{HostRecord, HostState, UnixMillis};
+use crate::messages::EnrollRefusal;
+use crate::{HostId, HostRecord, HostState, UnixMillis};
 
 // ---- endpoints and errors -------------------------------------------------------------------------------------
 
@@ -60,11 +67,23 @@ pub enum Endpoint {
     RequestCreate,
     /// Cancel a running request (write).
     RequestCancel,
+    /// Every enrollment token (ids, patterns, uses, expiry; never a secret).
+    Tokens,
+    /// Every host's enrollment record.
+    Enrollments,
+    /// Record a new enrollment token (write).
+    TokenCreate,
+    /// Revoke an enrollment token (write).
+    TokenRevoke,
+    /// Accept a host's pending (or rejected) enrollment (write).
+    HostAccept,
+    /// Reject a host's enrollment (write).
+    HostReject,
 }
 
 impl Endpoint {
     /// Every endpoint, reads first.
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 18] = [
         Self::Summary,
         Self::Hosts,
         Self::Host,
@@ -73,10 +92,16 @@ impl Endpoint {
         Self::Stacks,
         Self::Requests,
         Self::Request,
+        Self::Tokens,
+        Self::Enrollments,
         Self::StackApply,
         Self::BlueprintApply,
         Self::RequestCreate,
         Self::RequestCancel,
+        Self::TokenCreate,
+        Self::TokenRevoke,
+        Self::HostAccept,
+        Self::HostReject,
     ];
 
     /// The name under `<prefix>.api.` (and under `<prefix>.leader.` for writes).
@@ -94,6 +119,12 @@ impl Endpoint {
             Self::BlueprintApply => "blueprint.apply",
             Self::RequestCreate => "request.create",
             Self::RequestCancel => "request.cancel",
+            Self::Tokens => "tokens",
+            Self::Enrollments => "enrollments",
+            Self::TokenCreate => "token.create",
+            Self::TokenRevoke => "token.revoke",
+            Self::HostAccept => "host.accept",
+            Self::HostReject => "host.reject",
         }
     }
 
@@ -104,7 +135,17 @@ impl Endpoint {
 
     /// Writes change the log, so only the leader can answer them; the answering instance forwards them.
     pub fn is_write(self) -> bool {
-        matches!(self, Self::StackApply | Self::BlueprintApply | Self::RequestCreate | Self::RequestCancel)
+        matches!(
+            self,
+            Self::StackApply
+                | Self::BlueprintApply
+                | Self::RequestCreate
+                | Self::RequestCancel
+                | Self::TokenCreate
+                | Self::TokenRevoke
+                | Self::HostAccept
+                | Self::HostReject
+        )
     }
 }
 
@@ -590,6 +631,116 @@ pub struct RequestCancelled {
     pub aborted_tasks: u64,
 }
 
+// ---- enrollment -----------------------------------------------------------------------------------------------
+
+/// `token.create`: a token minted by `muster token create`, recorded at the leader before it is handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    /// The token's id: its enroll user's public key (`U…`); the seed stays with whoever holds the token.
+    pub id: String,
+    /// Host id glob the token may enroll (`web-*`); absent: any host.
+    #[serde(default)]
+    pub hosts: Option<String>,
+    /// How many hosts it may enroll (at least 1).
+    pub uses: u32,
+    /// When it expires (the JWT's expiry too): ms since the Unix epoch.
+    pub expires_at: UnixMillis,
+}
+
+/// An enrollment token as the leader records it (`tokens`; the txn op `put_token`): created, used, revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Its enroll user's public key (`U…`).
+    pub id: String,
+    /// Host id glob it may enroll; `null`: any host.
+    pub hosts: Option<String>,
+    /// Hosts it may enroll.
+    pub uses: u32,
+    /// Hosts it enrolled (or put pending) so far.
+    pub used: u32,
+    /// When the leader recorded it.
+    pub created_at: UnixMillis,
+    /// When it expires.
+    pub expires_at: UnixMillis,
+    /// When an operator revoked it; `null` while it is not revoked.
+    pub revoked_at: Option<UnixMillis>,
+}
+
+/// Where a host's enrollment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EnrollmentState {
+    /// Waiting for an operator (`muster hosts accept|reject <host>`); the agent asks again every few seconds.
+    Pending,
+    /// The host's key is bound to its id: credentials are minted for this key only.
+    Accepted,
+    /// An operator rejected this key for the host; another key may enroll anew.
+    Rejected,
+}
+
+impl EnrollmentState {
+    /// The upper-case name, as tables show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Accepted => "ACCEPTED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+}
+
+impl fmt::Display for EnrollmentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host's enrollment as the leader records it (`enrollments`; the txn op `put_enrollment`): the one key the
+/// host id is bound to, and where that stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentRecord {
+    /// The host.
+    pub host: HostId,
+    /// The public key of the agent's own user nkey (`U…`).
+    pub key: String,
+    /// Pending, accepted or rejected.
+    pub state: EnrollmentState,
+    /// The id of the token it enrolled with.
+    pub token: String,
+    /// When the agent first asked with this key.
+    pub requested_at: UnixMillis,
+    /// When it entered its state.
+    pub state_since: UnixMillis,
+    /// Why it is in its state (`policy auto`, `policy pending`, `accepted by an operator`, ...).
+    pub reason: String,
+}
+
+/// The leader core's verdict on an agent's enrollment; the enrollment listener mints the credentials of an
+/// accepted one and answers the agent with an [`crate::messages::EnrollReply`]. Never an API answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum EnrollVerdict {
+    /// Bound (now or before) to `key`: mint the agent's credentials.
+    Accepted {
+        /// The host the credentials are named after.
+        host: HostId,
+        /// The agent's public key they are for.
+        key: String,
+    },
+    /// Held for an operator.
+    Pending {
+        /// Why, for the agent's log.
+        message: String,
+    },
+    /// Refused.
+    Refused {
+        /// Why, as a code.
+        code: EnrollRefusal,
+        /// Why, in words.
+        message: String,
+    },
+}
+
 /// What a write returns, before the shell knows the sequence it committed at. Serialized without a tag: each
 /// endpoint has its own reply type, and a caller reads the one its endpoint returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -603,6 +754,12 @@ pub enum WriteReply {
     RequestCreated(RequestCreated),
     /// The reply to `request.cancel`, before the sequence it committed at is known.
     RequestCancelled(RequestCancelled),
+    /// The reply to `token.create` and `token.revoke`: the token as recorded.
+    Token(TokenRecord),
+    /// The reply to `host.accept` and `host.reject`: the enrollment as recorded.
+    Enrollment(EnrollmentRecord),
+    /// The core's verdict on an agent's enrollment (answered on `<prefix>.enroll.<host>`, not on the API).
+    Enroll(EnrollVerdict),
 }
 
 /// A write's reply with the log sequence its changes were committed at: a caller passes it as
@@ -621,12 +778,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_round_trip_by_name_and_only_the_four_writes_are_writes() {
+    fn endpoints_round_trip_by_name_and_only_the_writes_are_writes() {
         for e in Endpoint::ALL {
             assert_eq!(Endpoint::from_name(e.name()), Some(e));
         }
         let writes: Vec<&str> = Endpoint::ALL.into_iter().filter(|e| e.is_write()).map(Endpoint::name).collect();
-        assert_eq!(writes, ["stack.apply", "blueprint.apply", "request.create", "request.cancel"]);
+        assert_eq!(
+            writes,
+            [
+                "stack.apply",
+                "blueprint.apply",
+                "request.create",
+                "request.cancel",
+                "token.create",
+                "token.revoke",
+                "host.accept",
+                "host.reject"
+            ]
+        );
+        let reads = Endpoint::ALL.iter().position(|e| e.is_write()).unwrap();
+        assert!(Endpoint::ALL[reads..].iter().all(|e| e.is_write()), "reads first");
         assert_eq!(Endpoint::from_name("nope"), None);
     }
 

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ReportMsgId, TaskAttempt};
+use crate::names::{parse_name, UnknownName};
 use crate::{HostId, UnixMillis};
 
 pub use crate::ids::{RequestId, TaskId};
@@ -181,6 +183,91 @@ pub enum ReportBody {
         /// Distinguishes status reports of one agent run for `Nats-Msg-Id` (agent start time + counter).
         nonce: String,
     },
+    /// A message that looked like it came from the server and that the agent refused to act on (unsigned, badly
+    /// signed, for another host, expired, replayed): the leader counts and logs it and changes no state, so a
+    /// refused forgery can neither fail nor complete a real task.
+    Refused(RefusedCommand),
+}
+
+/// What an agent refused, as far as it could tell (a message that does not decode says little).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedCommand {
+    /// Why it was refused.
+    pub reason: RefusalReason,
+    /// The kind of message it claimed to be (`execute`, `cancel`, `configure`, `registration`); empty if unknown.
+    pub kind: String,
+    /// The task it named, if any.
+    pub task: Option<TaskId>,
+    /// The attempt it named, if any.
+    pub attempt: Option<u32>,
+    /// The public key it claimed to be signed by, if any.
+    pub signer: Option<String>,
+    /// A one-line explanation for the operator (bounded by the agent).
+    pub detail: String,
+    /// Distinguishes refusal reports of one agent run for `Nats-Msg-Id` (agent start time + counter, like a
+    /// status report's).
+    pub nonce: String,
+}
+
+/// Why an agent refused to act on a message the server appeared to send: the reason in a
+/// [`RefusedCommand`] report and the name of the agent's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// No signature headers.
+    Unsigned,
+    /// Signed by a trusted key, but the signature does not match the message (tampered on the way).
+    BadSignature,
+    /// Signed by a key the agent does not trust (forged by another identity, or a key rotated out).
+    UntrustedKey,
+    /// Genuinely signed for another host (republished on this host's subject).
+    OtherHost,
+    /// Past its expiry (a late replay, or a command stored long before this agent read it).
+    Expired,
+    /// An attempt already accepted, or a configure older than the one applied.
+    Replayed,
+    /// Signature headers that do not parse, or that disagree with the body.
+    Malformed,
+}
+
+impl RefusalReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::Unsigned,
+        Self::BadSignature,
+        Self::UntrustedKey,
+        Self::OtherHost,
+        Self::Expired,
+        Self::Replayed,
+        Self::Malformed,
+    ];
+
+    /// The reason's name on the wire and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::UntrustedKey => "untrusted_key",
+            Self::OtherHost => "other_host",
+            Self::Expired => "expired",
+            Self::Replayed => "replayed",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RefusalReason {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_name("refusal reason", &Self::ALL, s)
+    }
 }
 
 /// Progress or result of one task attempt.
@@ -248,6 +335,7 @@ impl Report {
             ReportBody::Task(t) if t.phase.is_final() => ReportMsgId::Final { host, task: t.attempt_key() },
             ReportBody::Task(t) => ReportMsgId::Progress { host, task: t.attempt_key(), n: t.report_seq },
             ReportBody::Status { nonce, .. } => ReportMsgId::Status { host, nonce: nonce.clone() },
+            ReportBody::Refused(r) => ReportMsgId::Refused { host, nonce: r.nonce.clone() },
         }
     }
 

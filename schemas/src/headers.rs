@@ -10,6 +10,7 @@
 //! | their replies ([`reply`]) | the same, plus `Muster-Error` on a refusal |
 //! | command ([`command`]) | the same, plus `Muster-Task` on an execution |
 //! | report ([`report`]) | the same, plus `Muster-Task` on a task report |
+//! | catch-up request, reply | [`message`] / [`reply`] with [`MessageKind::CatchUp`] / [`MessageKind::CatchUpReply`] |
 //! | txn ([`txn`]) | the same with the writing server as `Muster-Host`, plus `Muster-Epoch` |
 //! | change event ([`event`]) | the same with the event's key as `Muster-Host`, plus `Muster-Summary` |
 
@@ -60,6 +61,10 @@ pub enum MessageKind {
     Heartbeat,
     /// `heartbeat-reply`: a [`crate::HeartbeatReply`], sent to the agent's control inbox only when it must act.
     HeartbeatReply,
+    /// `catch-up`: a [`crate::messages::CatchUpRequest`], agent → any server on `<prefix>.catchup.<host>`.
+    CatchUp,
+    /// `catch-up-reply`: a [`crate::messages::CatchUpReply`], a server's answer with the host's stored commands.
+    CatchUpReply,
     /// `txn`: a [`crate::Txn`] on the transaction log, `Muster-Host` naming the writing server.
     Txn,
     /// A change-feed event on `muster.events.*`.
@@ -78,6 +83,8 @@ impl MessageKind {
             Self::RegisterReply => "register-reply",
             Self::Heartbeat => "heartbeat",
             Self::HeartbeatReply => "heartbeat-reply",
+            Self::CatchUp => "catch-up",
+            Self::CatchUpReply => "catch-up-reply",
             Self::Txn => "txn",
             Self::Event => "event",
             Self::Command => "command",
@@ -127,6 +134,17 @@ pub fn report(report: &Report) -> Vec<Header> {
         h.push((TASK, t.attempt_key().to_string()));
     }
     h
+}
+
+/// A catch-up request from `host`'s agent: [`message`] of kind [`MessageKind::CatchUp`].
+pub fn catch_up(host: &HostId) -> Vec<Header> {
+    message(MessageKind::CatchUp, host.as_str())
+}
+
+/// A server's answer to a catch-up request: [`reply`] of kind [`MessageKind::CatchUpReply`], with `Muster-Error`
+/// when it refuses.
+pub fn catch_up_reply(host: &str, error: Option<ErrorCode>) -> Vec<Header> {
+    reply(MessageKind::CatchUpReply, host, error)
 }
 
 /// A transaction-log entry: [`message`] naming the writing server as its host, plus the writer's `Muster-Epoch`.
@@ -194,6 +212,14 @@ mod tests {
         assert_eq!((get(&h, KIND), get(&h, HOST), get(&h, TASK)), (Some("report"), Some("web-1"), Some("42-a2")));
         r.body = ReportBody::Status { statuses: Vec::new(), full: true, nonce: "1-1".into() };
         assert_eq!(get(&report(&r), TASK), None);
+    }
+
+    #[test]
+    fn catch_up_messages_say_what_they_are() {
+        let h = catch_up(&host());
+        assert_eq!((get(&h, KIND), get(&h, HOST), get(&h, ERROR)), (Some("catch-up"), Some("web-1"), None));
+        let h = catch_up_reply("web-1", Some(ErrorCode::Malformed));
+        assert_eq!((get(&h, KIND), get(&h, ERROR)), (Some("catch-up-reply"), Some("malformed")));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | [`CommandMsgId::Cancel`] | `c<task>-a<attempt>` | its cancel |
 //! | [`CommandMsgId::Configure`] | `cfg-<host>-e<epoch>-<n>` | a host's component set, the n-th of a leader's term |
 //! | [`TxnMsgId`] | `txn-<epoch>-<seq>` | a transaction-log entry, by the sequence it must land at |
-//! | [`ReportMsgId`] | `r-<host>-<task>-a<attempt>-p<n>`, `…-f`, `s-<host>-<nonce>` | an agent's report |
+//! | [`ReportMsgId`] | `r-<host>-<task>-a<attempt>-p<n>`, `…-f`, `s-<host>-<nonce>`, `x-<host>-<nonce>` | an agent's report |
 
 use std::fmt;
 use std::str::FromStr;
@@ -230,9 +230,17 @@ pub enum ReportMsgId {
         /// The report's nonce.
         nonce: String,
     },
+    /// A refused-command report: `x-<host>-<nonce>`, the nonce as a status report's.
+    Refused {
+        /// The reporting host.
+        host: HostId,
+        /// The report's nonce.
+        nonce: String,
+    },
 }
 
-const REPORT_FORM: &str = "r-<host>-<task>-a<attempt>-p<n>, r-<host>-<task>-a<attempt>-f or s-<host>-<started>-<n>";
+const REPORT_FORM: &str =
+    "r-<host>-<task>-a<attempt>-p<n>, r-<host>-<task>-a<attempt>-f, s-<host>-<started>-<n> or x-<host>-<started>-<n>";
 
 impl fmt::Display for ReportMsgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -240,6 +248,7 @@ impl fmt::Display for ReportMsgId {
             Self::Progress { host, task, n } => write!(f, "r-{host}-{task}-p{n}"),
             Self::Final { host, task } => write!(f, "r-{host}-{task}-f"),
             Self::Status { host, nonce } => write!(f, "s-{host}-{nonce}"),
+            Self::Refused { host, nonce } => write!(f, "x-{host}-{nonce}"),
         }
     }
 }
@@ -250,12 +259,14 @@ impl FromStr for ReportMsgId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || malformed("report msg-id", REPORT_FORM, s);
         let host = |text: &str| HostId::new(text).map_err(|_| bad());
-        if let Some(rest) = s.strip_prefix("s-") {
+        let status = s.strip_prefix("s-").map(|rest| (rest, false));
+        if let Some((rest, refused)) = status.or_else(|| s.strip_prefix("x-").map(|rest| (rest, true))) {
             // `<host>-<started>-<n>`: the nonce is the last two tokens.
             let (rest, n) = rest.rsplit_once('-').ok_or_else(bad)?;
             let (h, started) = rest.rsplit_once('-').ok_or_else(bad)?;
-            let nonce: StatusNonce = format!("{started}-{n}").parse().map_err(|_| bad())?;
-            return Ok(Self::Status { host: host(h)?, nonce: nonce.to_string() });
+            let nonce = format!("{started}-{n}").parse::<StatusNonce>().map_err(|_| bad())?.to_string();
+            let host = host(h)?;
+            return Ok(if refused { Self::Refused { host, nonce } } else { Self::Status { host, nonce } });
         }
         let rest = s.strip_prefix("r-").ok_or_else(bad)?;
         // `<host>-<task>-a<attempt>-<p<n>|f>`, taken from the right because the host may hold '-'.
@@ -329,6 +340,7 @@ mod tests {
         round_trip(ReportMsgId::Final { host: host("web-1"), task }, "r-web-1-42-a2-f");
         round_trip(ReportMsgId::Final { host: host("a-9-a1"), task }, "r-a-9-a1-42-a2-f");
         round_trip(ReportMsgId::Status { host: host("web-1"), nonce: "1700-3".into() }, "s-web-1-1700-3");
+        round_trip(ReportMsgId::Refused { host: host("web-1"), nonce: "1700-4".into() }, "x-web-1-1700-4");
         round_trip(StatusNonce { started_at: 1700, n: 3 }, "1700-3");
         for bad in [
             "",
@@ -339,6 +351,7 @@ mod tests {
             "r-web-1-x-a2-f",
             "s-web-1",
             "s-web-1-x-1",
+            "x-web-1",
             "q-web-1-42-a2-f",
         ] {
             assert!(bad.parse::<ReportMsgId>().is_err(), "{bad:?}");

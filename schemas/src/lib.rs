@@ -15,6 +15,7 @@
 //! - [`txn`]      — records: the transaction-log entry [`Txn`] and its operations.
 //! - [`events`]   — records: the change feed on `muster.events.*`.
 //! - [`headers`]  — sets: header names, the [`MessageKind`] values of `Muster-Kind`, and each message's header set.
+//! - [`signing`]  — sets: signed commands: the canonical signed bytes, signature headers, validity bounds (no crypto).
 //! - [`api`]      — views: the API's endpoints, typed requests, replies (reads and writes) and its one error type.
 #![deny(missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod names;
+pub mod signing;
 pub mod subjects;
 pub mod txn;
 

@@ -31,6 +31,23 @@ pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// Largest command message (argv, env and the component list of a Configure).
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
+/// Most commands one catch-up reply carries (and one catch-up batch the agent hands its runner): bounds the
+/// agent's memory when a host has a long backlog, while a cancel following its execution within one batch is still
+/// recognised.
+pub const CATCH_UP_CHUNK: usize = 1_000;
+
+/// Largest catch-up request (`<prefix>.catchup.<host>`): a few numbers and the host id.
+pub const MAX_CATCH_UP_REQUEST_BYTES: usize = 1024;
+
+/// Largest catch-up reply the servers send: the stored commands it carries stop before this (three of the largest
+/// fit; at least one always does: a stored command larger than [`MAX_CATCH_UP_ENTRY_BYTES`] is not sent), well
+/// under nats-server's default `max_payload` (1 MiB), with room for the reply's headers.
+pub const MAX_CATCH_UP_REPLY_BYTES: usize = 800 * 1024;
+
+/// Largest stored command a catch-up reply carries: a command body up to [`MAX_COMMAND_BYTES`] and 16 KiB of
+/// headers. A larger one (which the agent would refuse anyway) is skipped and counted by the server.
+pub const MAX_CATCH_UP_ENTRY_BYTES: usize = MAX_COMMAND_BYTES + 16 * 1024;
+
 /// How long the leader gives one write call (`<prefix>.leader.*`: a stack or blueprint apply, a request create or
 /// cancel) to commit before it answers with an error. A blueprint apply over 100,000 hosts plans and stores every
 /// host's commands in one call; measured, that stays well under a minute on the bench machine.
@@ -52,5 +69,11 @@ mod tests {
     #[test]
     fn each_write_timeout_outlasts_the_one_inside_it() {
         assert_eq!((WRITE_TIMEOUT.as_secs(), FORWARD_TIMEOUT.as_secs(), CLI_WRITE_TIMEOUT.as_secs()), (60, 65, 70));
+    }
+
+    #[test]
+    fn a_catch_up_reply_fits_nats_payloads_and_always_one_command() {
+        const { assert!(MAX_CATCH_UP_ENTRY_BYTES <= MAX_CATCH_UP_REPLY_BYTES) };
+        const { assert!(MAX_CATCH_UP_REPLY_BYTES + 128 * 1024 <= 1024 * 1024) };
     }
 }

@@ -82,6 +82,24 @@ impl Subjects {
     pub fn report_all(&self) -> String {
         format!("{}.report.*", self.prefix)
     }
+    /// `<prefix>.catchup.<host>`: an agent's catch-up request/reply ([`crate::messages::CatchUpRequest`]), answered
+    /// by any server instance with the host's stored commands.
+    pub fn catchup(&self, host: &HostId) -> String {
+        format!("{}.catchup.{host}", self.prefix)
+    }
+    /// `<prefix>.catchup.*`: what every server instance subscribes to (one queue group).
+    pub fn catchup_all(&self) -> String {
+        format!("{}.catchup.*", self.prefix)
+    }
+    /// `<prefix>.enroll.<host>`: an agent's enrollment request/reply, sent with an enrollment token's credentials
+    /// (the enroll role may publish nothing else).
+    pub fn enroll(&self, host: &HostId) -> String {
+        format!("{}.enroll.{host}", self.prefix)
+    }
+    /// `<prefix>.enroll.*`: what the leader subscribes to (only the leader answers).
+    pub fn enroll_all(&self) -> String {
+        format!("{}.enroll.*", self.prefix)
+    }
     /// `<prefix>.txn`: the transaction log subject.
     pub fn txn(&self) -> String {
         format!("{}.txn", self.prefix)
@@ -163,6 +181,18 @@ impl Subjects {
     pub fn commands_stream(&self) -> String {
         format!("{}_COMMANDS", self.stream_stem())
     }
+    /// The subjects an agent `host` reads its missed commands through: the direct get of its command subject's
+    /// last command (`$JS.API.DIRECT.GET.<PREFIX>_COMMANDS.<prefix>.cmd.<host>`, which names the subject, so it can
+    /// be confined to it) and its catch-up request ([`Self::catchup`]), which the servers answer from the stream.
+    /// An agent never calls the consumer API: a consumer's body (e.g. its deliver subject) cannot be confined. Its
+    /// reports are plain publishes to [`Self::report`]. `host` is a host id, or a template or wildcard when a
+    /// permission is written.
+    pub fn agent_reads(&self, host: &str) -> [String; 2] {
+        [
+            format!("$JS.API.DIRECT.GET.{}.{}.cmd.{host}", self.commands_stream(), self.prefix),
+            format!("{}.catchup.{host}", self.prefix),
+        ]
+    }
     /// Stream holding reports.
     pub fn reports_stream(&self) -> String {
         format!("{}_REPORTS", self.stream_stem())
@@ -243,6 +273,15 @@ mod tests {
         assert_eq!(s.txn_stream(), "MUSTER_TXN");
         assert_eq!(s.election_bucket(), "muster-election");
         assert_eq!(s.api("hosts"), "muster.api.hosts");
+        assert_eq!((s.catchup(&h), s.catchup_all()), ("muster.catchup.web-1".into(), "muster.catchup.*".into()));
+        assert_eq!(s.host_token(&s.catchup(&h)), Some("web-1"));
+        assert_eq!(
+            s.agent_reads("{{name()}}"),
+            ["$JS.API.DIRECT.GET.MUSTER_COMMANDS.muster.cmd.{{name()}}", "muster.catchup.{{name()}}"]
+        );
+        assert_eq!(s.agent_reads(h.as_str())[1], s.catchup(&h));
+        assert_eq!((s.enroll(&h), s.enroll_all()), ("muster.enroll.web-1".into(), "muster.enroll.*".into()));
+        assert_eq!(s.host_token(&s.enroll(&h)), Some("web-1"));
     }
 
     #[test]

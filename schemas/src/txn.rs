@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{EnrollmentRecord, TokenRecord};
 use crate::cluster::{BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord};
 use crate::{HostRecord, UnixMillis};
 
@@ -11,7 +12,8 @@ use crate::{HostRecord, UnixMillis};
 ///
 /// - 1: one entry is one whole decision.
 /// - 2: a decision may span several entries ([`Txn::continues`]).
-pub const TXN_SCHEMA: u16 = 2;
+/// - 3: enrollment ops ([`TxnOp::PutToken`], [`TxnOp::PutEnrollment`]).
+pub const TXN_SCHEMA: u16 = 3;
 
 /// One log entry: a leader's decision (the state changes of one batch, committed together), or one part of it when
 /// the decision does not fit one entry. Replicas apply a decision all-or-nothing: only once its last part arrived,
@@ -50,6 +52,11 @@ pub enum TxnOp {
     PutTask(Box<TaskRecord>),
     /// Insert or replace a host's command cursor.
     PutCursor(Box<CommandCursor>),
+    /// Insert or replace an enrollment token (created, used, revoked; schema 3).
+    PutToken(Box<TokenRecord>),
+    /// Insert or replace a host's enrollment (pending, accepted — the host enrolled with its key —, rejected;
+    /// schema 3).
+    PutEnrollment(Box<EnrollmentRecord>),
     /// Task and request ids up to these are taken. A leader appends this before it publishes any command carrying
     /// such an id, and a new leader allocates above it, so an id is never reused — even one a deposed leader put in
     /// a command it never committed.

@@ -190,6 +190,8 @@ fn read(deps: &ApiDeps, endpoint: Endpoint, payload: &[u8]) -> Result<Bytes, Api
         Endpoint::Stacks => json(&stacks(deps)?),
         Endpoint::Requests => json(&list_requests(deps)?),
         Endpoint::Request => json(&one_request(deps, payload)?),
+        Endpoint::Tokens => json(&deps.store.tokens().map_err(store_error)?),
+        Endpoint::Enrollments => json(&deps.store.enrollments().map_err(store_error)?),
         write => Err(ApiError::internal(format!("{write} is a write, not answered from this instance's store"))),
     }
 }
@@ -248,11 +250,7 @@ fn list_hosts(deps: &ApiDeps) -> Result<Vec<HostSummary>, ApiError> {
 }
 
 fn one_host(deps: &ApiDeps, payload: &[u8]) -> Result<HostDetail, ApiError> {
-    if payload.len() > limits::MAX_API_REQUEST_BYTES {
-        return Err(ApiError::new(ApiErrorCode::TooLarge, "request too large"));
-    }
-    let raw = String::from_utf8_lossy(payload);
-    let id = HostId::new(raw.trim()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = host_arg(payload)?;
     let record = deps.store.host(&id).map_err(store_error)?;
     let record = record.ok_or_else(|| ApiError::not_found(format!("no host {id}")))?;
     Ok(HostDetail { summary: summary(deps, &record, unix_millis()), record })
@@ -342,10 +340,25 @@ fn list_requests(deps: &ApiDeps) -> Result<Vec<RequestSummary>, ApiError> {
         .collect())
 }
 
-fn one_request(deps: &ApiDeps, payload: &[u8]) -> Result<RequestView, ApiError> {
+/// The host a `host` read names in its body (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn host_arg(payload: &[u8]) -> Result<HostId, ApiError> {
+    if payload.len() > limits::MAX_API_REQUEST_BYTES {
+        return Err(ApiError::new(ApiErrorCode::TooLarge, "request too large"));
+    }
     let raw = String::from_utf8_lossy(payload);
-    let id: u64 =
-        raw.trim().parse().map_err(|_| ApiError::bad_request(format!("request id must be a number, not {raw:?}")))?;
+    HostId::new(raw.trim()).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The request a `request` read names in its body (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn request_arg(payload: &[u8]) -> Result<u64, ApiError> {
+    let raw = String::from_utf8_lossy(payload);
+    raw.trim().parse().map_err(|_| ApiError::bad_request(format!("request id must be a number, not {raw:?}")))
+}
+
+fn one_request(deps: &ApiDeps, payload: &[u8]) -> Result<RequestView, ApiError> {
+    let id = request_arg(payload)?;
     let r = deps.store.request(id).map_err(store_error)?;
     let r = r.ok_or_else(|| ApiError::not_found(format!("no request {id}")))?;
     let total: usize = r.stages.iter().map(|s| s.tasks.len()).sum();

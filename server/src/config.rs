@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use muster_nats::connect::TRUST;
 use muster_nats::settings::{DefaultValue, Setting, SettingsError, Table, Values, COMMON, LOG, NATS_URL, PREFIX};
+use muster_nats::ClientTrust;
 
 /// Every setting of `muster-server`, as loaded from [`SETTINGS`].
 #[derive(Debug, Clone)]
@@ -38,6 +40,16 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// Whether this instance may lead.
     pub role: ServerRole,
+    /// Credentials and TLS of the NATS connection, and `MUSTER_INSECURE` (see [`muster_nats::check_insecure`]).
+    pub trust: ClientTrust,
+    /// Whether enrolled hosts are accepted at once or held for an operator (`MUSTER_ENROLL_POLICY`).
+    pub enroll_policy: EnrollPolicy,
+    /// The agent-role signing seed that signs enrolled agents' credentials (`MUSTER_AGENT_SIGNER`); `None`: this
+    /// cluster does not enroll agents.
+    pub agent_signer: Option<PathBuf>,
+    /// The command-signing seed file (`MUSTER_COMMAND_KEY`); see [`ServerConfig::command_key`] for when it is
+    /// required.
+    pub command_key: Option<PathBuf>,
 }
 
 /// Whether an instance may lead.
@@ -78,6 +90,49 @@ impl FromStr for ServerRole {
             "voter" => Ok(Self::Voter),
             "observer" => Ok(Self::Observer),
             _ => Err(UnknownRole),
+        }
+    }
+}
+
+/// Whether new hosts are accepted at once or held for an operator (`MUSTER_ENROLL_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnrollPolicy {
+    /// A valid token enrolls its host at once.
+    #[default]
+    Auto,
+    /// Every new host waits for `muster hosts accept <host>`.
+    Pending,
+}
+
+impl EnrollPolicy {
+    /// The name in `MUSTER_ENROLL_POLICY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Pending => "pending",
+        }
+    }
+}
+
+impl fmt::Display for EnrollPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy that is neither `auto` nor `pending`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected auto or pending")]
+pub struct UnknownPolicy;
+
+impl FromStr for EnrollPolicy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "pending" => Ok(Self::Pending),
+            _ => Err(UnknownPolicy),
         }
     }
 }
@@ -174,6 +229,30 @@ const SNAPSHOT_EVERY: Setting = Setting {
     meaning: "log entries between state snapshots (>= 1); the log is trimmed behind each",
 };
 
+const ENROLL_POLICY: Setting = Setting {
+    key: "enroll_policy",
+    env: "MUSTER_ENROLL_POLICY",
+    default: DefaultValue::Text("auto"),
+    meaning: "auto enrolls a host with a valid token at once; pending holds it for `muster hosts accept` (docs/enrollment.md)",
+};
+
+const AGENT_SIGNER: Setting = Setting {
+    key: "agent_signer",
+    env: "MUSTER_AGENT_SIGNER",
+    default: DefaultValue::Unset,
+    meaning: "path of the agent-role signing seed (in the `muster security init` directory) that signs enrolled agents' credentials; unset: no enrollment",
+};
+
+const COMMAND_KEY: Setting = Setting {
+    key: "command_key",
+    env: "MUSTER_COMMAND_KEY",
+    default: DefaultValue::Unset,
+    meaning: concat!(
+        "path of the command-signing seed (command.nk, written by `muster security init`): every command and ",
+        "registration reply is signed with it; required unless MUSTER_INSECURE is set and there are no credentials"
+    ),
+};
+
 /// The server's own settings (beside the common NATS URL and prefix).
 const SERVER: &[Setting] = &[
     DATA_DIR,
@@ -186,11 +265,14 @@ const SERVER: &[Setting] = &[
     ROLE,
     TASK_GRACE_MS,
     SNAPSHOT_EVERY,
+    ENROLL_POLICY,
+    AGENT_SIGNER,
+    COMMAND_KEY,
 ];
 
 /// Every setting of `muster-server`: loaded by [`ServerConfig::load`], printed by `--help`, and the table of
 /// docs/configuration.md.
-pub static SETTINGS: Table = Table { groups: &[COMMON, SERVER], env_only: &[LOG] };
+pub static SETTINGS: Table = Table { groups: &[COMMON, TRUST, SERVER], env_only: &[LOG] };
 
 impl ServerConfig {
     /// Loads from `file` (optional) and the process environment.
@@ -223,7 +305,30 @@ impl ServerConfig {
             task_grace_ms: v.integer(&TASK_GRACE_MS, 0, u64::MAX)?,
             snapshot_every: v.integer(&SNAPSHOT_EVERY, 1, u64::MAX)?,
             role: v.parse(&ROLE)?,
+            trust: ClientTrust::from_values(v)?,
+            enroll_policy: v.parse(&ENROLL_POLICY)?,
+            agent_signer: v.optional_string(&AGENT_SIGNER)?.map(PathBuf::from),
+            command_key: v.optional_string(&COMMAND_KEY)?.filter(|p| !p.is_empty()).map(PathBuf::from),
         })
+    }
+
+    /// The command key a voter signs with. Without one, a voter refuses to start unless it runs insecure
+    /// (`MUSTER_INSECURE` set, no credentials): its commands then go unsigned, and only agents that run insecure
+    /// too accept them. An observer never signs (`None`).
+    pub fn command_key(&self) -> Result<Option<&Path>, SettingsError> {
+        match (&self.command_key, self.role) {
+            (_, ServerRole::Observer) => Ok(None),
+            (Some(path), ServerRole::Voter) => Ok(Some(path)),
+            (None, ServerRole::Voter) if self.trust.insecure && self.trust.credentials.is_none() => Ok(None),
+            (None, ServerRole::Voter) => Err(SettingsError::Invalid {
+                setting: COMMAND_KEY.env.to_owned(),
+                reason: format!(
+                    "is required: agents act only on commands signed by it (create one with `muster security init`; \
+                     for a lab without credentials, set {} to send commands unsigned)",
+                    muster_nats::connect::INSECURE.env
+                ),
+            }),
+        }
     }
 
     /// The heartbeat interval.
@@ -323,6 +428,7 @@ mod tests {
             ("MUSTER_REPLICAS", "6"),
             ("MUSTER_SERVER_ID", "a.b"),
             ("MUSTER_ROLE", "leader"),
+            ("MUSTER_ENROLL_POLICY", "maybe"),
             ("MUSTER_PREFIX", "a*"),
             ("MUSTER_NATS_URL", "nats://h:port"),
         ];
@@ -358,6 +464,18 @@ mod tests {
             assert!(help.contains(&var), "{var} missing from --help");
         }
         assert!(help.contains("MUSTER_LOG"));
+    }
+
+    #[test]
+    fn a_voter_needs_a_command_key_unless_it_runs_insecure_without_credentials() {
+        let key = load(None, &[("MUSTER_COMMAND_KEY", "/etc/muster/command.nk")]).unwrap();
+        assert_eq!(key.command_key().unwrap(), Some(Path::new("/etc/muster/command.nk")));
+        let e = load(None, &[]).unwrap().command_key().unwrap_err();
+        assert!(e.to_string().contains("MUSTER_COMMAND_KEY") && e.to_string().contains("MUSTER_INSECURE"), "{e}");
+        let creds = [("MUSTER_INSECURE", "true"), ("MUSTER_NATS_CREDS", "/etc/muster/server.creds")];
+        assert!(load(None, &creds).unwrap().command_key().is_err(), "credentials mean a secured cluster");
+        assert_eq!(load(None, &[("MUSTER_INSECURE", "true")]).unwrap().command_key().unwrap(), None);
+        assert_eq!(load(None, &[("MUSTER_ROLE", "observer")]).unwrap().command_key().unwrap(), None, "never signs");
     }
 
     #[test]

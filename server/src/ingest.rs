@@ -6,6 +6,8 @@
 //! - Registrations are taken only by the leader, behind admission control.
 //! - Reports are consumed only by the leader, from `MUSTER_REPORTS` with its durable consumer (acked after commit),
 //!   and final task reports are also heard early on a core subscription (see [`reports`]).
+//! - Enrollment requests are taken only by the leader ([`enrollments`]): Prep here (shape, both signatures), the
+//!   decision in the core ([`crate::leader::enroll`]), the agent's credentials minted here once it is accepted.
 
 use std::sync::Arc;
 
@@ -13,16 +15,24 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::Message;
 use futures::StreamExt;
 use muster_nats::wire::header_map;
+use muster_schemas::api::{Committed, EnrollVerdict, WriteReply};
 use muster_schemas::commands::ReportBody;
+use muster_schemas::limits;
+use muster_schemas::messages::{EnrollRefusal, EnrollReply, EnrollRequest};
 use muster_schemas::{codec, headers, ErrorCode, HeartbeatReply, MessageKind, RegisterReply, Subjects};
+use muster_security::claims::AgentMinter;
+use muster_security::dir::SecurityDir;
 use rand::Rng;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::config::{EnrollPolicy, ServerConfig};
+use crate::leader::contract::ApiCall;
+use crate::leader::enroll::is_user_key;
 use crate::leader::inbox::{LeaderSlot, Queued};
 use crate::log::{self, LogError};
-use crate::metrics::{Metrics, ServerCounter};
+use crate::metrics::{Metrics, RefusalLabel, ServerCounter};
 use crate::prep::{self, Rejection};
 use crate::status::LastSeen;
 
@@ -67,6 +77,195 @@ impl BusyBackoff {
         let spread = (1000 * refused / self.limit).clamp(BUSY_SPREAD_MIN_MS, BUSY_RETRY_MAX_MS);
         rng.random_range(BUSY_RETRY_MIN_MS..BUSY_RETRY_MIN_MS + spread)
     }
+}
+
+/// Largest enrollment request read: a host id, two keys and two signatures.
+const MAX_ENROLL_BYTES: usize = 4 * 1024;
+/// What a pending agent is told to wait before asking again.
+const ENROLL_PENDING_RETRY_MS: u64 = 5_000;
+
+/// Why the enrollment settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollSetupError {
+    /// The agent signing seed could not be read.
+    #[error("MUSTER_AGENT_SIGNER: cannot read {path}: {source}")]
+    Read {
+        /// The configured path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The seed (or the account it signs for) is not usable.
+    #[error("MUSTER_AGENT_SIGNER: {path}: {detail}")]
+    Key {
+        /// The configured path.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// What the enrollment listener needs: the policy, and the agent-role signing key that signs an enrolled agent's
+/// credentials (`None`: this cluster does not enroll, and every request is told so).
+#[derive(Clone)]
+pub struct Enroller {
+    /// `MUSTER_ENROLL_POLICY`, handed to the core with each request.
+    pub policy: EnrollPolicy,
+    minter: Option<Arc<AgentMinter>>,
+}
+
+impl Enroller {
+    /// The enrollment settings of `cfg`, the signing seed read and checked (a misconfigured server must not start).
+    pub fn from_config(cfg: &ServerConfig) -> Result<Self, EnrollSetupError> {
+        let Some(path) = &cfg.agent_signer else { return Ok(Self { policy: cfg.enroll_policy, minter: None }) };
+        let shown = path.display().to_string();
+        let seed =
+            std::fs::read_to_string(path).map_err(|source| EnrollSetupError::Read { path: shown.clone(), source })?;
+        let minter = agent_minter(path, seed.trim()).map_err(|detail| EnrollSetupError::Key { path: shown, detail })?;
+        Ok(Self { policy: cfg.enroll_policy, minter: Some(Arc::new(minter)) })
+    }
+
+    /// No enrollment (tests, and servers without `MUSTER_AGENT_SIGNER`).
+    pub fn disabled(policy: EnrollPolicy) -> Self {
+        Self { policy, minter: None }
+    }
+}
+
+/// Enrollment requests on `<prefix>.enroll.*` while leading: Prep, the core's verdict, then the agent's credentials.
+/// Like the write endpoints, a request whose term ends before the core answered it gets no answer from here: only
+/// the leader answers, and the agent asks again.
+pub async fn enrollments(
+    client: async_nats::Client,
+    subjects: Subjects,
+    metrics: Metrics,
+    queue: mpsc::Sender<Queued>,
+    enroller: Enroller,
+    stop: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = client.subscribe(subjects.enroll_all()).await?;
+    let calls = tokio_util::task::TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(to) = msg.reply.clone() else { continue };
+        let (client, metrics, queue, enroller, stop) =
+            (client.clone(), metrics.clone(), queue.clone(), enroller.clone(), stop.clone());
+        let subject_host = subjects.host_token(msg.subject.as_str()).unwrap_or_default().to_owned();
+        let prepped = prep_enroll(&subjects, msg.subject.as_str(), &msg.payload);
+        calls.spawn(async move {
+            let reply = match prepped {
+                Err(message) => Some(refused(EnrollRefusal::Malformed, message)),
+                Ok(_) if enroller.minter.is_none() => Some(refused(
+                    EnrollRefusal::NotEnabled,
+                    "this cluster does not enroll agents (no MUSTER_AGENT_SIGNER)",
+                )),
+                Ok(req) => enroll_one(&queue, &enroller, req, &stop).await,
+            };
+            let Some(reply) = reply else { return };
+            match &reply {
+                EnrollReply::Refused { code, message } if prepped_refusal(*code) => {
+                    metrics.inc(ServerCounter::EnrollRefused(RefusalLabel(*code)));
+                    debug!(host = %subject_host, code = %code, "enrollment refused: {message}");
+                }
+                _ => {}
+            }
+            if let Err(e) = client.publish(to, codec::encode(&reply).into()).await {
+                warn!(error = %e, "enrollment reply not sent");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    calls.close();
+    calls.wait().await;
+    Ok(())
+}
+
+/// The minter of the agent-role signing seed at `path` (`<dir>/signers/agent.nk`), for the MUSTER account of the
+/// same security directory (`<dir>/accounts/MUSTER.pub`, as `muster security init` writes them).
+fn agent_minter(path: &std::path::Path, seed: &str) -> Result<AgentMinter, String> {
+    let root = path.parent().and_then(std::path::Path::parent).ok_or("not inside a security directory")?;
+    let dir = SecurityDir::new(root).map_err(|e| e.to_string())?;
+    let account = dir.account_public().map_err(|e| format!("the MUSTER account's public key: {e}"))?;
+    AgentMinter::new(seed, &account).map_err(|e| e.to_string())
+}
+
+/// Refusals decided here rather than in the core (which counts its own).
+fn prepped_refusal(code: EnrollRefusal) -> bool {
+    matches!(code, EnrollRefusal::Malformed | EnrollRefusal::NotEnabled | EnrollRefusal::Internal)
+}
+
+fn refused(code: EnrollRefusal, message: impl Into<String>) -> EnrollReply {
+    EnrollReply::Refused { code, message: message.into() }
+}
+
+/// Hands a checked request to the core and turns its verdict into the agent's reply (minting the credentials of an
+/// accepted one). `None`: the term ended first; say nothing.
+async fn enroll_one(
+    queue: &mpsc::Sender<Queued>,
+    enroller: &Enroller,
+    req: EnrollRequest,
+    stop: &CancellationToken,
+) -> Option<EnrollReply> {
+    let (tx, rx) = oneshot::channel();
+    let call = ApiCall::Enroll { req: Box::new(req), policy: enroller.policy };
+    queue.send(Queued::Api { call, respond: tx }).await.ok()?;
+    let answer = match tokio::time::timeout(limits::WRITE_TIMEOUT, rx).await {
+        Ok(answer) => answer.ok()?,
+        Err(_) if stop.is_cancelled() => return None,
+        Err(_) => return Some(refused(EnrollRefusal::Internal, "the leader did not decide in time; retry")),
+    };
+    Some(match answer {
+        Ok(Committed { reply: WriteReply::Enroll(verdict), .. }) => match verdict {
+            EnrollVerdict::Accepted { host, key } => match enroller.minter.as_ref().map(|m| m.mint(&host, &key)) {
+                Some(Ok(jwt)) => {
+                    info!(host = %host, key = %key, "enrolled: agent credentials issued");
+                    EnrollReply::Accepted { jwt }
+                }
+                Some(Err(e)) => {
+                    error!(host = %host, error = %e, "cannot mint an enrolled agent's credentials");
+                    refused(EnrollRefusal::Internal, "the leader could not sign the agent's credentials")
+                }
+                None => refused(EnrollRefusal::NotEnabled, "this cluster does not enroll agents"),
+            },
+            EnrollVerdict::Pending { message } => {
+                EnrollReply::Pending { message, retry_after_ms: ENROLL_PENDING_RETRY_MS }
+            }
+            EnrollVerdict::Refused { code, message } => refused(code, message),
+        },
+        Ok(other) => refused(EnrollRefusal::Internal, format!("unexpected answer {other:?}")),
+        Err(e) => refused(EnrollRefusal::Internal, e.message),
+    })
+}
+
+/// Prep of an enrollment request: size, one decode, protocol version, host id == subject, key shapes, and both
+/// signatures (the token's seed and the agent's own key). Public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn prep_enroll(subjects: &Subjects, subject: &str, payload: &[u8]) -> Result<EnrollRequest, String> {
+    if payload.len() > MAX_ENROLL_BYTES {
+        return Err(format!("request of {} bytes; at most {MAX_ENROLL_BYTES}", payload.len()));
+    }
+    let req: EnrollRequest = codec::decode(payload, MAX_ENROLL_BYTES).map_err(|e| format!("undecodable: {e}"))?;
+    if req.schema != muster_schemas::PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} (this server speaks {})",
+            req.schema,
+            muster_schemas::PROTOCOL_VERSION
+        ));
+    }
+    if subjects.host_token(subject) != Some(req.host.as_str()) {
+        return Err(format!("subject {subject} does not name host {}", req.host));
+    }
+    let signed = EnrollRequest::signed_bytes(&req.host, &req.key, &req.token);
+    for (what, key, sig) in [("token", &req.token, &req.token_sig), ("agent key", &req.key, &req.key_sig)] {
+        if !is_user_key(key) {
+            return Err(format!("the {what} {key:?} is not a user public key"));
+        }
+        let public = nkeys::KeyPair::from_public_key(key).map_err(|e| format!("the {what}: {e}"))?;
+        public.verify(&signed, sig).map_err(|_| format!("the {what}'s signature does not verify"))?;
+    }
+    Ok(req)
 }
 
 /// Heartbeats on `<prefix>.hb.*`: Prep, record the arrival, forward to the leader core if this instance leads.
@@ -219,6 +418,10 @@ pub async fn reports(
             },
         };
         match prep::report(&subjects, msg.subject.as_str(), &msg.payload) {
+            Ok(report) if matches!(report.body, ReportBody::Refused(_)) => {
+                refused_command(&metrics, &report);
+                let _ = msg.ack().await;
+            }
             Ok(report) => {
                 let q = Queued::Report { report: Box::new(report), msg: Some(Box::new(msg)) };
                 if queue.send(q).await.is_err() {
@@ -248,6 +451,24 @@ fn report_pull_hooks() -> (std::time::Duration, std::time::Duration) {
 #[cfg(not(feature = "failpoints"))]
 fn report_pull_hooks() -> (std::time::Duration, std::time::Duration) {
     (std::time::Duration::ZERO, REPORT_PULL_EXPIRES)
+}
+
+/// An agent refused a message that claimed to come from the server (`ReportBody::Refused`): counted and logged,
+/// nothing else. It changes no state — a refused forgery must neither fail nor complete a real task — so it needs
+/// no commit, and its stored copy is acked at once.
+fn refused_command(metrics: &Metrics, report: &muster_schemas::commands::Report) {
+    let ReportBody::Refused(r) = &report.body else { return };
+    metrics.inc(ServerCounter::CommandsRefusedByAgents);
+    warn!(
+        host = %report.host,
+        reason = %r.reason,
+        kind = %r.kind,
+        task = ?r.task,
+        attempt = ?r.attempt,
+        signer = r.signer.as_deref().unwrap_or("-"),
+        detail = %r.detail,
+        "an agent refused a command: forged, tampered, replayed, or signed with a key it does not trust"
+    );
 }
 
 /// Hands the early copy of a final task report to the core if it passes Prep and the core has room; anything else

@@ -23,6 +23,8 @@
 //!   ([`leader::driver`]'s one order, [`leader::shell`], `lead`).
 //! - [`ingest`]   — I/O: agent messages, heartbeats (every instance), registrations and reports (leader).
 //! - [`writes`]   — I/O: the leader's write endpoints (`<prefix>.leader.*`).
+//! - [`catchup`]  — I/O with a pure core: agents' catch-up requests (`<prefix>.catchup.*`), answered from the commands
+//!   stream by every instance.
 //! - [`api`]      — I/O: the `muster` services-framework API (`<prefix>.api.*`, JSON).
 //!
 //! Top
@@ -30,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod catchup;
 pub mod config;
 pub mod election;
 pub mod fsm;

@@ -422,8 +422,19 @@ impl StallWatch {
     }
 }
 
-/// Decodes one entry, or says why this build does not understand it.
-fn understand(payload: &[u8]) -> Result<Txn, String> {
+/// Test hook: in a build with the `failpoints` feature, the failpoint `log::install_pause_ms` holds a snapshot
+/// install this many milliseconds (as downloading and restoring a large state takes). Does nothing otherwise.
+async fn install_pause() {
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = fail::eval("log::install_pause_ms", |s| s.and_then(|s| s.parse::<u64>().ok())).flatten() {
+        warn!(ms, "failpoint: holding the snapshot install");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Decodes one entry, or says why this build does not understand it (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn understand(payload: &[u8]) -> Result<Txn, String> {
     let txn = codec::decode::<Txn>(payload, limits::MAX_TXN_BYTES + 64 * 1024)
         .map_err(|e| format!("it does not decode ({e})"))?;
     if txn.schema > TXN_SCHEMA {
@@ -468,6 +479,7 @@ async fn apply_stream(
                 snap.seq
             )));
         }
+        install_pause().await;
         if snap.seq > from {
             let st = store.clone();
             let seq = snap.seq;

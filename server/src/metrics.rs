@@ -1,8 +1,29 @@
 //! The server's counters, declared once with their dotted names and meanings: every rejected message, illegal
 //! transition and commit is counted, and `muster stats` prints them by name (counters at zero are left out).
 
-use muster_nats::counters::Counters;
+use muster_nats::counters::{Counters, Label};
+use muster_schemas::messages::EnrollRefusal;
 use muster_schemas::ErrorCode;
+
+/// An enrollment refusal code as a counter label (`enroll.refused.<code>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RefusalLabel(pub EnrollRefusal);
+
+impl Label for RefusalLabel {
+    const ALL: &'static [Self] = &{
+        let mut all = [RefusalLabel(EnrollRefusal::Malformed); EnrollRefusal::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = RefusalLabel(EnrollRefusal::ALL[i]);
+            i += 1;
+        }
+        all
+    };
+
+    fn label(self) -> &'static str {
+        self.0.as_str()
+    }
+}
 
 muster_nats::counters! {
     /// What a server counts.
@@ -63,6 +84,18 @@ muster_nats::counters! {
         CommandsPublished = "commands.published",
         /// Command publishes answered as duplicates still being proposed (sequence 0), asked again.
         CommandsDuplicatePending = "commands.duplicate_pending",
+        /// Commands (or registration replies) an agent refused to act on and reported: unsigned, badly signed,
+        /// untrusted key, for another host, expired, replayed or malformed (the reason is in the leader's log).
+        CommandsRefusedByAgents = "commands.refused_by_agents",
+        /// Catch-up replies with stored commands sent to agents (`<prefix>.catchup.<host>`, every instance).
+        CatchUpServed = "catchup.served",
+        /// Stored commands sent in catch-up replies.
+        CatchUpCommands = "catchup.commands",
+        /// Catch-up requests refused, by error code (malformed, too large, bad host id, another host or version;
+        /// busy: too many in flight; internal: the stream could not be read).
+        CatchUpRejected(ErrorCode) = "catchup.rejected",
+        /// Stored commands too large for a catch-up reply, skipped (the agent would refuse them anyway).
+        CatchUpOversized = "catchup.oversized",
         /// Txns the leader appended.
         TxnCommitted = "txn.committed",
         /// Txns this instance applied.
@@ -93,6 +126,20 @@ muster_nats::counters! {
         LeaderEpochAboveLease = "leader.epoch_above_lease",
         /// Commits not acknowledged because a newer epoch was applied first (the leader was deposed).
         LeaderSuperseded = "leader.superseded",
+        /// Lease attempts this voter skipped because a live instance announces an older txn schema.
+        LeaderSchemaGate = "leader.schema_gate",
+        /// Enrollment tokens recorded (`token.create`).
+        EnrollTokensCreated = "enroll.tokens_created",
+        /// Enrollments accepted (by policy auto, or by an operator).
+        EnrollAccepted = "enroll.accepted",
+        /// New enrollments held pending for an operator.
+        EnrollPending = "enroll.pending",
+        /// Enrollments rejected by an operator.
+        EnrollRejected = "enroll.rejected",
+        /// Enrollment requests refused, by code (docs/enrollment.md).
+        EnrollRefused(RefusalLabel) = "enroll.refused",
+        /// Enrollments refused because the host id is bound to another key (also in `enroll.refused.impersonation`).
+        EnrollImpersonation = "enroll.impersonation",
         /// Messages NATS dropped because a subscription was too slow.
         NatsSlowConsumer = "nats.slow_consumer",
     }

@@ -1,10 +1,11 @@
 //! `run`: wires one server instance together and drives its role until shutdown.
 //!
 //! Every instance: ensures the stream and bucket, opens redb, applies the log (applier task), hears heartbeats,
-//! makes sure no live instance has its id, serves the read API. A voter also campaigns for the lease and, while it
-//! holds it, leads. An instance stops with an error — it must not go on — when the election bucket has another lease
-//! TTL, when another live instance answers with its server id, and when its applier meets a log entry it does not
-//! understand.
+//! makes sure no live instance has its id, serves the read API and agents' catch-ups, announces its txn schema. A
+//! voter also campaigns for the lease (while no live instance announces an older txn schema) and, while it holds
+//! it, leads. An instance
+//! stops with an error — it must not go on — when the election bucket has another lease TTL, when another live
+//! instance answers with its server id, and when its applier meets a log entry it does not understand.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use muster_schemas::api::ServerStatus;
 use muster_schemas::Subjects;
+use muster_security::command::CommandSigner;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +45,15 @@ pub enum ServerError {
     /// redb could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The enrollment settings are unusable (`MUSTER_AGENT_SIGNER`).
+    #[error(transparent)]
+    Enroll(#[from] ingest::EnrollSetupError),
+    /// The command key is unusable or missing (`MUSTER_COMMAND_KEY`).
+    #[error("MUSTER_COMMAND_KEY: {0}")]
+    CommandKey(#[from] muster_security::command::KeyError),
+    /// A setting forbids starting (a voter without a command key outside insecure mode).
+    #[error(transparent)]
+    Settings(#[from] muster_nats::settings::SettingsError),
     /// The redb file claims more of the log than the log holds: the stream was reset or this file belongs to
     /// another cluster. Applying on top would silently mix two histories.
     #[error(
@@ -189,6 +200,24 @@ pub async fn run(
         });
     }
 
+    {
+        let catchups =
+            crate::catchup::serve(client.clone(), js.clone(), subjects.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = catchups.await {
+                error!(error = %e, "catch-up responder failed");
+            }
+        });
+    }
+
+    // Every instance announces the txn schema it understands; a voter campaigns only while no live instance
+    // announces an older one (the schema gate, see `election`).
+    tasks.spawn(election::announce(kv.clone(), cfg.server_id.clone(), cfg.lease_ttl(), shutdown.clone()));
+    let members = election::Members::default();
+    if cfg.role == ServerRole::Voter {
+        tasks.spawn(election::watch_members(kv.clone(), members.clone(), shutdown.clone()));
+    }
+
     if cfg.role == ServerRole::Voter {
         let deps = LeaderDeps {
             client: client.clone(),
@@ -205,10 +234,19 @@ pub async fn run(
             read: read_rx,
             metrics: metrics.clone(),
             last_seen: status.last_seen.clone(),
+            signer: match cfg.command_key()? {
+                Some(path) => Some(Arc::new(CommandSigner::from_file(path)?)),
+                None => None,
+            },
         };
         let admission = Arc::new(Semaphore::new(cfg.max_registrations_in_flight));
+        let enroller = ingest::Enroller::from_config(&cfg)?;
+        let refused = || {
+            metrics.inc(ServerCounter::LeaderSchemaGate);
+        };
         while let Some(lease) =
-            election::campaign(&kv, &cfg.server_id, cfg.lease_ttl(), cfg.lease_ttl() / 4, &shutdown).await
+            election::campaign(&kv, &cfg.server_id, cfg.lease_ttl(), cfg.lease_ttl() / 4, &members, refused, &shutdown)
+                .await
         {
             status.set_role(Role::Leader);
             status.set_epoch(lease.epoch);
@@ -255,6 +293,23 @@ pub async fn run(
                 term.spawn(async move {
                     if let Err(e) = regs.await {
                         error!(error = %e, "registration listener failed; stepping down");
+                        stop.cancel();
+                    }
+                });
+            }
+            {
+                let enrolls = ingest::enrollments(
+                    client.clone(),
+                    subjects.clone(),
+                    metrics.clone(),
+                    queue.clone(),
+                    enroller.clone(),
+                    deposed.clone(),
+                );
+                let stop = deposed.clone();
+                term.spawn(async move {
+                    if let Err(e) = enrolls.await {
+                        error!(error = %e, "enrollment listener failed; stepping down");
                         stop.cancel();
                     }
                 });

@@ -3,17 +3,21 @@
 //! log behind it, so `snapshot + log after it` always covers everything. A replica whose next entry has been
 //! trimmed (new, wiped, or far behind) loads the snapshot, then applies the log after it ([`crate::log`]).
 //!
-//! Nothing deposed snapshots, and a snapshot never replaces one covering more of the log: a snapshot is stored only
-//! while its term lasts (checked before and after the state is read, and again right before the put) and only if
-//! the stored one covers an older sequence ([`verdict`]). A replaced leader's snapshot in flight would otherwise
-//! overwrite its successor's, behind which the log may already be trimmed: replicas needing a snapshot would then
-//! find a gap between it and the log.
+//! Nothing deposed snapshots, and a snapshot never replaces one covering more of the log. Each snapshot is its own
+//! object, named by the sequence it covers (`state-<seq>`), and a replica loads the one covering the most
+//! ([`newest`]): a put can never replace another leader's snapshot, so a replaced leader's snapshot in flight —
+//! however late it lands, whatever it checked before — cannot hide its successor's newer one, behind which the log
+//! may already be trimmed. The leader deletes only the snapshots older than the one it stored ([`superseded`]).
+//! Besides, a snapshot is stored only while its term lasts (checked before and after the state is read, and again
+//! right before the put) and only if no stored one covers as much ([`verdict`]): that saves the work; the names
+//! make it safe.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::{self, consumer, object_store};
+use futures::StreamExt;
 use muster_schemas::{codec, Subjects};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -23,8 +27,15 @@ use tracing::{info, warn};
 use crate::metrics::{Metrics, ServerCounter};
 use crate::store::{Snapshot, Store, StoreError};
 
-/// The object name of the newest snapshot.
-const OBJECT: &str = "state";
+/// The object names of snapshots: `state-<seq>`, the sequence zero-padded to 20 digits (so names sort by it).
+const OBJECT_PREFIX: &str = "state-";
+/// The one object name of releases that replaced one object in place; still read, deleted once superseded.
+const LEGACY_OBJECT: &str = "state";
+/// How often a replica looks for the newest snapshot again when the one it chose was deleted as it read it (a newer
+/// one was stored meanwhile).
+const LATEST_ATTEMPTS: u32 = 3;
+/// Longest a listing of the stored snapshots may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest snapshot we will load: far above any real fleet (100k hosts ≈ 200 MB), low enough to refuse garbage.
 const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
 /// Pause after a failed snapshot before trying again.
@@ -108,17 +119,123 @@ impl Drop for InstallGuard {
     }
 }
 
+/// The name of the object holding a snapshot covering the log up to `seq`.
+pub fn object_name(seq: u64) -> String {
+    format!("{OBJECT_PREFIX}{seq:020}")
+}
+
+/// A stored snapshot: its object name and the log sequence it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The object's name.
+    pub name: String,
+    /// The sequence it covers.
+    pub seq: u64,
+    /// The subject of its metadata in the bucket's stream.
+    pub meta_subject: String,
+}
+
+/// The one covering the most of the log, pure (ties: the last listed).
+pub fn newest(stored: &[Stored]) -> Option<&Stored> {
+    stored.iter().max_by_key(|s| s.seq)
+}
+
+/// The snapshots a leader that stored one covering `ours` deletes, pure: those covering less. A newer one (a
+/// successor's, stored while this leader's was in flight) is never among them.
+pub fn superseded(stored: &[Stored], ours: u64) -> Vec<&Stored> {
+    stored.iter().filter(|s| s.seq < ours).collect()
+}
+
+/// Every snapshot stored, with the sequence it covers (from its metadata, its description as earlier releases
+/// wrote it, or its name; one whose sequence cannot be told covers 0). Read from the bucket's stream: each object's
+/// metadata is the last message on its own subject, which names it for [`forget`].
+async fn stored(js: &jetstream::Context, subjects: &Subjects) -> Result<Vec<Stored>, SnapshotError> {
+    let bucket = subjects.snapshot_bucket();
+    let listing = async {
+        let stream = js.get_stream_no_info(format!("OBJ_{bucket}")).await.map_err(nats)?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("$O.{bucket}.M.>"),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(nats)?;
+            let pending = m.info().map_err(nats)?.pending;
+            if let Ok(info) = serde_json::from_slice::<object_store::ObjectInfo>(&m.payload) {
+                let wanted = info.name == LEGACY_OBJECT || info.name.starts_with(OBJECT_PREFIX);
+                if wanted && !info.deleted {
+                    let from_description = || {
+                        let rest = info.description.as_deref()?.split("sequence ").nth(1)?;
+                        rest.split_whitespace().next()?.parse().ok()
+                    };
+                    let from_name = || info.name.strip_prefix(OBJECT_PREFIX)?.parse().ok();
+                    let seq = info.metadata.get(SEQ_KEY).and_then(|s| s.parse().ok());
+                    let seq = seq.or_else(from_description).or_else(from_name).unwrap_or(0);
+                    out.push(Stored { name: info.name.clone(), seq, meta_subject: m.subject.to_string() });
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(LIST_TIMEOUT, listing)
+        .await
+        .unwrap_or_else(|_| Err(SnapshotError::Nats(format!("listing the snapshots took over {LIST_TIMEOUT:?}"))))
+}
+
+/// Deletes a superseded snapshot: its chunks, then its metadata's tombstone (so deleted snapshots do not pile up in
+/// the listing).
+async fn forget(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    os: &object_store::ObjectStore,
+    old: &Stored,
+) -> Result<(), SnapshotError> {
+    os.delete(&old.name).await.map_err(nats)?;
+    let stream = js.get_stream_no_info(format!("OBJ_{}", subjects.snapshot_bucket())).await.map_err(nats)?;
+    stream.purge().filter(old.meta_subject.clone()).await.map_err(nats)?;
+    Ok(())
+}
+
+/// The sequence the newest stored snapshot covers, without reading it.
+pub async fn newest_seq(js: &jetstream::Context, subjects: &Subjects) -> Result<Option<u64>, SnapshotError> {
+    Ok(newest(&stored(js, subjects).await?).map(|s| s.seq))
+}
+
 /// The newest snapshot, if one was ever taken.
 pub async fn latest(js: &jetstream::Context, subjects: &Subjects) -> Result<Option<Snapshot>, SnapshotError> {
     let os = js.get_object_store(subjects.snapshot_bucket()).await.map_err(nats)?;
-    let mut object = match os.get(OBJECT).await {
-        Ok(o) => o,
-        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(nats(e)),
-    };
-    let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await.map_err(nats)?;
-    codec::decode(&bytes, MAX_SNAPSHOT_BYTES).map(Some).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let all = stored(js, subjects).await?;
+        let Some(newest) = newest(&all) else { return Ok(None) };
+        let mut object = match os.get(&newest.name).await {
+            Ok(o) => o,
+            // Deleted as we chose it: a newer one was stored meanwhile.
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound && attempt < LATEST_ATTEMPTS => continue,
+            Err(e) => return Err(nats(e)),
+        };
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await.map_err(nats)?;
+        return decode(&bytes).map(Some);
+    }
+}
+
+/// Decodes a snapshot object's bytes (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    codec::decode(bytes, MAX_SNAPSHOT_BYTES).map_err(|e| SnapshotError::Corrupt(e.to_string()))
 }
 
 /// Whether a snapshot just read may be stored.
@@ -142,25 +259,6 @@ pub fn verdict(ours: u64, stored: Option<u64>, term_ended: bool) -> Verdict {
     }
 }
 
-/// The sequence the stored snapshot covers, if there is one: from its metadata, or from the description earlier
-/// versions wrote.
-async fn stored_seq(os: &object_store::ObjectStore) -> Result<Option<u64>, SnapshotError> {
-    let info = match os.info(OBJECT).await {
-        Ok(info) => info,
-        Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(nats(e)),
-    };
-    let from_description = || {
-        let rest = info.description.as_deref()?.split("sequence ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    if info.deleted {
-        return Ok(None);
-    }
-    // One whose sequence cannot be told is replaced.
-    Ok(Some(info.metadata.get(SEQ_KEY).and_then(|s| s.parse().ok()).or_else(from_description).unwrap_or(0)))
-}
-
 /// Takes a snapshot of `store` and, if [`verdict`] allows, stores it, then trims the log behind it. Returns the
 /// verdict and the sequence the snapshot covers (`None`: the term had ended before anything was read).
 pub async fn take(
@@ -176,15 +274,15 @@ pub async fn take(
     let snap = tokio::task::spawn_blocking(move || st.snapshot()).await.map_err(StoreError::from)??;
     let (seq, epoch) = (snap.seq, snap.epoch);
     let os = js.get_object_store(subjects.snapshot_bucket()).await.map_err(nats)?;
-    let stored = stored_seq(&os).await?;
-    let v = verdict(seq, stored, term.is_cancelled());
+    let all = stored(js, subjects).await?;
+    let v = verdict(seq, newest(&all).map(|s| s.seq), term.is_cancelled());
     if v != Verdict::Store {
         return Ok(Some((v, seq)));
     }
     let bytes = codec::encode(&snap);
     drop(snap);
     let meta = object_store::ObjectMetadata {
-        name: OBJECT.into(),
+        name: object_name(seq),
         description: Some(format!("muster state up to txn log sequence {seq} (epoch {epoch})")),
         metadata: [(SEQ_KEY.to_string(), seq.to_string())].into(),
         ..Default::default()
@@ -193,12 +291,30 @@ pub async fn take(
     if term.is_cancelled() {
         return Ok(Some((Verdict::TermEnded, seq)));
     }
+    put_pause().await;
+    // Under its own name: whenever it lands, it replaces no other snapshot.
     os.put(meta, &mut bytes.as_slice()).await.map_err(nats)?;
     // Only now that the snapshot is stored may the entries it covers go.
     let stream = js.get_stream(subjects.txn_stream()).await.map_err(nats)?;
     stream.purge().sequence(seq + 1).await.map_err(nats)?;
     info!(seq, bytes = bytes.len(), "snapshot stored; log trimmed behind it");
+    // Older snapshots are of no more use (a replica loads the newest). Listed again: one stored since is kept.
+    for old in superseded(&stored(js, subjects).await?, seq) {
+        if let Err(e) = forget(js, subjects, &os, old).await {
+            warn!(object = %old.name, error = %e, "deleting a superseded snapshot failed");
+        }
+    }
     Ok(Some((Verdict::Store, seq)))
+}
+
+/// Test hook: in a build with the `failpoints` feature, the failpoint `snapshot::put_pause_ms` holds the put this
+/// many milliseconds after every check (a replaced leader's snapshot in flight). Does nothing otherwise.
+async fn put_pause() {
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = fail::eval("snapshot::put_pause_ms", |s| s.and_then(|s| s.parse::<u64>().ok())).flatten() {
+        warn!(ms, "failpoint: holding the snapshot put");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 /// While leading: takes a snapshot whenever `every` entries were applied since the last one.
@@ -211,8 +327,8 @@ pub async fn run_snapshotter(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let mut last = match latest(&js, &subjects).await {
-        Ok(s) => s.map_or(0, |s| s.seq),
+    let mut last = match newest_seq(&js, &subjects).await {
+        Ok(s) => s.unwrap_or(0),
         Err(e) => {
             warn!(error = %e, "cannot read the newest snapshot; taking a new one when due");
             0
@@ -273,6 +389,23 @@ mod tests {
         });
         assert!(failed.is_err());
         assert!(!installing.active());
+    }
+
+    fn at(seqs: &[u64]) -> Vec<Stored> {
+        seqs.iter().map(|&seq| Stored { name: object_name(seq), seq, meta_subject: String::new() }).collect()
+    }
+
+    #[test]
+    fn a_snapshot_in_flight_never_replaces_or_deletes_a_newer_one() {
+        // Each snapshot is its own object: the successor's (300) and the replaced leader's late one (200).
+        assert_ne!(object_name(200), object_name(300));
+        assert!(object_name(99) < object_name(100), "names sort by sequence");
+        let both = at(&[100, 300, 200]);
+        assert_eq!(newest(&both).map(|s| s.seq), Some(300), "a replica loads the newest whatever landed last");
+        // The late leader deletes only what its own snapshot supersedes; the successor deletes the late one.
+        assert_eq!(superseded(&both, 200).iter().map(|s| s.seq).collect::<Vec<_>>(), [100]);
+        assert_eq!(superseded(&both, 300).iter().map(|s| s.seq).collect::<Vec<_>>(), [100, 200]);
+        assert_eq!(newest(&[]), None);
     }
 
     #[test]

@@ -28,8 +28,8 @@ use toml::Spanned;
 
 /// Default command timeout when a stack does not give one (Ambari's default agent task timeout is 900 s).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
-/// Longest command timeout accepted: a day.
-const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Longest command timeout accepted (stack files and `run` requests): a day.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 /// Largest stack or blueprint file.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;
 

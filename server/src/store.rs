@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use muster_schemas::api::{EnrollmentRecord, TokenRecord};
 use muster_schemas::cluster::{
     BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord,
 };
@@ -30,6 +31,10 @@ const BLUEPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("blueprint
 const HOST_COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("host_components");
 /// Host id → [`CommandCursor`].
 const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors");
+/// Enrollment token id → [`TokenRecord`].
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// Host id → [`EnrollmentRecord`].
+const ENROLLMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrollments");
 /// Request id → [`RequestRecord`].
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 /// Task id → [`TaskRecord`].
@@ -49,8 +54,8 @@ const RESERVED_REQUESTS: &str = "reserved_requests";
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 /// Tables keyed by strings, in the order snapshots and digests walk them.
-const STR_TABLES: [TableDefinition<&str, &[u8]>; 6] =
-    [HOSTS, STACKS, STACK_VERSIONS, BLUEPRINTS, HOST_COMPONENTS, CURSORS];
+const STR_TABLES: [TableDefinition<&str, &[u8]>; 8] =
+    [HOSTS, STACKS, STACK_VERSIONS, BLUEPRINTS, HOST_COMPONENTS, CURSORS, TOKENS, ENROLLMENTS];
 /// Tables keyed by ids.
 const ID_TABLES: [TableDefinition<u64, &[u8]>; 2] = [REQUESTS, TASKS];
 
@@ -115,9 +120,18 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
         }
-        let db = Database::create(path)?;
+        Self::init(Database::create(path)?)
+    }
+
+    /// A store held in memory only, for the fuzz targets (`fuzz/`): the same tables, nothing on disk.
+    #[doc(hidden)]
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?)
+    }
+
+    fn init(db: Database) -> Result<Self, StoreError> {
         let w = db.begin_write()?;
-        for t in [HOSTS, STACKS, STACK_VERSIONS, BLUEPRINTS, HOST_COMPONENTS, CURSORS] {
+        for t in STR_TABLES {
             w.open_table(t)?;
         }
         w.open_table(REQUESTS)?;
@@ -171,6 +185,16 @@ impl Store {
     /// Every host's command cursor.
     pub fn cursors(&self) -> Result<Vec<CommandCursor>, StoreError> {
         self.all(CURSORS)
+    }
+
+    /// Every enrollment token, ordered by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all(TOKENS)
+    }
+
+    /// Every host's enrollment, ordered by host.
+    pub fn enrollments(&self) -> Result<Vec<EnrollmentRecord>, StoreError> {
+        self.all(ENROLLMENTS)
     }
 
     /// Every request, oldest first.
@@ -342,6 +366,8 @@ impl Store {
             let mut requests = w.open_table(REQUESTS)?;
             let mut tasks = w.open_table(TASKS)?;
             let mut cursors = w.open_table(CURSORS)?;
+            let mut tokens = w.open_table(TOKENS)?;
+            let mut enrollments = w.open_table(ENROLLMENTS)?;
             let mut applied = meta.get(APPLIED_SEQ)?.map(|v| v.value()).unwrap_or(0);
             let mut epoch = meta.get(EPOCH)?.map(|v| v.value()).unwrap_or(0);
             for (seq, txn) in batch {
@@ -385,6 +411,12 @@ impl Store {
                         }
                         TxnOp::PutCursor(rec) => {
                             cursors.insert(rec.host.as_str(), codec::encode(rec).as_slice())?;
+                        }
+                        TxnOp::PutToken(rec) => {
+                            tokens.insert(rec.id.as_str(), codec::encode(rec).as_slice())?;
+                        }
+                        TxnOp::PutEnrollment(rec) => {
+                            enrollments.insert(rec.host.as_str(), codec::encode(rec).as_slice())?;
                         }
                     }
                 }

@@ -70,7 +70,9 @@ async fn execute(queue: &mpsc::Sender<Queued>, call: ApiCall, stop: &Cancellatio
     }
 }
 
-fn parse_call(endpoint: &str, payload: &[u8]) -> Result<ApiCall, ApiError> {
+/// Parses one write call from its endpoint name and body (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn parse_call(endpoint: &str, payload: &[u8]) -> Result<ApiCall, ApiError> {
     if payload.len() > crate::stack::MAX_FILE_BYTES {
         return Err(ApiError::bad_request("request body too large"));
     }
@@ -85,8 +87,18 @@ fn parse_call(endpoint: &str, payload: &[u8]) -> Result<ApiCall, ApiError> {
             let id = text()?.trim().parse().map_err(|_| ApiError::bad_request("request id must be a number"))?;
             Ok(ApiCall::Cancel { request: id })
         }
+        Some(Endpoint::TokenCreate) => serde_json::from_slice(payload)
+            .map(ApiCall::CreateToken)
+            .map_err(|e| ApiError::bad_request(format!("invalid token spec: {e}"))),
+        Some(Endpoint::TokenRevoke) => Ok(ApiCall::RevokeToken { id: text()?.trim().to_owned() }),
+        Some(Endpoint::HostAccept) => Ok(ApiCall::AcceptHost { host: host_id(&text()?)? }),
+        Some(Endpoint::HostReject) => Ok(ApiCall::RejectHost { host: host_id(&text()?)? }),
         _ => Err(ApiError::not_found(format!("no write endpoint {endpoint:?}"))),
     }
+}
+
+fn host_id(text: &str) -> Result<muster_schemas::HostId, ApiError> {
+    muster_schemas::HostId::new(text.trim()).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Headers and JSON body of a write's answer (errors as the services framework encodes them).
@@ -119,6 +131,16 @@ mod tests {
         assert_eq!(code("request.cancel", b"seven"), muster_schemas::api::ApiErrorCode::BadRequest);
         assert_eq!(code("request.create", b"{"), muster_schemas::api::ApiErrorCode::BadRequest);
         assert_eq!(code("hosts", b""), muster_schemas::api::ApiErrorCode::NotFound);
+        assert!(
+            matches!(parse_call("host.accept", b"web-1\n"), Ok(ApiCall::AcceptHost { host }) if host.as_str() == "web-1")
+        );
+        assert!(matches!(parse_call("host.reject", b"web-1"), Ok(ApiCall::RejectHost { .. })));
+        assert_eq!(code("host.accept", b"a.b"), muster_schemas::api::ApiErrorCode::BadRequest);
+        assert!(matches!(parse_call("token.revoke", b" UABC "), Ok(ApiCall::RevokeToken { id }) if id == "UABC"));
+        let spec = br#"{"id": "UABC", "hosts": "web-*", "uses": 3, "expires_at": 9}"#;
+        assert!(matches!(parse_call("token.create", spec), Ok(ApiCall::CreateToken(s)) if s.uses == 3));
+        assert_eq!(code("token.create", b"{}"), muster_schemas::api::ApiErrorCode::BadRequest);
+        assert_eq!(code("enrollments", b""), muster_schemas::api::ApiErrorCode::NotFound, "a read is no write");
         assert_eq!(code("nope", b""), muster_schemas::api::ApiErrorCode::NotFound);
     }
 

@@ -13,6 +13,7 @@ use muster_schemas::api::{
 use muster_schemas::commands::RequestId;
 use serde::Deserialize;
 
+use crate::identities::{Identities, Identity};
 use crate::paths::workspace_bin;
 use crate::wait::within;
 
@@ -82,17 +83,28 @@ impl Stats {
     }
 }
 
-/// Runs the `muster` binary against one NATS URL.
+/// Runs the `muster` binary against one NATS URL, as one identity (the admin's unless told otherwise).
 #[derive(Debug, Clone)]
 pub struct Cli {
     bin: PathBuf,
     nats_url: String,
+    /// `MUSTER_NATS_CREDS`, `MUSTER_NATS_CA` of its identity (see [`Identities::env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Cli {
-    /// A CLI talking to the NATS server at `nats_url`.
-    pub fn new(nats_url: impl Into<String>) -> anyhow::Result<Self> {
-        Ok(Self { bin: workspace_bin("muster")?, nats_url: nats_url.into() })
+    /// A CLI talking to the NATS server at `nats_url` as an operator (admin credentials, the CA).
+    pub fn new(nats_url: impl Into<String>, identities: &Identities) -> anyhow::Result<Self> {
+        Self::as_identity(nats_url, identities, Identity::Admin)
+    }
+
+    /// A CLI talking to the NATS server at `nats_url` as `who` (e.g. [`Identity::Viewer`]).
+    pub fn as_identity(
+        nats_url: impl Into<String>,
+        identities: &Identities,
+        who: Identity<'_>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self { bin: workspace_bin("muster")?, nats_url: nats_url.into(), env: identities.env(who)? })
     }
 
     /// Runs `muster --nats <url> <args>` and returns its stdout; fails with its stderr on a non-zero exit.
@@ -111,6 +123,7 @@ impl Cli {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let out = within(limit, &what, cmd.output()).await?.with_context(|| format!("running {what}"))?;
         Ok(CliOutput {
             what,

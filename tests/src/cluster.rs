@@ -1,5 +1,7 @@
 //! [`Muster`]: a whole single-server deployment for one test — nats-server, muster-server and agents — with
-//! short protocol timers so liveness tests take seconds, not minutes.
+//! short protocol timers so liveness tests take seconds, not minutes. Secured (a security directory of the test's
+//! own, nats-server on its config, every process with its identity: see [`Identities`]) unless started with
+//! [`Muster::start_insecure`].
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,6 +13,7 @@ use muster_schemas::HostState;
 
 use crate::cli::Cli;
 use crate::descendants::Descendants;
+use crate::identities::{Identities, Identity};
 use crate::nats_server::NatsServer;
 use crate::paths::{workspace_bin, TestDir};
 use crate::process::Proc;
@@ -101,8 +104,10 @@ pub struct Muster {
     pub nats: NatsServer,
     /// The timers the server was started with.
     pub timing: Timing,
-    /// Extra settings of the server and agents.
+    /// Extra settings of the server and agents (they win over the identities' variables).
     pub settings: Settings,
+    /// Who every process is: the test's security directory (its command key included), or the insecure mode.
+    pub identities: Identities,
     /// `<dir>/work`: where test stacks keep their per-host files.
     pub work: WorkDir,
     /// Holds the nats store, the server's data and every log.
@@ -124,36 +129,74 @@ impl Muster {
     /// Like [`Muster::start`] with other timers and extra settings.
     pub async fn start_configured(timing: Timing, settings: Settings, agent_ids: &[&str]) -> anyhow::Result<Self> {
         let dir = TestDir::new()?;
+        let identities = Identities::secured(dir.path())?;
+        Self::launch(dir, identities, timing, settings, agent_ids).await
+    }
+
+    /// The insecure loopback mode (one test of its own): the repository's `nats/single.conf`, no credentials,
+    /// `MUSTER_INSECURE=true` for the server and the agents, unsigned commands.
+    pub async fn start_insecure(agent_ids: &[&str]) -> anyhow::Result<Self> {
+        Self::launch(TestDir::new()?, Identities::insecure(), Timing::FAST, Settings::default(), agent_ids).await
+    }
+
+    async fn launch(
+        dir: TestDir,
+        identities: Identities,
+        timing: Timing,
+        settings: Settings,
+        agent_ids: &[&str],
+    ) -> anyhow::Result<Self> {
         let descendants = Descendants::new(dir.path())?;
         let work = WorkDir::create(dir.join("work"))?;
-        let nats = NatsServer::start_in(&dir).await?;
-        let cli = Cli::new(nats.url())?;
+        let nats = NatsServer::start_in(&dir, &identities).await?;
+        let cli = Cli::new(nats.url(), &identities)?;
         let data_dir = dir.join("server");
         std::fs::create_dir_all(&data_dir)?;
-        let env = server_env(&nats.url(), data_dir, "server-1", &timing, &settings);
+        let env = server_env(&nats.url(), data_dir, "server-1", &timing, &identities, &settings)?;
         let server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir.path())?;
-        let mut muster = Self { agents: BTreeMap::new(), server, descendants, cli, nats, timing, settings, work, dir };
+        let agents = BTreeMap::new();
+        let mut muster = Self { agents, server, descendants, cli, nats, timing, settings, identities, work, dir };
         for id in agent_ids {
             muster.spawn_agent(id)?;
         }
         Ok(muster)
     }
 
-    /// Starts an agent with host id `id` (log `agent-<id>.log`).
+    /// Starts an agent with host id `id` (log `agent-<id>.log`), with credentials of its own.
     pub fn spawn_agent(&mut self, id: &str) -> anyhow::Result<()> {
         anyhow::ensure!(!self.agents.contains_key(id), "agent {id} already exists");
-        let (marker, owner) = self.descendants.env();
-        let mut env: Vec<(String, String)> = vec![
-            ("MUSTER_NATS_URL".into(), self.nats.url()),
-            ("MUSTER_HOST_ID".into(), id.to_string()),
-            ("MUSTER_LOG".into(), log_filter()),
-            ("RUST_BACKTRACE".into(), "1".to_string()),
-            (marker.into(), owner),
-        ];
-        env.extend(self.settings.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = agent_env(&self.nats.url(), id, &self.identities, &self.descendants, &self.settings)?;
         let agent = Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, self.dir.path())?;
         self.agents.insert(id.to_string(), agent);
         Ok(())
+    }
+
+    /// Starts `muster-agent <args>` (`swarm --count …`) with the swarm's identity, kept among the agents as
+    /// `swarm` (so every wait notices it exiting).
+    pub fn spawn_swarm(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let env = swarm_env(&self.nats.url(), &self.identities)?;
+        let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent")?, args, env, self.dir.path())?;
+        self.agents.insert("swarm".into(), swarm);
+        Ok(())
+    }
+
+    /// The environment of another muster-server instance beside the test's own, with id `id` and data in
+    /// `<dir>/<name>`: this NATS, the test's timing and log filter, the server identity (credentials, CA, command
+    /// key) — not the test's [`Settings`]. Creates the data directory.
+    pub fn instance_env(&self, name: &str, id: &str) -> anyhow::Result<Vec<(String, OsString)>> {
+        let data = self.dir.join(name);
+        std::fs::create_dir_all(&data)?;
+        server_env(&self.nats.url(), data, id, &self.timing, &self.identities, &Settings::default())
+    }
+
+    /// Starts another muster-server instance (log `<name>.log`) with [`Muster::instance_env`] and `env` on top.
+    pub fn spawn_instance(&self, name: &str, id: &str, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let mut vars = self.instance_env(name, id)?;
+        for (k, v) in env {
+            vars.retain(|(key, _)| key != k);
+            vars.push(((*k).to_string(), OsString::from(v)));
+        }
+        Proc::spawn(name, &workspace_bin("muster-server")?, &[], vars, self.dir.path())
     }
 
     /// The agent with host id `id`.
@@ -229,14 +272,15 @@ fn log_filter() -> String {
 }
 
 /// The environment of a muster-server under test: this NATS, its own data dir and id, the test's timing and log
-/// filter, then the test's own server settings (which win).
+/// filter, the server identity, then the test's own server settings (which win).
 pub(crate) fn server_env(
     nats_urls: &str,
     data_dir: std::path::PathBuf,
     id: &str,
     timing: &Timing,
+    identities: &Identities,
     settings: &Settings,
-) -> Vec<(String, OsString)> {
+) -> anyhow::Result<Vec<(String, OsString)>> {
     let ms = |d: Duration| d.as_millis().to_string();
     let mut env: Vec<(String, OsString)> = [
         ("MUSTER_NATS_URL", nats_urls.into()),
@@ -251,6 +295,37 @@ pub(crate) fn server_env(
     .into_iter()
     .map(|(k, v): (&str, OsString)| (k.to_string(), v))
     .collect();
+    env.extend(identities.env(Identity::Server)?.into_iter().map(|(k, v)| (k, OsString::from(v))));
     env.extend(settings.server.iter().map(|(k, v)| (k.clone(), OsString::from(v))));
-    env
+    Ok(env)
+}
+
+/// The environment of the agent of host `id`: this NATS, the id, the log filter, the marker its descendants
+/// carry, its own identity (credentials minted for `id`, the CA, the trusted command key), then the test's agent
+/// settings (which win).
+pub(crate) fn agent_env(
+    nats_urls: &str,
+    id: &str,
+    identities: &Identities,
+    descendants: &Descendants,
+    settings: &Settings,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let (marker, owner) = descendants.env();
+    let mut env: Vec<(String, String)> = vec![
+        ("MUSTER_NATS_URL".into(), nats_urls.to_string()),
+        ("MUSTER_HOST_ID".into(), id.to_string()),
+        ("MUSTER_LOG".into(), log_filter()),
+        ("RUST_BACKTRACE".into(), "1".to_string()),
+        (marker.into(), owner),
+    ];
+    env.extend(identities.env(Identity::Agent(id))?);
+    env.extend(settings.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(env)
+}
+
+/// The environment of `muster-agent swarm`: this NATS and the swarm's identity.
+pub(crate) fn swarm_env(nats_urls: &str, identities: &Identities) -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = vec![("MUSTER_NATS_URL".to_string(), nats_urls.to_string())];
+    env.extend(identities.env(Identity::Swarm)?);
+    Ok(env)
 }

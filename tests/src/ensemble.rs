@@ -2,7 +2,9 @@
 //! muster-server instances (`server-1` and `server-2` voters, `server-3` an observer) and agents — and what HA
 //! tests look at: `muster servers` rows, who leads, failover times, convergence of every replica, one instance's
 //! own counters; [`TxnTap`], which lets a test strike the moment the leader appends a given entry; and
-//! [`Ensemble::audit`], the outcome every fault must leave.
+//! [`Ensemble::audit`], the outcome every fault must leave. Secured like [`crate::Muster`]: the NATS cluster runs
+//! the `nats-cluster.conf` of the test's security directory (TLS on client and route connections, JWT accounts)
+//! and every process has its identity ([`Identities`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -18,8 +20,9 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::cli::{Cli, RequestRow, Stats, CALL_TIMEOUT};
-use crate::cluster::{describe, server_env, Settings, Timing, LOG_ENV};
+use crate::cluster::{agent_env, describe, server_env, swarm_env, Settings, Timing};
 use crate::descendants::Descendants;
+use crate::identities::{Identities, Identity};
 use crate::load::Runs;
 use crate::nats_cluster::{NatsCluster, NODES};
 use crate::paths::{tail, workspace_bin, TestDir};
@@ -47,9 +50,6 @@ pub const FAILOVER_PROBE: Duration = Duration::from_millis(50);
 
 /// Room for a txn's MessagePack framing beyond [`limits::MAX_TXN_BYTES`], as the servers allow when they decode.
 const TXN_FRAMING: usize = 64 * 1024;
-
-/// Same as [`crate::cluster`]: debug for muster's crates, info for the libraries.
-const DEFAULT_LOG: &str = "info,muster=debug,muster_server=debug,muster_agent=debug,muster_schemas=debug";
 
 /// A role as `muster servers` reports it.
 pub use muster_schemas::api::ServerRole as Role;
@@ -215,12 +215,16 @@ pub struct Ensemble {
     /// One CLI per node, each given only that node: a services-framework request goes to an instance connected to
     /// the node it is published on when there is one, which is how [`Ensemble::stats_of`] reaches one instance.
     node_clis: Vec<Cli>,
-    /// A client of the test itself (bulk reads of the API, the txn stream).
+    /// A client of the test itself as the server identity (the txn stream, JetStream's API, any subject).
     pub client: async_nats::Client,
+    /// A client of the test itself as the admin (bulk reads of the API: [`Ensemble::api`]).
+    admin: async_nats::Client,
     /// The NATS cluster.
     pub nats: NatsCluster,
     /// The servers' protocol timers.
     pub timing: Timing,
+    /// Who every process is: the test's security directory (its command key included).
+    pub identities: Identities,
     /// `<dir>/work`: files the commands under test write.
     pub work: WorkDir,
     /// The test's directory (NATS stores, logs, server data): removed when the test passes, kept when it fails.
@@ -236,15 +240,18 @@ impl Ensemble {
         let dir = TestDir::new()?;
         let descendants = Descendants::new(dir.path())?;
         let work = WorkDir::create(dir.join("work"))?;
-        let (nats, servers) = match Self::launch(&dir, timing, &settings).await {
+        let identities = Identities::secured(dir.path())?;
+        let (nats, servers) = match Self::launch(&dir, timing, &identities, &settings).await {
             Ok(started) => started,
             Err(e) => return Err(e.context(format!("starting the ensemble; its logs:\n{}", log_tails(dir.path())))),
         };
-        let cli = Cli::new(nats.urls())?;
-        let node_clis = (0..NODES).map(|i| Cli::new(nats.url(i))).collect::<anyhow::Result<Vec<_>>>()?;
+        let cli = Cli::new(nats.urls(), &identities)?;
+        let node_clis = (0..NODES).map(|i| Cli::new(nats.url(i), &identities)).collect::<anyhow::Result<Vec<_>>>()?;
         let client = nats.connect().await?;
+        let admin = nats.connect_as(Identity::Admin).await?;
+        let agents = BTreeMap::new();
         let mut ensemble =
-            Self { agents: BTreeMap::new(), servers, descendants, cli, node_clis, client, nats, timing, work, dir };
+            Self { agents, servers, descendants, cli, node_clis, client, admin, nats, timing, identities, work, dir };
         for id in agent_ids {
             ensemble.spawn_agent(id, &settings)?;
         }
@@ -255,17 +262,18 @@ impl Ensemble {
     async fn launch(
         dir: &TestDir,
         timing: Timing,
+        identities: &Identities,
         settings: &Settings,
     ) -> anyhow::Result<(NatsCluster, BTreeMap<String, Proc>)> {
-        let nats = NatsCluster::start_in(dir.path()).await?;
-        let cli = Cli::new(nats.urls())?;
+        let nats = NatsCluster::start_in(dir.path(), identities).await?;
+        let cli = Cli::new(nats.urls(), identities)?;
         let mut servers = BTreeMap::new();
         for (id, role) in MEMBERS {
             let data_dir = dir.join(id);
             std::fs::create_dir_all(&data_dir)?;
             // The role goes before the test's settings, which may override it.
             let mut env = vec![("MUSTER_ROLE".to_string(), OsString::from(role))];
-            env.extend(server_env(&nats.urls(), data_dir, id, &timing, settings));
+            env.extend(server_env(&nats.urls(), data_dir, id, &timing, identities, settings)?);
             let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir.path())?;
             if servers.is_empty() {
                 // The first instance creates the streams and buckets alone: nats-server 2.10 leaves concurrent
@@ -288,17 +296,18 @@ impl Ensemble {
     }
 
     fn spawn_agent(&mut self, id: &str, settings: &Settings) -> anyhow::Result<()> {
-        let (marker, owner) = self.descendants.env();
-        let mut env: Vec<(String, String)> = vec![
-            ("MUSTER_NATS_URL".into(), self.nats.urls()),
-            ("MUSTER_HOST_ID".into(), id.to_string()),
-            ("MUSTER_LOG".into(), log_filter()),
-            ("RUST_BACKTRACE".into(), "1".to_string()),
-            (marker.into(), owner),
-        ];
-        env.extend(settings.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = agent_env(&self.nats.urls(), id, &self.identities, &self.descendants, settings)?;
         let agent = Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, self.dir.path())?;
         self.agents.insert(id.to_string(), agent);
+        Ok(())
+    }
+
+    /// Starts `muster-agent <args>` (`swarm --count …`) with the swarm's identity, kept among the agents as
+    /// `swarm` (so every wait notices it exiting).
+    pub fn spawn_swarm(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let env = swarm_env(&self.nats.urls(), &self.identities)?;
+        let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent")?, args, env, self.dir.path())?;
+        self.agents.insert("swarm".into(), swarm);
         Ok(())
     }
 
@@ -502,7 +511,7 @@ impl Ensemble {
     pub async fn api<T: serde::de::DeserializeOwned>(&self, endpoint: &str, body: &str) -> anyhow::Result<T> {
         let subject = Subjects::new(muster_schemas::subjects::DEFAULT_PREFIX).api(endpoint);
         let what = format!("{subject} {body:?}");
-        let msg = within(CALL_TIMEOUT, &what, self.client.request(subject.clone(), body.to_string().into()))
+        let msg = within(CALL_TIMEOUT, &what, self.admin.request(subject.clone(), body.to_string().into()))
             .await?
             .with_context(|| format!("requesting {what}"))?;
         if let Some(status) = msg.headers.as_ref().and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR)) {
@@ -671,8 +680,4 @@ fn log_tails(dir: &Path) -> String {
         .map(|p| format!("----- {} -----\n{}", p.display(), tail(p, START_LOG_LINES)))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn log_filter() -> String {
-    std::env::var(LOG_ENV).unwrap_or_else(|_| DEFAULT_LOG.to_string())
 }

@@ -1,16 +1,22 @@
 //! muster-tests: the support code end-to-end tests share. Tests start real processes — a `nats-server` on a random
 //! port with a private store, the workspace's `muster-server`, `muster-agent` and `muster` binaries — and talk to
-//! them only through NATS and the CLI, as an operator would.
+//! them only through NATS and the CLI, as an operator would. Every harness runs the secured setup by default: a
+//! security directory per test (`muster security init`), nats-server on its configs (JWT accounts, TLS), each
+//! process with its own identity ([`Identities`]); [`Muster::start_insecure`] is the loopback mode's own test.
 //!
 //! # Layout
 //! Bottom to top; a module uses only modules listed above it.
 //! - [`paths`]       — leaf: where things are: workspace root, built binaries, the nats-server binary, [`TestDir`].
 //! - [`wait`]        — leaf: [`wait_until`] and [`within`]: every wait has a deadline and says what did not happen.
+//! - [`command_key`] — leaf: [`CommandKey`]: a command-signing key (server seed file, agents' trusted key).
+//! - [`identities`]  — leaf: [`Identities`]: the test's security directory and who each process is ([`Identity`]):
+//!   the variables and client settings of every identity, built here only.
 //! - [`descendants`] — leaf: [`Descendants`]: the daemons and commands the agents started, via `/proc`.
 //! - [`stacks`]      — leaf: test stacks whose daemons are real processes, and [`WorkDir`], the files they leave.
 //! - [`process`]     — processes: [`Proc`]: a child with its output in a log file, SIGKILL / SIGTERM / restart.
-//! - [`nats_server`] — processes: [`NatsServer`] (`nats/single.conf`), restartable; the tests' one connect.
-//! - [`nats_cluster`] — processes: [`NatsCluster`]: three nats-servers in one JetStream cluster (`nats/cluster.conf`).
+//! - [`nats_server`] — processes: [`NatsServer`] (`nats-single.conf`), restartable; the tests' one connect.
+//! - [`nats_cluster`] — processes: [`NatsCluster`]: three nats-servers in one JetStream cluster (`nats-cluster.conf`).
+//! - [`secure`]      — processes: [`secure::SecureNats`]: a [`NatsServer`] with its security directory at hand.
 //! - [`reports`]     — clients: forged agent reports, published through JetStream like an agent's.
 //! - [`cli`]         — clients: [`Cli`]: runs `muster ... --json` and parses the replies into the schemas' API types.
 //! - [`requests`]    — clients: waiting on requests and components through the CLI; descriptions for failures.
@@ -24,8 +30,10 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod command_key;
 pub mod descendants;
 pub mod ensemble;
+pub mod identities;
 pub mod load;
 pub mod nats_cluster;
 pub mod nats_server;
@@ -33,13 +41,16 @@ pub mod paths;
 pub mod process;
 pub mod reports;
 pub mod requests;
+pub mod secure;
 pub mod stacks;
 pub mod wait;
 
 pub use cli::{Cli, CliOutput, Stats};
 pub use cluster::{Muster, Settings, Timing};
+pub use command_key::CommandKey;
 pub use descendants::Descendants;
 pub use ensemble::Ensemble;
+pub use identities::{Identities, Identity};
 pub use nats_cluster::NatsCluster;
 pub use nats_server::NatsServer;
 pub use paths::TestDir;

@@ -1,5 +1,6 @@
-//! [`NatsCluster`]: three nats-servers forming one JetStream cluster, started from the repository's
-//! `nats/cluster.conf`, for the high-availability tests.
+//! [`NatsCluster`]: three nats-servers forming one JetStream cluster, for the high-availability tests: started from
+//! the secured `nats-cluster.conf` of the test's security directory (TLS on client and route connections, JWT
+//! accounts; see [`Identities`]), or from the repository's `nats/cluster.conf` in the insecure loopback mode.
 //!
 //! nats-server 2.10.27 sometimes forms a cluster that can never place a replicated stream: every create answers "no
 //! suitable peers for placement", for good. Started the documented way — all at once, every node routing to both
@@ -15,8 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::stream;
 
+use crate::identities::{Identities, Identity};
 use crate::nats_server::connect_client;
-use crate::paths::{nats_server_bin, workspace_root};
+use crate::paths::nats_server_bin;
 use crate::process::Proc;
 use crate::wait::{wait_until, Check};
 
@@ -61,6 +63,10 @@ struct Node {
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    /// Whose config the nodes run, and who the test's clients are.
+    identities: Identities,
+    /// The readiness probes' client settings (the server identity).
+    probe: muster_nats::ClientTrust,
 }
 
 impl NatsCluster {
@@ -68,13 +74,13 @@ impl NatsCluster {
     /// JetStream answers on each (the meta leader is elected) and an R3 stream can be placed. A cluster that cannot
     /// place one is started again from empty stores (see the module documentation), at most [`START_ATTEMPTS`]
     /// times.
-    pub async fn start_in(dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start_in(dir: &Path, identities: &Identities) -> anyhow::Result<Self> {
         let base = dir.join("nats");
         // Client and route ports for every node, taken all at once so they are distinct.
         let ports = free_ports(NODES * 2)?;
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::launch(&base, &ports).await?;
+            let mut cluster = Self::launch(&base, &ports, identities).await?;
             match cluster.wait_placement().await {
                 Ok(()) => return Ok(cluster),
                 Err(e) if attempt < START_ATTEMPTS => {
@@ -93,13 +99,14 @@ impl NatsCluster {
 
     /// Starts the nodes on `ports` (client ports, then route ports), each once the one before accepts clients, and
     /// waits until JetStream answers through every one.
-    async fn launch(base: &Path, ports: &[u16]) -> anyhow::Result<Self> {
+    async fn launch(base: &Path, ports: &[u16], identities: &Identities) -> anyhow::Result<Self> {
         let bin = nats_server_bin()?;
-        let conf = workspace_root().join("nats/cluster.conf");
-        let conf = conf.to_str().context("workspace path is not UTF-8")?.to_string();
+        let conf = identities.cluster_conf();
+        let conf = conf.to_str().context("config path is not UTF-8")?.to_string();
         let (client_ports, route_ports) = ports.split_at(NODES);
         let route = |i: usize| format!("nats://127.0.0.1:{}", route_ports[i]);
-        let mut cluster = Self { nodes: Vec::with_capacity(NODES) };
+        let probe = identities.client(Identity::Server)?;
+        let mut cluster = Self { nodes: Vec::with_capacity(NODES), identities: identities.clone(), probe };
         for i in 0..NODES {
             let name = format!("n{}", i + 1);
             let store = store_dir(base, i);
@@ -114,7 +121,8 @@ impl NatsCluster {
                 ("MUSTER_NATS_ROUTE_B", route(0)),
                 ("MUSTER_NATS_STORE_DIR", store),
             ];
-            let proc = Proc::spawn(&format!("nats-{name}"), &bin, &["-c", &conf], env, base)?;
+            // `-a`: clients on loopback (the secured config listens on every interface, being authenticated).
+            let proc = Proc::spawn(&format!("nats-{name}"), &bin, &["-c", &conf, "-a", "127.0.0.1"], env, base)?;
             cluster.nodes.push(Node { name, proc, client_port: client_ports[i] });
             cluster.wait_node_ready(i).await?;
         }
@@ -147,10 +155,21 @@ impl NatsCluster {
         self.nodes[i].proc.log_path()
     }
 
-    /// Connects a client that knows every node (and so survives losing one).
+    /// The identities of everything that talks through the cluster.
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+
+    /// Connects a client that knows every node (and so survives losing one), as the server identity (which
+    /// reaches the streams, the txn log and every subject).
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        let urls = (0..NODES).map(|i| self.url(i)).collect::<Vec<_>>().join(",");
-        tokio::time::timeout(PROBE_TIMEOUT, connect_client(&urls))
+        self.connect_as(Identity::Server).await
+    }
+
+    /// As [`NatsCluster::connect`], as `who`.
+    pub async fn connect_as(&self, who: Identity<'_>) -> anyhow::Result<async_nats::Client> {
+        let trust = self.identities.client(who)?;
+        tokio::time::timeout(PROBE_TIMEOUT, connect_client(&self.urls(), trust))
             .await
             .context("timed out connecting to the NATS cluster")?
             .context("connecting to the NATS cluster")
@@ -178,10 +197,11 @@ impl NatsCluster {
 
     async fn wait_node_ready(&mut self, i: usize) -> anyhow::Result<()> {
         let url = self.url(i);
+        let probe = &self.probe;
         let node = &mut self.nodes[i];
         wait_until(READY_TIMEOUT, &format!("nats-server {} accepts connections on {url}", node.name), async || {
             node.proc.ensure_running()?;
-            match tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url)).await {
+            match tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url, probe.clone())).await {
                 Ok(Ok(_client)) => Ok(Check::Done(())),
                 Ok(Err(e)) => Ok(Check::NotYet(format!("connecting: {e}"))),
                 Err(_) => Ok(Check::NotYet("connecting timed out".into())),
@@ -196,12 +216,13 @@ impl NatsCluster {
     async fn wait_jetstream(&mut self) -> anyhow::Result<()> {
         for i in 0..NODES {
             let url = self.url(i);
+            let probe = &self.probe;
             let nodes = &mut self.nodes;
             wait_until(JETSTREAM_READY_TIMEOUT, &format!("JetStream answers through {url}"), async || {
                 for node in nodes.iter_mut() {
                     node.proc.ensure_running()?;
                 }
-                let client = tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url))
+                let client = tokio::time::timeout(PROBE_TIMEOUT, connect_client(&url, probe.clone()))
                     .await
                     .context("connecting timed out")??;
                 let js = async_nats::jetstream::new(client);

@@ -19,7 +19,7 @@ use muster_tests::requests::{
     component, describe_components, describe_request, task, tasks, wait_components, wait_request, wait_request_end,
 };
 use muster_tests::stacks::{blueprint, stack};
-use muster_tests::{wait_until, Check, CliOutput, Daemon, Muster, Settings, Stats, Timing};
+use muster_tests::{wait_until, Check, CliOutput, Daemon, Identity, Muster, Settings, Stats, Timing};
 
 /// Time for freshly started agents to register and report healthy (see foundation.rs).
 const STARTUP: Duration = Duration::from_secs(30);
@@ -558,7 +558,8 @@ async fn forged_and_late_reports_are_refused_counted_and_change_nothing() {
     let unfinished = task(&running, "h2", "RUN", None).id;
     let before = m.cli.stats().await.unwrap();
 
-    let client = m.nats.connect().await.unwrap();
+    // Forged with h1's own credentials: what a compromised h1 could publish (only on its own report subject).
+    let client = m.nats.connect_as(Identity::Agent("h1")).await.unwrap();
     let js = async_nats::jetstream::new(client);
     use TaskPhase::{Completed, InProgress};
     // A task nobody created.

@@ -24,7 +24,7 @@ use muster_schemas::{HostState, Subjects};
 use muster_tests::cli::CALL_TIMEOUT;
 use muster_tests::ensemble::Role;
 use muster_tests::reports::{publish_report, task_report};
-use muster_tests::{wait_until, within, Check, Ensemble, Muster, Settings, Timing};
+use muster_tests::{wait_until, within, Check, Ensemble, Identity, Muster, Settings, Timing};
 
 /// The leader's durable consumer on the reports stream (muster-server's `log::REPORTS_CONSUMER`).
 const REPORTS_CONSUMER: &str = "muster-leader";
@@ -118,7 +118,7 @@ async fn a_paused_leader_that_wakes_up_deposed_acks_nothing() -> anyhow::Result<
 async fn a_request_create_repeated_with_its_key_is_answered_with_the_original() -> anyhow::Result<()> {
     let mut m = Muster::start(&["h1"]).await?;
     m.wait_all(HostState::Healthy, STARTUP).await?;
-    let client = m.nats.connect().await?;
+    let client = m.nats.connect_as(Identity::Admin).await?;
     let subject = Subjects::default().api(Endpoint::RequestCreate.name());
     let spec = serde_json::json!({
         "action": "run", "hosts": "h1", "argv": ["true"], "idempotency_key": "deposed-test-1",

@@ -10,12 +10,13 @@ use muster_tests::{wait_until, within, Check, NatsServer, Proc, TestDir};
 const STEP: Duration = Duration::from_secs(10);
 
 #[tokio::test]
-async fn nats_server_runs_jetstream_from_single_conf() {
+async fn nats_server_runs_jetstream_from_the_secured_single_conf() {
     let nats = NatsServer::start().await.unwrap();
     let client = nats.connect().await.unwrap();
     let info = client.server_info();
     assert_eq!(info.port, nats.port(), "connected to another server than the one started");
-    assert_eq!(info.server_name, "muster-single", "nats/single.conf was not used");
+    assert_eq!(info.server_name, "muster-single", "the security directory's nats-single.conf was not used");
+    assert!(info.tls_required && info.auth_required, "the secured config requires neither TLS nor auth: {info:?}");
     assert!(info.version.starts_with("2."), "unexpected nats-server version {}", info.version);
 
     let js = jetstream::new(client);

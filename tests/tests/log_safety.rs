@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::{HostState, Subjects};
-use muster_tests::paths::workspace_bin;
 use muster_tests::requests::wait_request_end;
 use muster_tests::{wait_until, Check, Muster, Proc, Settings, Timing};
 
@@ -23,23 +22,7 @@ const REFUSAL: Duration = Duration::from_secs(20);
 
 /// A second muster-server beside `m`'s: its own data directory, `id`, and `m`'s timing unless `env` says otherwise.
 fn second_server(m: &Muster, name: &str, id: &str, env: &[(&str, &str)]) -> Proc {
-    let data = m.dir.join(name);
-    std::fs::create_dir_all(&data).expect("data dir");
-    let mut vars: Vec<(String, String)> = vec![
-        ("MUSTER_NATS_URL".into(), m.nats.url()),
-        ("MUSTER_DATA_DIR".into(), data.display().to_string()),
-        ("MUSTER_SERVER_ID".into(), id.into()),
-        ("MUSTER_HEARTBEAT_INTERVAL_MS".into(), m.timing.heartbeat_interval.as_millis().to_string()),
-        ("MUSTER_HEARTBEAT_MISSES".into(), m.timing.heartbeat_misses.to_string()),
-        ("MUSTER_LEASE_TTL_MS".into(), m.timing.lease_ttl.as_millis().to_string()),
-        ("MUSTER_LOG".into(), "info,muster_server=debug".into()),
-    ];
-    for (k, v) in env {
-        vars.retain(|(key, _)| key != k);
-        vars.push(((*k).into(), (*v).into()));
-    }
-    Proc::spawn(name, &workspace_bin("muster-server").expect("muster-server built"), &[], vars, m.dir.path())
-        .expect("second server starts")
+    m.spawn_instance(name, id, env).expect("second server starts")
 }
 
 /// Waits until `p` exits and returns its exit status and log.

@@ -24,8 +24,7 @@ use muster_schemas::api::{HostSummary, RequestView};
 use muster_schemas::{HostState, Subjects};
 use muster_tests::ensemble::{describe_servers, sole_leader, Role, ServerRow, OBSERVER};
 use muster_tests::load::{traced_run, Load};
-use muster_tests::paths::workspace_bin;
-use muster_tests::{wait_until, Check, Ensemble, Proc, Settings, Timing};
+use muster_tests::{wait_until, Check, Ensemble, Settings, Timing};
 
 /// The real agents, whose runs are counted.
 const HOSTS: [&str; 3] = ["h-1", "h-2", "h-3"];
@@ -145,10 +144,8 @@ async fn rejoined(e: &mut Ensemble, id: &str, epoch: u64) {
 async fn start_swarm(e: &mut Ensemble, count: usize) {
     let n = count.to_string();
     let args = ["swarm", "--count", &n, "--id-prefix", "swarm", "--ramp-ms", "2000", "--summary-secs", "10"];
-    let env = [("MUSTER_NATS_URL", e.nats.urls())];
-    let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent").unwrap(), &args, env, e.dir.path()).unwrap();
-    // As one of the ensemble's agents, the swarm is checked for unexpected exits by every wait.
-    e.agents.insert("swarm".into(), swarm);
+    // With the swarm's credentials; as one of the ensemble's agents, it is checked for unexpected exits by every wait.
+    e.spawn_swarm(&args).unwrap();
     wait_until(STARTUP, &format!("{count} simulated hosts HEALTHY"), async || {
         e.ensure_alive()?;
         let hosts: Vec<HostSummary> = e.api("hosts", "").await?;

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::HostState;
-use muster_tests::paths::workspace_bin;
 use muster_tests::requests::{describe_request, wait_request_end};
-use muster_tests::{Muster, Proc};
+use muster_tests::Muster;
 
 /// Simulated hosts: enough to exercise the shared subscriptions and connection, few enough for a busy 2-core
 /// machine running the suite in parallel.
@@ -29,10 +28,8 @@ async fn simulated_hosts_register_run_commands_and_stop_cleanly() {
     let mut m = Muster::start(&[]).await.unwrap();
     let count = COUNT.to_string();
     let args = ["swarm", "--count", count.as_str(), "--summary-secs", "1"];
-    let env = [("MUSTER_NATS_URL", m.nats.url())];
-    let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent").unwrap(), &args, env, m.dir.path()).unwrap();
-    // As one of the cluster's agents, the swarm is checked for unexpected exits by every wait.
-    m.agents.insert("swarm".into(), swarm);
+    // With the swarm's credentials; as one of the cluster's agents, it is checked for unexpected exits by every wait.
+    m.spawn_swarm(&args).unwrap();
 
     let ids: Vec<String> = (1..=COUNT).map(|i| format!("swarm-{i:06}")).collect();
     let want: Vec<(&str, HostState)> = ids.iter().map(|id| (id.as_str(), HostState::Healthy)).collect();

@@ -143,6 +143,8 @@ pub struct Runner<E> {
     /// Cancelled when the shutdown grace is over: running commands are killed and not reported.
     force_stop: CancellationToken,
     status_reports: u64,
+    /// Refusal reports made so far in this run, for their nonces.
+    refusal_reports: u64,
     shutting_down: bool,
 }
 
@@ -182,6 +184,7 @@ impl<E: Executor> Runner<E> {
             checks_stop: CancellationToken::new(),
             force_stop: CancellationToken::new(),
             status_reports: 0,
+            refusal_reports: 0,
             shutting_down: false,
         }
     }
@@ -215,7 +218,9 @@ impl<E: Executor> Runner<E> {
     fn on_input(&mut self, input: RunnerInput) {
         match input {
             RunnerInput::Registered { components } => {
-                self.configure(components);
+                if let Some(components) = components {
+                    self.configure(components);
+                }
                 self.request_round(true);
             }
             RunnerInput::CatchUp(plan) => {
@@ -227,6 +232,17 @@ impl<E: Executor> Runner<E> {
                 }
             }
             RunnerInput::Live(command) => self.on_command(*command),
+            RunnerInput::Refused(mut refused) => {
+                self.refusal_reports += 1;
+                refused.nonce = StatusNonce { started_at: self.agent_started_at, n: self.refusal_reports }.to_string();
+                let report = Report {
+                    schema: PROTOCOL_VERSION,
+                    host: self.host.clone(),
+                    sent_at: unix_millis(),
+                    body: ReportBody::Refused(*refused),
+                };
+                self.push_report(report);
+            }
         }
     }
 

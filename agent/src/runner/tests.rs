@@ -379,7 +379,7 @@ async fn registration_reports_all_statuses_then_only_changes() {
     let mut h = start(params());
     h.fake.set("a", true);
     let client = ComponentSpec { category: Category::Client, status: None, start: None, ..daemon("cli", false) };
-    h.send(RunnerInput::Registered { components: vec![daemon("a", true), daemon("b", false), client] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", true), daemon("b", false), client]) }).await;
     let (statuses, full) = h.status().await;
     assert!(full);
     let running: Vec<_> = statuses.iter().map(|s| (s.component.component.as_str(), s.running)).collect();
@@ -394,7 +394,7 @@ async fn registration_reports_all_statuses_then_only_changes() {
     assert_eq!(statuses.iter().map(|s| (s.component.component.as_str(), s.running)).collect::<Vec<_>>(), [("b", true)]);
 
     // A second registration reports everything again.
-    h.send(RunnerInput::Registered { components: vec![daemon("a", true), daemon("b", false)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", true), daemon("b", false)]) }).await;
     let (statuses, full) = h.status().await;
     assert!(full && statuses.len() == 2);
     h.stop().await;
@@ -403,9 +403,9 @@ async fn registration_reports_all_statuses_then_only_changes() {
 #[tokio::test(start_paused = true)]
 async fn status_reports_have_distinct_nonces() {
     let mut h = start(params());
-    h.send(RunnerInput::Registered { components: vec![daemon("a", false)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", false)]) }).await;
     let first = h.report().await.msg_id();
-    h.send(RunnerInput::Registered { components: vec![daemon("a", false)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", false)]) }).await;
     let ids = [first, h.report().await.msg_id()];
     assert_eq!(ids, ["s-web-1-1000-1", "s-web-1-1000-2"]);
     h.stop().await;
@@ -414,7 +414,7 @@ async fn status_reports_have_distinct_nonces() {
 #[tokio::test(start_paused = true)]
 async fn a_host_without_components_sends_no_status_report() {
     let mut h = start(params());
-    h.send(RunnerInput::Registered { components: vec![] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![]) }).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(h.reports.try_recv().is_err(), "an empty status report was sent");
     h.stop().await;
@@ -423,7 +423,7 @@ async fn a_host_without_components_sends_no_status_report() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_component_that_should_run_is_restarted() {
     let mut h = start(params());
-    h.send(RunnerInput::Registered { components: vec![daemon("a", true)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", true)]) }).await;
     let (statuses, _) = h.status().await;
     assert_eq!((statuses[0].running, statuses[0].auto_restarts), (false, 0));
     // The restart runs `start a`, the re-check sees it running and reports the restart count.
@@ -446,14 +446,14 @@ async fn auto_restart_respects_the_limits_and_the_switch() {
     // `start x` does not make `a` run: every check finds it dead.
     let mut a = daemon("a", true);
     a.start = Some(spec("start x"));
-    h.send(RunnerInput::Registered { components: vec![a] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![a]) }).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     let restarts = h.fake.started().iter().filter(|s| *s == "start x").count();
     assert_eq!(restarts, 2, "two per window");
     h.stop().await;
 
     let h = start(CommandParams { auto_restart: RestartLimits { enabled: false, ..limits }, ..params() });
-    h.send(RunnerInput::Registered { components: vec![daemon("a", true)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", true)]) }).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!h.fake.started().contains(&"start a".to_owned()), "disabled");
     h.stop().await;
@@ -463,7 +463,7 @@ async fn auto_restart_respects_the_limits_and_the_switch() {
 async fn no_restart_while_a_command_of_the_component_is_queued_or_after_a_stop() {
     let mut h = start(params());
     h.fake.set("a", true);
-    h.send(RunnerInput::Registered { components: vec![daemon("a", true)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", true)]) }).await;
     h.status().await;
     h.live(execute_role(1, "a", RoleCommand::Stop, "stop a")).await;
     // The STOP's final report, then the immediate re-check reports "not running"...
@@ -487,7 +487,7 @@ async fn no_restart_while_a_command_of_the_component_is_queued_or_after_a_stop()
 #[tokio::test(start_paused = true)]
 async fn status_checks_skip_a_component_whose_command_runs() {
     let mut h = start(params());
-    h.send(RunnerInput::Registered { components: vec![daemon("a", false)] }).await;
+    h.send(RunnerInput::Registered { components: Some(vec![daemon("a", false)]) }).await;
     h.status().await;
     h.live(execute(1, Some("a"), "sleep 35000")).await;
     tokio::time::sleep(Duration::from_secs(30)).await;

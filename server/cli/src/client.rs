@@ -22,6 +22,8 @@ pub struct ApiParams {
     pub nats: String,
     /// The cluster's subject prefix.
     pub prefix: String,
+    /// Credentials and TLS; without credentials off loopback the CLI warns (unless `insecure`).
+    pub trust: muster_nats::ClientTrust,
     /// How long a read may take.
     pub read_timeout: Duration,
     /// How long a write may take: the leader's own limit plus the hops to it, so the CLI never gives up on a
@@ -70,8 +72,17 @@ impl Api {
     /// Connects to NATS (the API itself is asked nothing yet).
     pub async fn connect(params: ApiParams) -> Result<Self, CliError> {
         let subjects = Subjects::checked(&params.prefix)?;
-        let connect = ConnectParams::new(&params.nats, "muster-cli")
+        let mut connect = ConnectParams::new(&params.nats, "muster-cli")
             .map_err(|source| CliError::Urls { urls: params.nats.clone(), source })?;
+        let trust = &params.trust;
+        if let Err(e) = muster_nats::check_insecure(&connect.urls, trust.credentials.is_some(), trust.insecure) {
+            eprintln!(
+                "warning: connecting without credentials (--creds, MUSTER_NATS_CREDS) to NATS at {}, which is not \
+                 a loopback address; --insecure or MUSTER_INSECURE=true silences this",
+                e.host
+            );
+        }
+        connect.trust = trust.clone();
         let client = muster_nats::connect(connect).await?;
         Ok(Self { client, subjects, params })
     }

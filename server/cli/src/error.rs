@@ -67,4 +67,7 @@ pub enum CliError {
     /// stdin, stdout or a file.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A security directory operation (`muster security`, `muster creds`) failed.
+    #[error("{0}")]
+    Security(String),
 }

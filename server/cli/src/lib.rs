@@ -10,6 +10,9 @@
 //! - [`follow`] — pure logic: deciding from change events and reads when a followed request ended, and its progress.
 //! - [`render`] — pure logic: the text printed for each API reply.
 //! - [`client`] — I/O shell: the NATS connection, typed API calls, `servers`, the change feed.
+//! - [`token`]  — enrollment tokens: minting one from the security directory; the text of tokens and enrollments.
+//! - [`security`] — I/O of `muster security init` and `muster creds agent|swarm|revoke` (files; for `revoke` one
+//!   system-account connection, and the API as admin for the host's enrollment).
 //! - [`watch`]  — I/O shell: following a request to its end with progress bars.
 //! - [`mod@run`]— top: one command from arguments to output.
 #![deny(missing_docs)]
@@ -20,8 +23,10 @@ pub mod error;
 pub mod follow;
 pub mod render;
 pub mod run;
+pub mod security;
 pub mod table;
 pub mod time;
+pub mod token;
 pub mod watch;
 
 pub use args::Cli;

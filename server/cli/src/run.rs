@@ -5,18 +5,18 @@ use std::io::{IsTerminal, Read, Write};
 
 use muster_nats::unix_millis;
 use muster_schemas::api::{
-    BlueprintApplied, ComponentView, Endpoint, HostDetail, HostSummary, RequestCancelled, RequestCreated, RequestSpec,
-    RequestSummary, RequestView, ServerStats, StackApplied,
+    BlueprintApplied, ComponentView, Endpoint, EnrollmentRecord, EnrollmentState, HostDetail, HostSummary,
+    RequestCancelled, RequestCreated, RequestSpec, RequestSummary, RequestView, ServerStats, StackApplied, TokenRecord,
 };
 use muster_schemas::cluster::RequestAction;
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::{codec, limits};
 use serde::Serialize;
 
-use crate::args::{ActionArgs, Cli, Command, FileOp, Output, RequestOpts};
+use crate::args::{ActionArgs, Cli, Command, FileOp, HostsOp, Output, RequestOpts, TokenOp};
 use crate::client::{Api, ApiParams};
 use crate::error::CliError;
-use crate::{render, watch};
+use crate::{render, token, watch};
 
 /// What `blueprint apply --json` prints: the apply's reply and, when it started one, the request as it ended.
 #[derive(Debug, Serialize)]
@@ -37,17 +37,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             codec::to_json(&buf).map_err(|e| CliError::Decode { what: "MessagePack body", detail: e.to_string() })?;
         return print_json(out, &value);
     }
+    match &cli.command {
+        Command::Security { op } => return crate::security::security(&cli, op),
+        Command::Creds { op } => return crate::security::creds(&cli, op).await,
+        _ => {}
+    }
     let api = Api::connect(ApiParams {
         nats: cli.nats.clone(),
         prefix: cli.prefix.clone(),
+        trust: cli.trust(),
         read_timeout: cli.api_timeout,
         write_timeout: limits::CLI_WRITE_TIMEOUT,
     })
     .await?;
     let width = terminal_width();
     match cli.command {
-        Command::Decode => Ok(()),
-        Command::Hosts { out: o } => {
+        Command::Decode | Command::Security { .. } | Command::Creds { .. } => Ok(()),
+        Command::Hosts { op: Some(op), .. } => hosts_op(&api, op, width).await,
+        Command::Token { op } => token_op(&api, op, width).await,
+        Command::Hosts { op: None, out: o } => {
             let rows: Vec<HostSummary> = api.read(Endpoint::Hosts, "", None).await?;
             print(out, o, &rows, || render::hosts(&rows, width))
         }
@@ -128,6 +136,59 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 idempotency_key: None,
             };
             submit(&api, spec, &opts, width).await
+        }
+    }
+}
+
+/// `muster hosts enrollments|pending|accept|reject`.
+async fn hosts_op(api: &Api, op: HostsOp, width: Option<usize>) -> Result<(), CliError> {
+    let out = &mut std::io::stdout();
+    let (endpoint, host, o) = match op {
+        HostsOp::Pending { out: o } => {
+            let all: Vec<EnrollmentRecord> = api.read(Endpoint::Enrollments, "", None).await?;
+            let rows: Vec<EnrollmentRecord> = all.into_iter().filter(|r| r.state == EnrollmentState::Pending).collect();
+            return print(out, o, &rows, || token::pending(&rows, unix_millis(), width));
+        }
+        HostsOp::Enrollments { out: o } => {
+            let rows: Vec<EnrollmentRecord> = api.read(Endpoint::Enrollments, "", None).await?;
+            return print(out, o, &rows, || token::enrollments(&rows, unix_millis(), width));
+        }
+        HostsOp::Accept { host, out: o } => (Endpoint::HostAccept, host, o),
+        HostsOp::Reject { host, out: o } => (Endpoint::HostReject, host, o),
+    };
+    let r = api.write::<EnrollmentRecord>(endpoint, &host).await?;
+    print(out, o, &r, || token::decided(&r.reply))
+}
+
+/// `muster token create|list|revoke`.
+async fn token_op(api: &Api, op: TokenOp, width: Option<usize>) -> Result<(), CliError> {
+    let out = &mut std::io::stdout();
+    match op {
+        TokenOp::Create { dir, hosts, uses, ttl, out: o } => {
+            let new = token::mint(&dir, hosts, uses, ttl, unix_millis()).map_err(std::io::Error::other)?;
+            let body = serde_json::to_string(&new.spec)
+                .map_err(|e| CliError::Decode { what: "token spec", detail: e.to_string() })?;
+            let r = api.write::<TokenRecord>(Endpoint::TokenCreate, &body).await?;
+            if o.json {
+                #[derive(Serialize)]
+                struct Created<'a> {
+                    token: String,
+                    record: &'a TokenRecord,
+                    seq: u64,
+                }
+                return print_json(out, &Created { token: new.token.to_string(), record: &r.reply, seq: r.seq });
+            }
+            eprint!("{}", token::created(&r.reply));
+            writeln!(out, "{}", new.token)?;
+            Ok(())
+        }
+        TokenOp::List { out: o } => {
+            let rows: Vec<TokenRecord> = api.read(Endpoint::Tokens, "", None).await?;
+            print(out, o, &rows, || token::tokens(&rows, unix_millis(), width))
+        }
+        TokenOp::Revoke { id, out: o } => {
+            let r = api.write::<TokenRecord>(Endpoint::TokenRevoke, &id).await?;
+            print(out, o, &r, || format!("token {} revoked\n", r.reply.id))
         }
     }
 }

@@ -43,6 +43,13 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(variable = %name, "unknown MUSTER_ variable ignored (see muster-server --help)");
     }
     let cfg = ServerConfig::load(args.config.as_deref())?;
+    let urls = parse_urls(&cfg.nats_url)?;
+    muster_nats::check_insecure(&urls, cfg.trust.credentials.is_some(), cfg.trust.insecure)?;
+    if cfg.command_key()?.is_none() && cfg.role == muster_server::config::ServerRole::Voter {
+        tracing::warn!(
+            "no MUSTER_COMMAND_KEY: commands go unsigned; only agents running with MUSTER_INSECURE act on them"
+        );
+    }
     let metrics = Metrics::default();
     let slow = metrics.clone();
     let events = ConnectionEvents::new().with_hook(move |event| {
@@ -51,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let params = ConnectParams {
-        urls: parse_urls(&cfg.nats_url)?,
+        urls,
         name: format!("muster-server {}", cfg.server_id),
+        trust: cfg.trust.clone(),
         // NATS may start after the server (a reboot, a container restart): keep trying in the background.
         retry_initial_connect: true,
         events,

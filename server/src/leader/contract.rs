@@ -9,18 +9,20 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use muster_schemas::api::{ApiError, RequestSpec, WriteReply};
+use muster_schemas::api::{ApiError, EnrollmentRecord, RequestSpec, TokenRecord, TokenSpec, WriteReply};
 use muster_schemas::cluster::{
     BlueprintRecord, CommandCursor, HostComponentRecord, RequestRecord, StackRecord, TaskRecord,
 };
 use muster_schemas::commands::{Command, CommandBody, Report, RequestId, TaskId};
 use muster_schemas::events::{ComponentChanged, HostChanged, RequestChanged, TaskChanged};
 use muster_schemas::ids::CommandMsgId;
+use muster_schemas::messages::EnrollRequest;
 use muster_schemas::{
     Heartbeat, HeartbeatReply, HostId, HostRecord, RegisterReply, RegisterRequest, TxnOp, PROTOCOL_VERSION,
 };
 use tokio::time::Instant;
 
+use crate::config::EnrollPolicy;
 use crate::metrics::ServerCounter;
 
 /// Something the leader must react to.
@@ -87,6 +89,31 @@ pub enum ApiCall {
     Cancel {
         /// The request to cancel.
         request: RequestId,
+    },
+    /// Record an enrollment token (`token.create`).
+    CreateToken(TokenSpec),
+    /// Revoke an enrollment token (`token.revoke`).
+    RevokeToken {
+        /// The token's id.
+        id: String,
+    },
+    /// Accept a host's enrollment (`host.accept`).
+    AcceptHost {
+        /// The host.
+        host: HostId,
+    },
+    /// Reject a host's enrollment (`host.reject`).
+    RejectHost {
+        /// The host.
+        host: HostId,
+    },
+    /// An agent's enrollment request that passed Prep (both signatures verified), from the enrollment listener;
+    /// answered with [`WriteReply::Enroll`].
+    Enroll {
+        /// The request.
+        req: Box<EnrollRequest>,
+        /// The listener's `MUSTER_ENROLL_POLICY`.
+        policy: EnrollPolicy,
     },
 }
 
@@ -211,6 +238,10 @@ pub enum Dirty {
     Task(TaskId),
     /// A host's command cursor.
     Cursor(HostId),
+    /// An enrollment token, by id.
+    Token(String),
+    /// A host's enrollment.
+    Enrollment(HostId),
 }
 
 /// What the core's modules accumulate while a batch is stepped; [`crate::leader::core::LeaderCore::ready`] turns
@@ -306,4 +337,8 @@ pub struct Loaded {
     pub max_task: TaskId,
     /// Highest task and request ids reserved by earlier leaders.
     pub reserved: (TaskId, RequestId),
+    /// Every enrollment token.
+    pub tokens: Vec<TokenRecord>,
+    /// Every host's enrollment.
+    pub enrollments: Vec<EnrollmentRecord>,
 }

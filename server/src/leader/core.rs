@@ -24,6 +24,7 @@
 //! - [`super::select`] — which hosts a selector names.
 //! - [`super::components`] — host components, their FSM, Configure commands.
 //! - [`super::scheduler`] — requests, stages, tasks, reports, deadlines, ids, command cursors.
+//! - [`super::enroll`] — enrollment tokens and the key each host id is bound to.
 //!
 //! This module only routes inputs and coordinates what crosses modules (a registration maps blueprint components
 //! and plans their gap; a lost host's components become UNKNOWN).
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 
 use super::components::Components;
 use super::contract::{ApiCall, ApiResult, Dirty, Effect, Input, Loaded, Output, Ready, Reply, Timing};
+use super::enroll::Enrollment;
 use super::hosts::Hosts;
 use super::scheduler::{Committed, Cx, Scheduler};
 use super::stacks::Stacks;
@@ -48,6 +50,7 @@ pub struct LeaderCore {
     stacks: Stacks,
     components: Components,
     scheduler: Scheduler,
+    enrollment: Enrollment,
     /// What the batch being stepped has produced so far.
     out: Output,
     /// A tick found suspects: task deadlines are checked once their fate is known, so a task whose host is about
@@ -65,7 +68,19 @@ macro_rules! cx {
 impl LeaderCore {
     /// A core for the leader of `epoch`, starting from what is committed.
     pub fn new(epoch: u64, timing: Timing, loaded: Loaded, now: Instant, wall: UnixMillis) -> Self {
-        let Loaded { hosts, stacks, blueprints, components, requests, tasks, cursors, max_task, reserved } = loaded;
+        let Loaded {
+            hosts,
+            stacks,
+            blueprints,
+            components,
+            requests,
+            tasks,
+            cursors,
+            max_task,
+            reserved,
+            tokens,
+            enrollments,
+        } = loaded;
         Self {
             epoch,
             timing,
@@ -77,6 +92,7 @@ impl LeaderCore {
                 timing.task_grace,
                 wall,
             ),
+            enrollment: Enrollment::new(tokens, enrollments),
             out: Output::default(),
             deadlines_due: false,
         }
@@ -151,6 +167,8 @@ impl LeaderCore {
                     Dirty::Request(id) => self.scheduler.request_op(*id),
                     Dirty::Task(id) => self.scheduler.task_op(*id),
                     Dirty::Cursor(h) => self.scheduler.cursor_op(h),
+                    Dirty::Token(id) => self.enrollment.token_op(id),
+                    Dirty::Enrollment(h) => self.enrollment.record_op(h),
                 });
             }
         }
@@ -204,6 +222,8 @@ impl LeaderCore {
                 self.out.count(ServerCounter::ReportStatus);
                 self.out.ack(ack, false);
             }
+            // Counted and acked by the report listener (`ingest::reports`), never queued; changes nothing.
+            ReportBody::Refused(_) => self.out.ack_settled(ack),
         }
     }
 
@@ -251,6 +271,22 @@ impl LeaderCore {
             ApiCall::Cancel { request } => {
                 self.scheduler.cancel(request, wall, cx!(self)).map(WriteReply::RequestCancelled)
             }
+            ApiCall::CreateToken(spec) => {
+                self.enrollment.create_token(spec, wall, &mut self.out).map(WriteReply::Token)
+            }
+            ApiCall::RevokeToken { id } => {
+                self.enrollment.revoke_token(&id, wall, &mut self.out).map(WriteReply::Token)
+            }
+            ApiCall::AcceptHost { host } => {
+                self.enrollment.accept(&host, wall, &mut self.out).map(WriteReply::Enrollment)
+            }
+            ApiCall::RejectHost { host } => {
+                self.enrollment.reject(&host, wall, &mut self.out).map(WriteReply::Enrollment)
+            }
+            ApiCall::Enroll { req, policy } => {
+                let registered = self.hosts.contains(&req.host);
+                Ok(WriteReply::Enroll(self.enrollment.enroll(&req, policy, registered, wall, &mut self.out)))
+            }
         }
     }
 
@@ -283,5 +319,10 @@ impl LeaderCore {
     /// Test access: requests, tasks, ids and cursors.
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
+    }
+
+    /// Test access: enrollment tokens and records.
+    pub fn enrollment(&self) -> &Enrollment {
+        &self.enrollment
     }
 }

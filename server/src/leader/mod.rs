@@ -7,13 +7,14 @@
 //! JetStream ends the leadership: the next term starts again from the log.
 //!
 //! Modules, bottom up: [`contract`] (the words of the contract), the core's concerns ([`hosts`], [`stacks`],
-//! [`select`], [`components`], [`scheduler`]), [`core`] (routes inputs, returns one `Ready`), [`driver`] (the one
+//! [`select`], [`components`], [`scheduler`], [`enroll`]), [`core`] (routes inputs, returns one `Ready`), [`driver`] (the one
 //! order), [`inbox`] (the input queue), [`shell`] (NATS), and `lead` here.
 
 pub mod components;
 pub mod contract;
 pub mod core;
 pub mod driver;
+pub mod enroll;
 pub mod hosts;
 pub mod inbox;
 pub mod scheduler;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
+use muster_schemas::signing::SignedFields;
 use muster_schemas::txn::TXN_SCHEMA;
 use muster_schemas::{codec, headers, Txn};
 use tokio::sync::mpsc;
@@ -220,10 +222,19 @@ async fn publish_commands(
     }
 }
 
+/// Stores one command, signed with the command key once (a retry re-sends the same bytes, so the stream's dedup
+/// by `Nats-Msg-Id` sees one message): host, task attempt, this term's epoch (the newest in the log this instance
+/// read, which is its own while it leads), now, and an expiry at the task's deadline (`muster_schemas::signing`).
 async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderError> {
-    let h = header_map(headers::command(&o.host, &o.msg_id));
+    let mut h = headers::command(&o.host, &o.msg_id);
     let msg_id = o.msg_id.to_string();
     let payload = bytes::Bytes::from(codec::encode(&o.command));
+    if let Some(signer) = &deps.signer {
+        let (epoch, grace) = (deps.read.borrow().epoch, deps.timing.task_grace.as_millis() as u64);
+        let fields = SignedFields::issue_command(&o.command, epoch, unix_millis(), grace);
+        h.extend(signer.sign(&fields, &payload));
+    }
+    let h = header_map(h);
     let subject = deps.subjects.cmd(&o.host);
     let mut last = String::new();
     let (mut failures, mut pending) = (0, 0);
@@ -254,8 +265,9 @@ async fn publish_command(deps: &LeaderDeps, o: &Outgoing) -> Result<u64, LeaderE
     Err(LeaderError::Publish(last))
 }
 
-/// Everything the core starts from.
-fn load(store: &Store) -> Result<Loaded, StoreError> {
+/// Everything the core starts from (public for the fuzz targets, `fuzz/`).
+#[doc(hidden)]
+pub fn load(store: &Store) -> Result<Loaded, StoreError> {
     let requests = store.requests()?;
     let mut tasks = Vec::new();
     for r in requests.iter().filter(|r| !r.status.is_terminal()) {
@@ -273,6 +285,8 @@ fn load(store: &Store) -> Result<Loaded, StoreError> {
         cursors: store.cursors()?,
         max_task: store.max_task_id()?,
         reserved: store.reserved()?,
+        tokens: store.tokens()?,
+        enrollments: store.enrollments()?,
     })
 }
 

@@ -281,6 +281,11 @@ impl Scheduler {
                 return Err(ApiError::bad_request(format!("every host selected by {where_:?} is HEARTBEAT_LOST")));
             }
             let timeout = spec.timeout_secs.unwrap_or(DEFAULT_RUN_TIMEOUT_SECS).max(1);
+            // Bounded like a stack's timeouts: the task's deadline adds it to times (found by fuzzing: an overflow).
+            if timeout > crate::stack::MAX_TIMEOUT_SECS {
+                let max = crate::stack::MAX_TIMEOUT_SECS;
+                return Err(ApiError::bad_request(format!("timeout_secs must be at most {max} (a day)")));
+            }
             let cmd = CommandSpec { argv: spec.argv.clone(), env: BTreeMap::new(), timeout_ms: timeout * 1000 };
             (format!("RUN {} on {where_}", spec.argv.join(" ")), plan::plan_run(&up, &cmd, spec.batch as usize))
         } else {

@@ -3,13 +3,16 @@
 //! commands go to the publisher task; suspects are looked up in the arrival record.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use muster_schemas::api::Committed;
+use muster_schemas::signing::SignedFields;
 use muster_schemas::txn::TXN_SCHEMA;
 use muster_schemas::{codec, headers, limits, MessageKind, RegisterReply, Subjects, Txn, TxnOp, UnixMillis};
 use muster_schemas::{ErrorCode, HeartbeatReply, HostId};
+use muster_security::command::CommandSigner;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +85,9 @@ pub struct LeaderDeps {
     pub metrics: Metrics,
     /// The arrival record the heartbeat listener writes; suspects are looked up here.
     pub last_seen: LastSeen,
+    /// The command key: signs every command and accepted registration reply (`muster_schemas::signing`). `None`
+    /// only when running insecure (`MUSTER_INSECURE`, no credentials): they then go unsigned.
+    pub signer: Option<Arc<CommandSigner>>,
 }
 
 /// What the inputs of the batch being performed carry for their answers, by token.
@@ -148,8 +154,14 @@ impl NatsShell {
             Reply::Register(r) => (MessageKind::RegisterReply, codec::encode(r), register_error(r)),
             Reply::Heartbeat(r) => (MessageKind::HeartbeatReply, codec::encode(r), heartbeat_error(r)),
         };
-        let h = header_map(headers::reply(kind, host.as_str(), error));
-        if let Err(e) = self.deps.client.publish_with_headers(to, h, payload.into()).await {
+        let mut h = headers::reply(kind, host.as_str(), error);
+        // An accepted registration carries the host's component set (scripts the agent runs) and its catch-up
+        // cursor: signed like a command.
+        if let (Some(signer), Reply::Register(RegisterReply::Accepted { epoch, .. })) = (&self.deps.signer, body) {
+            let fields = SignedFields::registration(host, *epoch, muster_nats::unix_millis());
+            h.extend(signer.sign(&fields, &payload));
+        }
+        if let Err(e) = self.deps.client.publish_with_headers(to, header_map(h), payload.into()).await {
             warn!(host = %host, error = %e, "reply not sent");
         }
     }

@@ -937,3 +937,17 @@ async fn a_repeated_request_create_gets_the_original_reply_from_this_leader_and_
     let refused = h.api(ApiCall::Request(spec(&long)));
     assert!(matches!(refused, Err(ref e) if e.code == muster_schemas::api::ApiErrorCode::BadRequest), "{refused:?}");
 }
+
+/// Found by fuzzing (`fuzz/regressions/api_call/run-timeout-overflow`, the `api_call` target): a `run` whose
+/// `timeout_secs` overflowed when turned into milliseconds (a panic with overflow checks, a wrapped deadline
+/// without) is refused with a reason.
+#[tokio::test(start_paused = true)]
+async fn a_run_timeout_beyond_a_day_is_refused() {
+    let input = include_bytes!("../../../fuzz/regressions/api_call/run-timeout-overflow");
+    let (name, body) = input[1..].split_at(usize::from(input[0]));
+    let call = crate::writes::parse_call(std::str::from_utf8(name).unwrap(), body).unwrap();
+    let mut h = Harness::new();
+    h.cluster();
+    let e = h.api(call).unwrap_err();
+    assert!(e.message.contains("timeout_secs must be at most 86400"), "{e:?}");
+}

@@ -14,6 +14,7 @@ use muster_schemas::cluster::{ComponentState, TaskStatus};
 use muster_schemas::events::{HostChanged, RequestChanged, TaskChanged};
 use muster_schemas::subjects::EventKind;
 use muster_schemas::{HostState, Subjects};
+use muster_tests::Identity;
 use serde_json::Value;
 
 /// How long one API call may take. `summary` reads every host record, which at 100k hosts is a large read.
@@ -35,7 +36,18 @@ const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// A plain client of the bench, named `name` in `nats server report connections`, through the one connect.
 pub async fn client(url: &str, name: &str) -> anyhow::Result<Client> {
-    Ok(muster_nats::connect(ConnectParams::new(url, name)?).await?)
+    Ok(muster_nats::connect(params(url, name)?).await?)
+}
+
+/// The connect parameters of a bench client: `url`, `name`, the server identity of the run (which reaches every
+/// subject and JetStream's API, as the ceilings and the probes need; see [`crate::env::identities`]).
+pub fn params(url: &str, name: &str) -> anyhow::Result<ConnectParams> {
+    params_as(url, name, Identity::Server)
+}
+
+/// As [`params`], as `who`.
+pub fn params_as(url: &str, name: &str, who: Identity<'_>) -> anyhow::Result<ConnectParams> {
+    Ok(ConnectParams { trust: crate::env::identities()?.client(who)?, ..ConnectParams::new(url, name)? })
 }
 
 /// The operator API.
@@ -45,9 +57,10 @@ pub struct Api {
 }
 
 impl Api {
-    /// Connects to `url`.
+    /// Connects to `url` as an operator (admin credentials).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let params = ConnectParams { request_timeout: Some(API_TIMEOUT), ..ConnectParams::new(url, "muster bench")? };
+        let params =
+            ConnectParams { request_timeout: Some(API_TIMEOUT), ..params_as(url, "muster bench", Identity::Admin)? };
         Ok(Self { client: muster_nats::connect(params).await? })
     }
 
@@ -233,7 +246,7 @@ impl<T: Clone + Send + 'static> Collector<T> {
         let params = ConnectParams {
             subscription_capacity: COLLECTOR_CAPACITY,
             events: connection.clone(),
-            ..ConnectParams::new(url, "muster bench collector")?
+            ..params_as(url, "muster bench collector", Identity::Admin)?
         };
         let client = muster_nats::connect(params).await?;
         let mut sub = client.subscribe(subject.to_owned()).await?;

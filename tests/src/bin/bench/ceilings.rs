@@ -57,7 +57,7 @@ async fn core(url: &str, count: u64) -> anyhow::Result<(f64, u64)> {
     let params = ConnectParams {
         subscription_capacity: 1 << 20,
         events: dropped.clone(),
-        ..ConnectParams::new(url, "muster bench ceiling subscriber")?
+        ..crate::api::params(url, "muster bench ceiling subscriber")?
     };
     let subscriber = muster_nats::connect(params).await?;
     let publisher = client(url, "muster bench ceiling publisher").await?;

@@ -80,8 +80,10 @@ pub async fn cli(run: &RunDir) -> anyhow::Result<Scenario> {
 /// One `muster run --hosts '*' -- true`, which must exit 0 (every task COMPLETED) within [`RUN_DEADLINE`].
 async fn time_run(cli: &Path, nats_url: &str, dir: &Path) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    // As an operator: admin credentials and the CA.
     let out = tokio::process::Command::new(cli)
         .args(["--nats", nats_url, "run", "--hosts", "*", "--", "true"])
+        .envs(crate::env::identities()?.env(muster_tests::Identity::Admin)?)
         .current_dir(dir)
         .stdin(Stdio::null())
         .kill_on_drop(true)

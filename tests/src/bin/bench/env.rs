@@ -1,5 +1,7 @@
 //! The processes a benchmark runs against — nats-server (with monitoring), muster-server, swarms, a real agent —
-//! and what the driver reads about them from `/proc` (CPU time, resident memory).
+//! and what the driver reads about them from `/proc` (CPU time, resident memory). Everything runs secured, as the
+//! end-to-end tests do: one security directory per run ([`identities`], written when the [`RunDir`] is made),
+//! nats-server on its `nats-single.conf` (JWT accounts, TLS), every process with its own identity.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use muster_tests::paths::{nats_server_bin, workspace_bin, workspace_root};
-use muster_tests::Proc;
+use muster_tests::{Identities, Identity, Proc};
 
 use crate::api::Api;
 
@@ -35,7 +37,21 @@ impl ServerTiming {
     }
 }
 
-/// A nats-server from `nats/single.conf` on random client and monitoring ports, with its store in `dir`.
+/// The run's identities: its security directory (`<run dir>/security`), made once by [`RunDir::new`].
+static IDENTITIES: OnceLock<Identities> = OnceLock::new();
+
+/// The run's identities (see [`IDENTITIES`]); an error before [`RunDir::new`].
+pub fn identities() -> anyhow::Result<&'static Identities> {
+    IDENTITIES.get().context("no run directory yet: its security directory holds every identity")
+}
+
+/// `MUSTER_*` variables of `who` (credentials, CA, command key or trusted keys), as `(name, value)` pairs.
+fn identity_env(who: Identity<'_>) -> anyhow::Result<Vec<(String, OsString)>> {
+    Ok(identities()?.env(who)?.into_iter().map(|(k, v)| (k, OsString::from(v))).collect())
+}
+
+/// A secured nats-server (the run's `nats-single.conf`) on random client and monitoring ports, with its store in
+/// `dir`.
 pub struct Nats {
     /// The nats-server process, its output in its log file.
     pub proc: Proc,
@@ -53,10 +69,13 @@ impl Nats {
         for d in [&store, &ports] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let conf = workspace_root().join("nats/single.conf");
+        let conf = identities()?.single_conf();
         let args = [
             "-c",
             path_str(&conf)?,
+            // Loopback: the secured config listens on every interface.
+            "-a",
+            "127.0.0.1",
             "-p",
             "-1",
             // A random monitoring port: /varz counts slow consumers on the nats-server side.
@@ -76,7 +95,10 @@ impl Nats {
             if let Ok(text) = std::fs::read_to_string(&file) {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
                     let first = |key: &str| value.get(key)?.get(0)?.as_str().map(str::to_owned);
-                    if let Some(url) = first("nats") {
+                    // `tls://127.0.0.1:<port>`: muster's URLs say `nats://` (TLS is negotiated, the server requires it).
+                    if let Some(url) =
+                        first("nats").and_then(|u| Some(format!("nats://127.0.0.1:{}", u.rsplit(':').next()?)))
+                    {
                         if crate::api::client(&url, "muster bench probe").await.is_ok() {
                             return Ok(Self { proc, url, monitor: first("monitoring") });
                         }
@@ -102,14 +124,17 @@ impl Nats {
 pub async fn start_server(dir: &Path, nats_url: &str, timing: ServerTiming, api: &Api) -> anyhow::Result<Proc> {
     let data = dir.join("server");
     std::fs::create_dir_all(&data)?;
-    let env: Vec<(&str, OsString)> = vec![
+    let mut env: Vec<(String, OsString)> = [
         ("MUSTER_NATS_URL", nats_url.into()),
         ("MUSTER_DATA_DIR", data.into_os_string()),
         ("MUSTER_SERVER_ID", "bench-1".into()),
         ("MUSTER_HEARTBEAT_INTERVAL_MS", timing.heartbeat_interval.as_millis().to_string().into()),
         ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
         ("MUSTER_LOG", server_log_filter().into()),
-    ];
+    ]
+    .map(|(k, v): (&str, OsString)| (k.to_owned(), v))
+    .into();
+    env.extend(identity_env(Identity::Server)?);
     let mut server = Proc::spawn("muster-server", &workspace_bin("muster-server")?, &[], env, dir)?;
     let started = Instant::now();
     loop {
@@ -150,7 +175,7 @@ pub async fn start_ensemble(
     for id in ids {
         let data = dir.join(id);
         std::fs::create_dir_all(&data)?;
-        let env: Vec<(&str, OsString)> = vec![
+        let mut env: Vec<(String, OsString)> = [
             ("MUSTER_NATS_URL", nats_url.into()),
             ("MUSTER_DATA_DIR", data.into_os_string()),
             ("MUSTER_SERVER_ID", (*id).into()),
@@ -159,7 +184,10 @@ pub async fn start_ensemble(
             ("MUSTER_HEARTBEAT_MISSES", timing.heartbeat_misses.to_string().into()),
             ("MUSTER_LEASE_TTL_MS", lease_ttl.as_millis().to_string().into()),
             ("MUSTER_LOG", server_log_filter().into()),
-        ];
+        ]
+        .map(|(k, v): (&str, OsString)| (k.to_owned(), v))
+        .into();
+        env.extend(identity_env(Identity::Server)?);
         let mut proc = Proc::spawn(id, &workspace_bin("muster-server")?, &[], env, dir)?;
         if instances.is_empty() {
             let started = Instant::now();
@@ -227,13 +255,16 @@ pub fn start_swarm(
         "--summary-secs",
         "5",
     ];
-    let env = [("MUSTER_NATS_URL", nats_url)];
+    let mut env = vec![("MUSTER_NATS_URL".to_owned(), OsString::from(nats_url))];
+    env.extend(identity_env(Identity::Swarm)?);
     Proc::spawn(name, &workspace_bin("muster-agent")?, &args, env, dir)
 }
 
 /// One real `muster-agent` for host `id`.
 pub fn start_agent(dir: &Path, nats_url: &str, id: &str) -> anyhow::Result<Proc> {
-    let env = [("MUSTER_NATS_URL", nats_url), ("MUSTER_HOST_ID", id)];
+    let mut env =
+        vec![("MUSTER_NATS_URL".to_owned(), OsString::from(nats_url)), ("MUSTER_HOST_ID".to_owned(), id.into())];
+    env.extend(identity_env(Identity::Agent(id))?);
     Proc::spawn(&format!("agent-{id}"), &workspace_bin("muster-agent")?, &[], env, dir)
 }
 
@@ -385,11 +416,14 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `target/bench/<label>-XXXXXX` (random suffix), removed on drop unless [`RunDir::keep`] is called.
+    /// Creates `target/bench/<label>-XXXXXX` (random suffix), removed on drop unless [`RunDir::keep`] is called,
+    /// and the run's security directory in it (see [`identities`]); one run per process.
     pub fn new(label: &str) -> anyhow::Result<Self> {
         let base = workspace_root().join("target/bench");
         std::fs::create_dir_all(&base)?;
         let dir = tempfile::Builder::new().prefix(&format!("{label}-")).tempdir_in(&base)?;
+        let identities = Identities::secured(dir.path())?;
+        IDENTITIES.set(identities).map_err(|_| anyhow::anyhow!("a second run directory in one bench process"))?;
         Ok(Self { path: dir.path().to_path_buf(), dir: Some(dir) })
     }
 
