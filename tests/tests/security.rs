@@ -422,3 +422,37 @@ async fn a_revoked_agent_is_cut_off_at_once_and_cannot_reconnect() -> anyhow::Re
     assert!(String::from_utf8_lossy(&out.stderr).contains("no unrevoked credentials"));
     Ok(())
 }
+
+/// The operator's view of the same rules, through `muster` on a running cluster: viewer credentials list hosts but a
+/// write is refused by nats-server at once (not after the write timeout), and `muster creds revoke` cuts a live
+/// agent off so that it goes HEARTBEAT_LOST within the detection window.
+#[tokio::test]
+async fn through_the_cli_a_viewer_cannot_write_and_a_revoked_host_goes_heartbeat_lost() -> anyhow::Result<()> {
+    use muster_schemas::HostState;
+    use muster_tests::{Cli, Identity, Muster};
+
+    let mut m = Muster::start(&["h1", "h2"]).await?;
+    m.wait_all(HostState::Healthy, Duration::from_secs(30)).await?;
+
+    let viewer = Cli::as_identity(m.nats.url(), &m.identities, Identity::Viewer)?;
+    let hosts = viewer.hosts().await?;
+    assert_eq!(hosts.len(), 2, "the viewer should read every host: {hosts:?}");
+    let started = Instant::now();
+    let write = viewer.output(&["run", "--", "true"], Duration::from_secs(30)).await?;
+    assert!(!write.status.success(), "a viewer's write ran: {}", write.stdout);
+    assert!(
+        write.stderr.contains("NATS refused this identity") && write.stderr.contains("muster.api.request.create"),
+        "the refusal should name the permission and the subject: {}",
+        write.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "the refusal took {:?}", started.elapsed());
+
+    let dir = m.identities.security().context("the cluster is secured")?.root().to_path_buf();
+    let revoke = m.cli.run(&["creds", "revoke", "h1", "--dir", dir.to_str().context("UTF-8 path")?]).await?;
+    assert!(revoke.contains("revoked host h1"), "{revoke}");
+    // The agent keeps running (it retries its connection, refused); only its host's state matters here.
+    let _cut_off = m.agents.remove("h1");
+    let limit = m.timing.detection_window() + Duration::from_secs(10);
+    m.wait_for_states(&[("h1", HostState::HeartbeatLost), ("h2", HostState::Healthy)], limit).await?;
+    Ok(())
+}

@@ -12,6 +12,7 @@ use muster_schemas::events::{RequestChanged, TaskChanged};
 use muster_schemas::subjects::EventKind;
 use muster_schemas::{codec, limits, Subjects};
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 
 use crate::error::CliError;
 
@@ -66,6 +67,22 @@ pub struct Api {
     client: async_nats::Client,
     subjects: Subjects,
     params: ApiParams,
+    /// nats-server's permission violations on this connection, as it words them: a call whose subject one names
+    /// fails at once instead of waiting out its timeout.
+    denied: broadcast::Sender<String>,
+}
+
+/// Waits for a permission violation naming `subject` (nats-server: `Permissions Violation for Publish to
+/// "<subject>"`); never returns if none comes.
+async fn violation_for(denied: &mut broadcast::Receiver<String>, subject: &str) -> String {
+    let quoted = format!("\"{subject}\"");
+    loop {
+        match denied.recv().await {
+            Ok(m) if m.contains(&quoted) => return m,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 impl Api {
@@ -83,8 +100,17 @@ impl Api {
             );
         }
         connect.trust = trust.clone();
+        let (denied, _) = broadcast::channel(16);
+        let tx = denied.clone();
+        connect.events = muster_nats::ConnectionEvents::new().with_hook(move |event| {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(m)) = event {
+                if m.contains("Permissions Violation") {
+                    let _ = tx.send(m.clone());
+                }
+            }
+        });
         let client = muster_nats::connect(connect).await?;
-        Ok(Self { client, subjects, params })
+        Ok(Self { client, subjects, params, denied })
     }
 
     /// Asks a read endpoint; with `min_seq`, the answer reflects the log at least up to it (read your writes on
@@ -141,7 +167,12 @@ impl Api {
             .headers(headers)
             .payload(Bytes::copy_from_slice(body.as_bytes()))
             .timeout(Some(timeout));
-        let msg = match self.client.send_request(subject.clone(), request).await {
+        let mut denied = self.denied.subscribe();
+        let answer = tokio::select! {
+            answer = self.client.send_request(subject.clone(), request) => answer,
+            detail = violation_for(&mut denied, &subject) => return Err(CliError::Denied { subject, detail }),
+        };
+        let msg = match answer {
             Ok(m) => m,
             Err(e) => {
                 return Err(match e.kind() {

@@ -32,6 +32,18 @@ pub enum CliError {
         /// What happened instead.
         detail: String,
     },
+    /// nats-server refused this identity the subject (a permissions violation): e.g. a write with viewer
+    /// credentials.
+    #[error(
+        "NATS refused this identity (MUSTER_NATS_CREDS) access to {subject}: {detail} — viewer credentials may only \
+         read; writes need admin credentials"
+    )]
+    Denied {
+        /// The subject asked.
+        subject: String,
+        /// nats-server's words.
+        detail: String,
+    },
     /// A server was asked but did not answer in time.
     #[error("no answer on {subject} within {timeout:?}")]
     Timeout {

@@ -503,7 +503,9 @@ impl Scheduler {
                 .copied()
                 .filter(|t| self.tasks.get(t).is_some_and(|t| t.status != TaskStatus::Completed))
                 .collect();
-            let allowed = n - (req.options.success_factor * n as f64).ceil() as usize;
+            // Saturating: a stored success factor above 1 (from the log or a snapshot) allows no failure, never a
+            // panic (found by fuzzing).
+            let allowed = n.saturating_sub((req.options.success_factor * n as f64).ceil() as usize);
             let failed_before: usize = req.stages[..si]
                 .iter()
                 .flat_map(|s| &s.tasks)

@@ -951,3 +951,24 @@ async fn a_run_timeout_beyond_a_day_is_refused() {
     let e = h.api(call).unwrap_err();
     assert!(e.message.contains("timeout_secs must be at most 86400"), "{e:?}");
 }
+
+/// Found by fuzzing (`fuzz/regressions/{txn_decode,snapshot_decode}/success-factor-above-one`, the `txn_decode` and
+/// `snapshot_decode` targets): a stored request whose success factor is above 1 made a new leader's stage
+/// accounting underflow at its takeover. The core now allows such a stage no failure.
+#[tokio::test(start_paused = true)]
+async fn a_stored_success_factor_above_one_does_not_panic_a_new_leader() {
+    let entry = include_bytes!("../../../fuzz/regressions/txn_decode/success-factor-above-one");
+    let snapshot = include_bytes!("../../../fuzz/regressions/snapshot_decode/success-factor-above-one");
+    let txn = crate::log::understand(entry).unwrap();
+    let from_log = crate::store::Store::in_memory().unwrap();
+    let last = muster_schemas::Txn { continues: false, ..txn.clone() };
+    from_log.apply(&[(1, txn), (2, last)]).unwrap();
+    let from_snapshot = crate::store::Store::in_memory().unwrap();
+    from_snapshot.restore(&crate::snapshot::decode(snapshot).unwrap()).unwrap();
+    for store in [from_log, from_snapshot] {
+        let timing = Timing { interval: SEC, deadline: 3 * SEC, task_grace: SEC };
+        let mut core = LeaderCore::new(9, timing, super::load(&store).unwrap(), Instant::now(), 1_000);
+        core.step(Input::TakeOver, Instant::now(), 1_000);
+        core.ready();
+    }
+}
