@@ -9,7 +9,6 @@
 //! Every variable a process needs to connect as someone is built here and nowhere else.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use muster_schemas::HostId;
@@ -53,8 +52,9 @@ struct Secured {
     command_key: CommandKey,
 }
 
+/// Now in Unix seconds (what JWTs and the security directory's records use), from the one clock.
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    muster_nats::unix_millis() / 1000
 }
 
 fn path_value(path: &Path) -> String {

@@ -4,7 +4,6 @@
 //! key a host enrolled with, and rejects that enrollment.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use muster_schemas::HostId;
 use muster_security::dir::{write_file, InitOptions, SecurityDir};
@@ -13,8 +12,9 @@ use crate::args::{Cli, CredsOp, SecurityOp};
 use crate::client::{Api, ApiParams};
 use crate::error::CliError;
 
+/// Now in Unix seconds (what JWTs and the security directory's records use), from the one clock.
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    muster_nats::unix_millis() / 1000
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
