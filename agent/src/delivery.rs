@@ -184,7 +184,7 @@ impl Delivery {
             Phase::CatchingUp(fetch) => {
                 let stats = &self.stats;
                 // Boxed: a catch-up runs once per registration, and its request state would otherwise enlarge
-                // every idle session (`muster-agent swarm` holds 100k of them).
+                // every idle session (`muster-swarm` holds 100k of them).
                 let target = Target {
                     stream: &self.stream,
                     subject: &self.subject,

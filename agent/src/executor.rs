@@ -71,7 +71,7 @@ impl Outcome {
 }
 
 /// Something that can run a [`CommandSpec`] to its end. The real agent uses [`ProcessExecutor`];
-/// `muster-agent swarm` can plug in trivial built-in commands without processes.
+/// `muster-swarm` can plug in trivial built-in commands without processes.
 pub trait Executor: Send + Sync + 'static {
     /// Runs `spec` until it ends, writing its output into `output`. It must end soon after `kill` is cancelled
     /// (returning [`Outcome::Killed`]) and after `spec.timeout_ms` (returning [`Outcome::TimedOut`]), and must not

@@ -145,7 +145,7 @@ impl FactSource for SystemFacts {
     }
 }
 
-/// Fixed facts and health: for simulated hosts (`muster-agent swarm`) and tests.
+/// Fixed facts and health: for simulated hosts (`muster-swarm`) and tests.
 #[derive(Debug, Clone, Default)]
 pub struct StaticFacts {
     /// Returned by every [`FactSource::facts`] call.

@@ -1,6 +1,6 @@
 //! Where a session's inbound messages come from: a [`Feed`] is either a NATS subscription of its own (the real
 //! agent: one for its control inbox, one for `muster.cmd.<host>`) or a [`Mailbox`] that one shared wildcard
-//! subscription routes into by subject (`muster-agent swarm`, where 100k simulated hosts cannot each afford two
+//! subscription routes into by subject (`muster-swarm`, where 100k simulated hosts cannot each afford two
 //! subscriptions). The subjects on the wire are the same either way.
 //!
 //! A mailbox is a small single-producer, single-consumer queue: an idle one costs one allocation of about a

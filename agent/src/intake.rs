@@ -336,7 +336,7 @@ pub struct Registration {
 }
 
 /// What delivery hands the runner. Commands are boxed: the channel allocates room for 32 inputs up front in
-/// every session, and a command is 184 bytes inline (`muster-agent swarm` holds 100k sessions).
+/// every session, and a command is 184 bytes inline (`muster-swarm` holds 100k sessions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerInput {
     /// A registration was accepted: these are the host's components; report all statuses.

@@ -34,11 +34,13 @@
 //! - [`config`]     — [`AgentConfig`]: defaults < TOML file < `MUSTER_*` environment, validated; builds the params.
 //! - [`enroll`]     — enrollment with a token: its own key, the leader's verdict, credentials kept in the state
 //!   directory.
-//! - [`swarm`]      — `muster-agent swarm`: many simulated hosts in one process over shared connections.
+//! - [`swarm`]      — `muster-swarm`: many simulated hosts in one process over shared connections.
+//! - [`process`]    — what both binaries do around their work: tracing, the runtime, the signal handler.
 //! - [`run`] (here) — one real host's agent.
 //!
-//! The binary (`src/main.rs`) parses arguments, loads the config, sets up tracing and signals, connects, and
-//! calls [`run`] (or [`swarm::run_swarm`] for `muster-agent swarm`).
+//! The binaries parse arguments, load the config, set up tracing and signals, connect, and call [`run`]
+//! (`src/main.rs`, `muster-agent`) or [`swarm::run_swarm`] (`src/bin/muster-swarm.rs`, `muster-swarm`, with its
+//! own allocator).
 #![deny(missing_docs)]
 
 pub mod backoff;
@@ -51,6 +53,7 @@ pub mod feed;
 pub mod intake;
 pub mod output;
 pub mod params;
+pub mod process;
 pub mod protocol;
 pub mod queue;
 pub mod recovery;

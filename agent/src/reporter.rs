@@ -78,7 +78,7 @@ impl Reporter {
     pub async fn run(mut self, mut reports: mpsc::Receiver<Box<Report>>) {
         while let Some(report) = reports.recv().await {
             // Boxed: reports are occasional, and the publish-and-retry state would otherwise enlarge every idle
-            // session (`muster-agent swarm` holds 100k of them).
+            // session (`muster-swarm` holds 100k of them).
             Box::pin(self.publish(*report)).await;
         }
     }

@@ -7,7 +7,7 @@
 //! session returns only once the command path has finished its own shutdown (grace period included).
 //!
 //! A session only borrows a cloned [`async_nats::Client`], so many sessions (one per simulated host in
-//! `muster-agent swarm`) can share one connection, each with its own [`Reconnects`] watcher and any [`Executor`].
+//! `muster-swarm`) can share one connection, each with its own [`Reconnects`] watcher and any [`Executor`].
 //! Its inbound messages arrive through a [`SessionIo`]: subscriptions of its own ([`run_session`]), or mailboxes
 //! fed by shared subscriptions ([`run_session_with`]).
 
@@ -116,7 +116,7 @@ pub async fn run_session<E: Executor>(
 
 /// What a session talks through: the client it publishes on, a JetStream context, and its two inbound feeds.
 ///
-/// The real agent subscribes both feeds itself ([`SessionIo::subscribe`]); `muster-agent swarm` routes them from
+/// The real agent subscribes both feeds itself ([`SessionIo::subscribe`]); `muster-swarm` routes them from
 /// shared wildcard subscriptions into [`crate::feed::Mailbox`]es and shares one JetStream context per connection.
 /// Either way the subjects on the wire are the same.
 #[derive(Debug)]
@@ -153,7 +153,7 @@ impl SessionIo {
 /// [`run_session`] over inbound feeds and a JetStream context the caller provides.
 ///
 /// Not an `async fn`: its arguments would then be stored twice for the session's whole life (once as the
-/// function's, once moved into the session), ≈1 KiB per simulated host in `muster-agent swarm`.
+/// function's, once moved into the session), ≈1 KiB per simulated host in `muster-swarm`.
 pub fn run_session_with<E: Executor>(
     io: SessionIo,
     params: SessionParams,
@@ -270,7 +270,7 @@ impl<F: FactSource> Shell<F> {
                         biased;
                         () = shutdown.cancelled() => return Ok(()),
                         // Boxed, like the heartbeat below: the request's state would otherwise enlarge every idle
-                        // session (`muster-agent swarm` holds 100k of them).
+                        // session (`muster-swarm` holds 100k of them).
                         event = Box::pin(self.register()) => event?,
                     }
                 }
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn sessions_can_be_spawned() {
-        // `muster-agent swarm` spawns one session per simulated host, so the future must be Send.
+        // `muster-swarm` spawns one session per simulated host, so the future must be Send.
         fn assert_send<T: Send>(_: &T) {}
         fn check(client: Client, params: SessionParams, reconnects: Reconnects) {
             let session = run_session(

@@ -1,5 +1,5 @@
 //! The counters of a session: what it sent, received and dropped. One [`SessionStats`] is shared by every part of
-//! one session's I/O (cloning shares the values), and by all sessions of `muster-agent swarm`, which prints their
+//! one session's I/O (cloning shares the values), and by all sessions of `muster-swarm`, which prints their
 //! sums: one relaxed atomic add per event, no allocation per session.
 //!
 //! A leaf: declared with the one counters facility of `muster_nats`, no dependency on the rest of the crate.

@@ -1,4 +1,4 @@
-//! `muster-agent swarm`: many simulated hosts in one process, to load the server and NATS the way a real fleet
+//! `muster-swarm`: many simulated hosts in one process, to load the server and NATS the way a real fleet
 //! would. Each simulated host is a full [`crate::session`]: its own host id, registration with the same jittered
 //! backoff, jittered heartbeats, static facts, and a real command path (delivery, catch-up, action queue, reports
 //! through JetStream) whose [`Executor`] runs a few built-in commands instead of processes ([`SwarmExecutor`]).
@@ -273,7 +273,7 @@ pub async fn run_swarm(
     let mut connections = Vec::with_capacity(connection_count);
     for index in 0..connection_count {
         let events = ConnectionEvents::new();
-        let name = format!("muster-agent swarm {} #{index}", params.id_prefix);
+        let name = format!("muster-swarm {} #{index}", params.id_prefix);
         let connect = ConnectParams {
             urls: config.nats_servers.clone(),
             name,
@@ -331,7 +331,7 @@ pub async fn run_swarm(
         SessionParams { host: hosts[0].clone(), stats: stats.clone(), ..config.session_params(unix_millis()) };
     let reconnects: Vec<_> = connections.iter().map(|c| c.events.reconnects()).collect();
     eprintln!(
-        "muster-agent swarm: {} hosts {}…{} over {connection_count} connection(s), ramp {:?}",
+        "muster-swarm: {} hosts {}…{} over {connection_count} connection(s), ramp {:?}",
         hosts.len(),
         hosts[0],
         hosts[hosts.len() - 1],

@@ -7,7 +7,7 @@
 //! `_INBOX.{{subject()}}.>` reads no one else's replies. [`check_insecure`] is the guard daemons run before
 //! connecting without credentials. [`ConnectionEvents`] is fed by the client's event callback: it logs the events,
 //! counts slow-consumer drops and disconnects, and fans connects out to any number of [`Reconnects`] (one per agent
-//! session, so `muster-agent swarm` can share one client), which re-register after a reconnect as Ambari agents
+//! session, so `muster-swarm` can share one client), which re-register after a reconnect as Ambari agents
 //! re-send everything after one.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use crate::settings::{env_vars, DefaultValue, Setting, SettingsError, Values};
 use crate::urls::{parse_urls, UrlError, DEFAULT_NATS_URL};
 
 /// Messages buffered per subscription before the client drops them as a slow consumer. The client's default
-/// (65,536) dropped heartbeats when 100,000 agents beat in a burst, and commands in `muster-agent swarm`, where
+/// (65,536) dropped heartbeats when 100,000 agents beat in a burst, and commands in `muster-swarm`, where
 /// thousands of sessions share one client; tokio allocates channel blocks as they fill, so a large bound costs
 /// nothing while idle.
 pub const SUBSCRIPTION_CAPACITY: usize = 262_144;

@@ -6,7 +6,7 @@
 //! by a [`Label`] (`hb.rejected.<code>`), one slot per label value.
 //!
 //! Counting is one relaxed atomic add on a slot found by a `match`: no map, no lock, no allocation. That is what
-//! `muster-agent swarm` needs, with a [`Counters`] per simulated session and 100,000 sessions.
+//! `muster-swarm` needs, with a [`Counters`] per simulated session and 100,000 sessions.
 //!
 //! ```
 //! use muster_nats::counters::{Counters, Label};

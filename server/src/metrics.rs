@@ -30,6 +30,9 @@ muster_nats::counters! {
     pub enum ServerCounter {
         /// Registrations accepted by the leader.
         RegAccepted = "reg.accepted",
+        /// Registrations that repeated the one recorded (same agent process, nothing changed, no first heartbeat
+        /// yet: its answer came too late), answered from the record without a commit.
+        RegRepeated = "reg.repeated",
         /// Registrations refused, by error code (busy: admission control).
         RegRejected(ErrorCode) = "reg.rejected",
         /// Heartbeats stepped by the leader's core.

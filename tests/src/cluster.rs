@@ -171,11 +171,11 @@ impl Muster {
         Ok(())
     }
 
-    /// Starts `muster-agent <args>` (`swarm --count …`) with the swarm's identity, kept among the agents as
+    /// Starts `muster-swarm <args>` (`--count …`) with the swarm's identity, kept among the agents as
     /// `swarm` (so every wait notices it exiting).
     pub fn spawn_swarm(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let env = swarm_env(&self.nats.url(), &self.identities)?;
-        let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent")?, args, env, self.dir.path())?;
+        let swarm = Proc::spawn("swarm", &workspace_bin("muster-swarm")?, args, env, self.dir.path())?;
         self.agents.insert("swarm".into(), swarm);
         Ok(())
     }
@@ -323,7 +323,7 @@ pub(crate) fn agent_env(
     Ok(env)
 }
 
-/// The environment of `muster-agent swarm`: this NATS and the swarm's identity.
+/// The environment of `muster-swarm`: this NATS and the swarm's identity.
 pub(crate) fn swarm_env(nats_urls: &str, identities: &Identities) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = vec![("MUSTER_NATS_URL".to_string(), nats_urls.to_string())];
     env.extend(identities.env(Identity::Swarm)?);

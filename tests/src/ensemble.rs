@@ -302,11 +302,11 @@ impl Ensemble {
         Ok(())
     }
 
-    /// Starts `muster-agent <args>` (`swarm --count …`) with the swarm's identity, kept among the agents as
+    /// Starts `muster-swarm <args>` (`--count …`) with the swarm's identity, kept among the agents as
     /// `swarm` (so every wait notices it exiting).
     pub fn spawn_swarm(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let env = swarm_env(&self.nats.urls(), &self.identities)?;
-        let swarm = Proc::spawn("swarm", &workspace_bin("muster-agent")?, args, env, self.dir.path())?;
+        let swarm = Proc::spawn("swarm", &workspace_bin("muster-swarm")?, args, env, self.dir.path())?;
         self.agents.insert("swarm".into(), swarm);
         Ok(())
     }

@@ -35,7 +35,7 @@ pub enum Identity<'a> {
     Viewer,
     /// The agent of one host: credentials minted for it (on first use), the trusted command key.
     Agent(&'a str),
-    /// `muster-agent swarm`: swarm credentials (minted on first use), the trusted command key.
+    /// `muster-swarm`: swarm credentials (minted on first use), the trusted command key.
     Swarm,
 }
 

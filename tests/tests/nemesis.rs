@@ -1,7 +1,7 @@
 //! The nemesis: leader faults at random points under a mixed load, then the outcome every fault must leave.
 //!
 //! An [`Ensemble`] (3-node NATS cluster, two voters and an observer) runs three real agents `h-1`…`h-3` and a
-//! `muster-agent swarm` simulating `NEMESIS_SWARM` hosts. Two loads run throughout: a small request every 300 ms on
+//! `muster-swarm` simulating `NEMESIS_SWARM` hosts. Two loads run throughout: a small request every 300 ms on
 //! the real agents (each run appends `$MUSTER_TASK` to the host's runs file, so runs are counted exactly) and a
 //! request on every simulated host every [`BIG_EVERY`] (the swarm's built-in `true`), so reports of thousands of
 //! tasks are in flight at every fault. `NEMESIS_FAULTS` times, whoever leads is struck — SIGKILL (then restarted) or
@@ -143,7 +143,7 @@ async fn rejoined(e: &mut Ensemble, id: &str, epoch: u64) {
 /// Starts the swarm and waits until `muster hosts` shows each of its `count` hosts HEALTHY.
 async fn start_swarm(e: &mut Ensemble, count: usize) {
     let n = count.to_string();
-    let args = ["swarm", "--count", &n, "--id-prefix", "swarm", "--ramp-ms", "2000", "--summary-secs", "10"];
+    let args = ["--count", &n, "--id-prefix", "swarm", "--ramp-ms", "2000", "--summary-secs", "10"];
     // With the swarm's credentials; as one of the ensemble's agents, it is checked for unexpected exits by every wait.
     e.spawn_swarm(&args).unwrap();
     wait_until(STARTUP, &format!("{count} simulated hosts HEALTHY"), async || {

@@ -1,4 +1,4 @@
-//! End-to-end test of `muster-agent swarm`, the load generator: its simulated hosts must be real hosts as far as
+//! End-to-end test of `muster-swarm`, the load generator: its simulated hosts must be real hosts as far as
 //! the server can tell (registered, HEALTHY, running commands and reporting results through the same protocol),
 //! and it must stop cleanly. No timing is asserted; `make bench` measures.
 
@@ -27,7 +27,7 @@ const STOP: Duration = Duration::from_secs(20);
 async fn simulated_hosts_register_run_commands_and_stop_cleanly() {
     let mut m = Muster::start(&[]).await.unwrap();
     let count = COUNT.to_string();
-    let args = ["swarm", "--count", count.as_str(), "--summary-secs", "1"];
+    let args = ["--count", count.as_str(), "--summary-secs", "1"];
     // With the swarm's credentials; as one of the cluster's agents, it is checked for unexpected exits by every wait.
     m.spawn_swarm(&args).unwrap();
 

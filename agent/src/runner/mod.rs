@@ -116,7 +116,7 @@ enum Spawned {
     Check { component: ComponentRef, generation: u64, in_round: bool },
 }
 
-/// The command path's state and the shell around its pure parts. Public so tests and `muster-agent swarm` can
+/// The command path's state and the shell around its pure parts. Public so tests and `muster-swarm` can
 /// drive it with their own report channel and executor.
 pub struct Runner<E> {
     executor: Arc<E>,
@@ -210,7 +210,7 @@ impl<E: Executor> Runner<E> {
             self.start_ready();
         }
         drop(input);
-        // Boxed: shutdown runs once, and its state would otherwise enlarge every idle runner (`muster-agent swarm`
+        // Boxed: shutdown runs once, and its state would otherwise enlarge every idle runner (`muster-swarm`
         // holds 100k of them).
         Box::pin(self.shutdown()).await;
     }

@@ -83,6 +83,12 @@ impl Hosts {
 
     /// Steps a registration: the record is replaced and the host watched from `now`. Returns the host's id if it
     /// was accepted, or the refusal to send it (counted here).
+    ///
+    /// A *repeat* — the same agent process (`agent_started_at`) registering again with the same facts, labels and
+    /// version while the host still waits for its first heartbeat, because the answer to its first registration
+    /// reached it too late — is answered from the record: it changes nothing, so nothing is committed (no txn op,
+    /// no event); only the watch restarts. In a registration storm the agents whose answers arrive after their
+    /// timeout would otherwise double the commits of the storm that delayed them.
     pub fn register(
         &mut self,
         req: RegisterRequest,
@@ -91,6 +97,11 @@ impl Hosts {
         out: &mut Output,
     ) -> Result<HostId, (HostId, RegisterReply)> {
         let prev = self.records.get(&req.host);
+        if prev.is_some_and(|r| is_repeat(r, &req)) {
+            self.windows.insert(req.host.clone(), now);
+            out.count(ServerCounter::RegRepeated);
+            return Ok(req.host);
+        }
         let from = prev.map_or(HostState::Init, |r| r.state);
         let to = match transition(from, HostEvent::Register) {
             Ok(to) => to,
@@ -258,6 +269,15 @@ impl Hosts {
         out.dirty.insert(Dirty::Host(record.id.clone()));
         self.records.insert(record.id.clone(), record);
     }
+}
+
+/// Whether `req` repeats the registration `record` holds (see [`Hosts::register`]).
+fn is_repeat(record: &HostRecord, req: &RegisterRequest) -> bool {
+    record.state == HostState::WaitingForHostStatusUpdates
+        && record.agent_started_at == req.agent_started_at
+        && record.agent_version == req.agent_version
+        && record.facts == req.facts
+        && record.labels == req.labels
 }
 
 fn reregister(reply: Option<String>, host: HostId, reason: String, out: &mut Output) {

@@ -355,6 +355,34 @@ async fn register_then_heartbeat_reaches_healthy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_repeated_registration_is_answered_from_the_record_without_a_commit() {
+    let mut h = Harness::new();
+    let first = h.register("a");
+    assert!(first.ops.iter().any(|op| matches!(op, TxnOp::PutHost(r) if r.id == id("a"))));
+    // The agent's answer came too late: it registers again, the same process with the same facts.
+    h.advance(SEC);
+    let repeat = h.register("a");
+    assert!(counted(&repeat, "reg.repeated"));
+    assert!(!repeat.ops.iter().any(|op| matches!(op, TxnOp::PutHost(_))), "{:?}", repeat.ops);
+    assert!(!repeat.effects.iter().any(|e| matches!(e, Effect::Event(_))));
+    assert!(repeat
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Reply { body: Reply::Register(RegisterReply::Accepted { epoch: 7, .. }), .. })));
+    assert_eq!(h.core.host(&id("a")).unwrap().registrations, 1);
+    // The watch restarted: not lost a deadline after the first registration, lost a deadline after the repeat.
+    h.advance(2 * SEC + SEC / 2);
+    h.step(Input::Tick);
+    assert_eq!(h.core.host(&id("a")).unwrap().state, HostState::WaitingForHostStatusUpdates);
+    // Once the host has heartbeated, registering again is a new registration (committed).
+    h.beat("a", &[]);
+    let again = h.register("a");
+    assert!(again.ops.iter().any(|op| matches!(op, TxnOp::PutHost(_))));
+    assert!(!counted(&again, "reg.repeated"));
+    assert_eq!(h.core.host(&id("a")).unwrap().registrations, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unknown_and_lost_hosts_are_told_to_register() {
     let mut h = Harness::new();
     let out = h.beat("ghost", &[]);

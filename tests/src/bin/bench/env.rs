@@ -230,7 +230,7 @@ fn server_log_filter() -> String {
     std::env::var("BENCH_MUSTER_LOG").unwrap_or_else(|_| "info".to_owned())
 }
 
-/// `muster-agent swarm` with `count` hosts `<prefix>-<index>` from `first_index`, their starts spread over `ramp`
+/// `muster-swarm` with `count` hosts `<prefix>-<index>` from `first_index`, their starts spread over `ramp`
 /// (`--ramp-ms`; zero: all at once).
 pub fn start_swarm(
     dir: &Path,
@@ -242,22 +242,11 @@ pub fn start_swarm(
     ramp: Duration,
 ) -> anyhow::Result<Proc> {
     let (first, count, ramp) = (first.to_string(), count.to_string(), ramp.as_millis().to_string());
-    let args = [
-        "swarm",
-        "--count",
-        &count,
-        "--id-prefix",
-        prefix,
-        "--first-index",
-        &first,
-        "--ramp-ms",
-        &ramp,
-        "--summary-secs",
-        "5",
-    ];
+    let args =
+        ["--count", &count, "--id-prefix", prefix, "--first-index", &first, "--ramp-ms", &ramp, "--summary-secs", "5"];
     let mut env = vec![("MUSTER_NATS_URL".to_owned(), OsString::from(nats_url))];
     env.extend(identity_env(Identity::Swarm)?);
-    Proc::spawn(name, &workspace_bin("muster-agent")?, &args, env, dir)
+    Proc::spawn(name, &workspace_bin("muster-swarm")?, &args, env, dir)
 }
 
 /// One real `muster-agent` for host `id`.

@@ -1,7 +1,7 @@
 //! `bench`: the benchmark driver behind `make bench` and `make bench-quick`.
 //!
 //! Starts its own nats-server (`nats/single.conf`, temp store, random ports), release `muster-server`,
-//! `muster-agent swarm`s and a real agent, runs every scenario of docs/benchmarks.md, and writes the results into
+//! `muster-swarm`s and a real agent, runs every scenario of docs/benchmarks.md, and writes the results into
 //! that document between its `bench:<mode>` markers — only when every scenario completed. A run that cannot
 //! complete (a process exits, a host never registers, a request never completes) exits non-zero and writes
 //! nothing; its logs are kept under `target/bench/`.

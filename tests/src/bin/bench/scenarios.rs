@@ -163,7 +163,7 @@ pub async fn fleet(run: &RunDir, plan: &Plan) -> anyhow::Result<(Ceilings, Vec<S
     let storm = Scenario {
         title: "1. Registration storm".into(),
         setup: format!(
-            "{} simulated hosts (`muster-agent swarm --count {n}`, one process, {} connections) start at once \
+            "{} simulated hosts (`muster-swarm --count {n}`, one process, {} connections) start at once \
              against one muster-server (heartbeat 5 s); time from the swarm's start to the last host's \
              WAITING → HEALTHY commit (`HostChanged.at`), confirmed by `muster.api.summary`.",
             thousands(n as f64),
