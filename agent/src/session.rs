@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, Message, Request, RequestError, RequestErrorKind, Subject};
+use async_nats::{Client, Message, RequestError, RequestErrorKind, Subject};
 use futures::{FutureExt as _, StreamExt as _};
 use muster_nats::unix_millis;
 use muster_nats::wire::header_map;
@@ -248,30 +248,44 @@ impl<F: FactSource> Shell<F> {
         loop {
             let event = match &state {
                 SessionState::Registering { .. } => {
-                    tokio::select! {
+                    // Waiting to retry, an earlier attempt's answer may still come: the leader committed that
+                    // registration, and taking its acceptance now saves a second one (and the host's window).
+                    let late = tokio::select! {
                         biased;
                         () = shutdown.cancelled() => return Ok(()),
-                        () = sleep_until(register_at) => {}
-                    }
-                    if !self.connected() {
-                        // A request now would sit in the client's buffer and time out; register as soon as NATS
-                        // is back instead of after a backoff that kept growing during the outage.
-                        tracing::info!("NATS is down; registering once it is back");
-                        while !self.connected() {
+                        () = sleep_until(register_at) => None,
+                        message = self.inbox.next() => match message {
+                            Some(message) => match self.late_acceptance(message) {
+                                Some(event) => Some(event),
+                                None => continue,
+                            },
+                            None => return Err(SessionError::InboxClosed),
+                        },
+                    };
+                    match late {
+                        Some(event) => event,
+                        None => {
+                            if !self.connected() {
+                                // A request now would sit in the client's buffer and time out; register as soon as
+                                // NATS is back instead of after a backoff that kept growing during the outage.
+                                tracing::info!("NATS is down; registering once it is back");
+                                while !self.connected() {
+                                    tokio::select! {
+                                        biased;
+                                        () = shutdown.cancelled() => return Ok(()),
+                                        () = self.reconnects.reconnected() => {}
+                                        () = tokio::time::sleep(CONNECTION_POLL) => {}
+                                    }
+                                }
+                            }
                             tokio::select! {
                                 biased;
                                 () = shutdown.cancelled() => return Ok(()),
-                                () = self.reconnects.reconnected() => {}
-                                () = tokio::time::sleep(CONNECTION_POLL) => {}
+                                // Boxed, like the heartbeat below: the request's state would otherwise enlarge
+                                // every idle session (`muster-swarm` holds 100k of them).
+                                event = Box::pin(self.register()) => event?,
                             }
                         }
-                    }
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => return Ok(()),
-                        // Boxed, like the heartbeat below: the request's state would otherwise enlarge every idle
-                        // session (`muster-swarm` holds 100k of them).
-                        event = Box::pin(self.register()) => event?,
                     }
                 }
                 SessionState::Heartbeating { interval, .. } => {
@@ -369,17 +383,60 @@ impl<F: FactSource> Shell<F> {
         }
         self.params.stats.inc(SessionCounter::RegisterAttempts);
         tracing::debug!(bytes = body.len(), "registering");
-        let request = Request::new()
-            .headers(header_map(headers::message(MessageKind::Register, self.params.host.as_str())))
-            .payload(body.into())
-            .timeout(Some(self.params.register_timeout));
-        let result = self.client.send_request(self.reg_subject.clone(), request).await;
-        let (event, registration) = classify_register(result, self.delivery.gate());
+        // The answer comes to the control inbox, not to a request's private inbox: one that arrives after the
+        // timeout is still heard (while waiting to retry, see `run`), instead of being dropped while the leader
+        // has committed the registration.
+        let headers = header_map(headers::message(MessageKind::Register, self.params.host.as_str()));
+        let deadline = Instant::now() + self.params.register_timeout;
+        let sent = self
+            .client
+            .publish_with_reply_and_headers(self.reg_subject.clone(), self.inbox_subject.clone(), headers, body.into())
+            .await;
+        if let Err(e) = sent {
+            return Ok(self.classified(Err(RequestError::with_source(RequestErrorKind::Other, e))));
+        }
+        loop {
+            let message = tokio::select! {
+                biased;
+                message = self.inbox.next() => message.ok_or(SessionError::InboxClosed)?,
+                () = sleep_until(deadline) => {
+                    return Ok(self.classified(Err(RequestError::new(RequestErrorKind::TimedOut))));
+                }
+            };
+            match register_answer(message) {
+                Some(answer) => return Ok(self.classified(answer)),
+                None => tracing::trace!("ignoring a control message while registering"),
+            }
+        }
+    }
+
+    /// Classifies a registration's outcome and keeps what an acceptance says about commands.
+    fn classified(&mut self, answer: Result<Message, RequestError>) -> SessionEvent {
+        let (event, registration) = classify_register(answer, self.delivery.gate());
         if let SessionEvent::RegisterAccepted { heartbeat_interval_ms, .. } = &event {
             self.last_interval = Some(Duration::from_millis(*heartbeat_interval_ms));
         }
         self.accepted = registration;
-        Ok(event)
+        event
+    }
+
+    /// An earlier attempt's acceptance heard while waiting to retry, as the event it is; anything else heard then
+    /// (its refusals, stale heartbeat answers) changes nothing.
+    fn late_acceptance(&mut self, message: Message) -> Option<SessionEvent> {
+        let Some(Ok(message)) = register_answer(message) else { return None };
+        let gate = self.delivery.gate();
+        match classify_register(Ok(message), gate) {
+            (event @ SessionEvent::RegisterAccepted { .. }, registration) => {
+                tracing::info!("an earlier registration's answer came late; registered with it");
+                self.params.stats.inc(SessionCounter::LateRegistrationAnswers);
+                if let SessionEvent::RegisterAccepted { heartbeat_interval_ms, .. } = &event {
+                    self.last_interval = Some(Duration::from_millis(*heartbeat_interval_ms));
+                }
+                self.accepted = registration;
+                Some(event)
+            }
+            _ => None,
+        }
     }
 
     async fn heartbeat(&mut self) {
@@ -427,6 +484,11 @@ impl<F: FactSource> Shell<F> {
         // retry and heartbeat-loss logic already cover that, so it is neither an error nor worth a warning.
         if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             tracing::trace!("heartbeat had no responders");
+            return None;
+        }
+        // The answer to an earlier registration attempt, after a later one was answered: stale.
+        if kind_of(message) == Some(MessageKind::RegisterReply.as_str()) {
+            tracing::debug!("ignoring a late registration answer; already registered");
             return None;
         }
         match control_event(message) {
@@ -532,9 +594,23 @@ pub fn classify_register(
     }
 }
 
+/// A message's kind header, if it has one.
+fn kind_of(message: &Message) -> Option<&str> {
+    message.headers.as_ref().and_then(|h| h.get(headers::KIND)).map(|v| v.as_str())
+}
+
+/// A control-inbox message as the answer to a registration: a registration reply, or the "no responders" status
+/// (no leader heard it) — `None` for anything else (a heartbeat's answer sent before registering again).
+pub fn register_answer(message: Message) -> Option<Result<Message, RequestError>> {
+    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return Some(Err(RequestError::new(RequestErrorKind::NoResponders)));
+    }
+    (kind_of(&message) == Some(MessageKind::RegisterReply.as_str())).then_some(Ok(message))
+}
+
 /// What a control-inbox message asks for, or why it is unusable.
 pub fn control_event(message: &Message) -> Result<SessionEvent, String> {
-    let kind = message.headers.as_ref().and_then(|h| h.get(headers::KIND)).map(|v| v.as_str());
+    let kind = kind_of(message);
     if let Some(kind) = kind.filter(|k| *k != MessageKind::HeartbeatReply.as_str()) {
         return Err(format!("unexpected message kind {kind:?}"));
     }
@@ -661,6 +737,26 @@ mod tests {
         }
         let (_, registration) = classify_register(Ok(reply), &gate);
         assert_eq!(registration.and_then(|r| r.components), Some(vec![]));
+    }
+
+    #[test]
+    fn registration_answers_are_told_from_other_control_messages() {
+        let accepted = RegisterReply::Accepted {
+            heartbeat_interval_ms: 2_000,
+            epoch: 9,
+            server_time: unix_millis(),
+            components: vec![],
+            cursor: 0,
+            done_after_cursor: vec![],
+        };
+        let reply = message(encode(&accepted), Some(MessageKind::RegisterReply));
+        assert!(matches!(register_answer(reply), Some(Ok(_))));
+        let rereg = HeartbeatReply::Reregister { reason: "unknown host".into() };
+        assert!(register_answer(message(encode(&rereg), Some(MessageKind::HeartbeatReply))).is_none());
+        assert!(register_answer(message(encode(&accepted), None)).is_none(), "no kind: not an answer");
+        let mut none = message(vec![], None);
+        none.status = Some(StatusCode::NO_RESPONDERS);
+        assert!(matches!(register_answer(none), Some(Err(e)) if e.kind() == RequestErrorKind::NoResponders));
     }
 
     #[test]

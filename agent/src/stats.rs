@@ -15,6 +15,8 @@ muster_nats::counters! {
         Registrations = "register.accepted",
         /// Re-registrations asked for by the server or caused by a reconnect.
         Reregistrations = "register.again",
+        /// Acceptances that came after the registration's timeout and were taken while waiting to retry.
+        LateRegistrationAnswers = "register.late_answer",
         /// Heartbeats handed to the NATS client.
         Heartbeats = "heartbeat.sent",
         /// Heartbeats the NATS client refused to send.

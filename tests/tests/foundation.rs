@@ -16,7 +16,7 @@ use muster_schemas::{
     decode, encode, ErrorCode, Health, Heartbeat, HeartbeatReply, HostFacts, HostId, HostRecord, HostState,
     RegisterReply, RegisterRequest, Subjects, PROTOCOL_VERSION,
 };
-use muster_tests::cluster::describe;
+use muster_tests::cluster::{describe, Settings, Timing};
 use muster_tests::{fatal, wait_until, within, Check, Muster};
 use serde::Serialize;
 
@@ -128,6 +128,21 @@ async fn three_agents_register_and_become_healthy() {
     assert_eq!(stats.counter("reg.accepted"), 3, "counters: {:?}", stats.counters);
     assert!(stats.counter("hb.received") > 0, "counters: {:?}", stats.counters);
     assert!(stats.applied_seq > 0, "state changed but no txn applied: {stats:?}");
+}
+
+/// Every answer to a registration reaches the agent after its timeout (the leader holds each 600 ms, the agent waits
+/// 300 ms): the agent still registers, with an answer that came late, and the leader commits one registration (the
+/// agent's retries repeat it and are answered without a commit). An agent that dropped late answers never would.
+#[tokio::test]
+async fn an_agent_registers_with_an_answer_that_comes_after_its_timeout() {
+    let settings = Settings::default()
+        .server("FAILPOINTS", "leader::register_reply=sleep(600)")
+        .agent("MUSTER_REGISTER_TIMEOUT_MS", "300");
+    let mut m = Muster::start_configured(Timing::FAST, settings, &["h1"]).await.unwrap();
+    m.wait_all(HostState::Healthy, STARTUP).await.unwrap();
+    let stats = m.cli.stats().await.unwrap();
+    assert_eq!(stats.counter("reg.accepted"), 1, "counters: {:?}", stats.counters);
+    assert_eq!(stats.counter("hosts.lost"), 0, "counters: {:?}", stats.counters);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

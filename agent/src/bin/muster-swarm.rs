@@ -42,7 +42,7 @@ struct Cli {
     /// NATS connections the hosts share [default: one per 5,000 hosts].
     #[arg(long)]
     connections: Option<usize>,
-    /// Host ids are <PREFIX>-000001, <PREFIX>-000002, ...
+    /// Host ids are PREFIX-000001, PREFIX-000002, ...
     #[arg(long, value_name = "PREFIX", default_value = "swarm")]
     id_prefix: String,
     /// Index of the first host.

@@ -157,6 +157,10 @@ impl NatsShell {
         let mut h = headers::reply(kind, host.as_str(), error);
         // An accepted registration carries the host's component set (scripts the agent runs) and its catch-up
         // cursor: signed like a command.
+        if matches!(body, Reply::Register(RegisterReply::Accepted { .. })) {
+            // Tests: an answer that reaches the agent after its timeout (`sleep(ms)` holds this task).
+            fail::fail_point!("leader::register_reply");
+        }
         if let (Some(signer), Reply::Register(RegisterReply::Accepted { epoch, .. })) = (&self.deps.signer, body) {
             let fields = SignedFields::registration(host, *epoch, muster_nats::unix_millis());
             h.extend(signer.sign(&fields, &payload));
