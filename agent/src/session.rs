@@ -265,18 +265,8 @@ impl<F: FactSource> Shell<F> {
                     match late {
                         Some(event) => event,
                         None => {
-                            if !self.connected() {
-                                // A request now would sit in the client's buffer and time out; register as soon as
-                                // NATS is back instead of after a backoff that kept growing during the outage.
-                                tracing::info!("NATS is down; registering once it is back");
-                                while !self.connected() {
-                                    tokio::select! {
-                                        biased;
-                                        () = shutdown.cancelled() => return Ok(()),
-                                        () = self.reconnects.reconnected() => {}
-                                        () = tokio::time::sleep(CONNECTION_POLL) => {}
-                                    }
-                                }
+                            if !self.wait_connected(&shutdown).await {
+                                return Ok(());
                             }
                             tokio::select! {
                                 biased;
@@ -364,6 +354,25 @@ impl<F: FactSource> Shell<F> {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Waits until NATS is connected; `false` if `shutdown` came first. A registration sent while NATS is down would
+    /// sit in the client's buffer and time out; this registers as soon as NATS is back instead of after a backoff
+    /// that kept growing during the outage.
+    async fn wait_connected(&mut self, shutdown: &CancellationToken) -> bool {
+        if self.connected() {
+            return true;
+        }
+        tracing::info!("NATS is down; registering once it is back");
+        while !self.connected() {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                () = self.reconnects.reconnected() => {}
+                () = tokio::time::sleep(CONNECTION_POLL) => {}
+            }
+        }
+        true
+    }
+
     /// Sends one registration and classifies the outcome. Only an oversized request (a config problem) is an error.
     async fn register(&mut self) -> Result<SessionEvent, SessionError> {
         let facts = self.facts.facts();
@@ -424,19 +433,12 @@ impl<F: FactSource> Shell<F> {
     /// (its refusals, stale heartbeat answers) changes nothing.
     fn late_acceptance(&mut self, message: Message) -> Option<SessionEvent> {
         let Some(Ok(message)) = register_answer(message) else { return None };
-        let gate = self.delivery.gate();
-        match classify_register(Ok(message), gate) {
-            (event @ SessionEvent::RegisterAccepted { .. }, registration) => {
-                tracing::info!("an earlier registration's answer came late; registered with it");
-                self.params.stats.inc(SessionCounter::LateRegistrationAnswers);
-                if let SessionEvent::RegisterAccepted { heartbeat_interval_ms, .. } = &event {
-                    self.last_interval = Some(Duration::from_millis(*heartbeat_interval_ms));
-                }
-                self.accepted = registration;
-                Some(event)
-            }
-            _ => None,
-        }
+        let event = self.classified(Ok(message));
+        matches!(event, SessionEvent::RegisterAccepted { .. }).then(|| {
+            tracing::info!("an earlier registration's answer came late; registered with it");
+            self.params.stats.inc(SessionCounter::LateRegistrationAnswers);
+            event
+        })
     }
 
     async fn heartbeat(&mut self) {
