@@ -4,7 +4,9 @@
 //! its identity ([`Identity`]): muster-server the server credentials and the command key, each agent credentials
 //! minted for its host id and the trusted command key, the swarm its swarm credentials, the CLI the admin's, the
 //! test's own clients what their check needs. Insecure ([`Identities::insecure`], one test of its own): the
-//! repository's loopback configs, no credentials, `MUSTER_INSECURE=true` for the daemons.
+//! repository's loopback configs, no credentials, `MUSTER_INSECURE=true` for the daemons. Signed only
+//! ([`Identities::signed`], for the bench's attribution of what security costs): as insecure, but the server
+//! signs with a command key and the agents check it.
 //!
 //! Every variable a process needs to connect as someone is built here and nowhere else.
 
@@ -42,8 +44,10 @@ pub enum Identity<'a> {
 /// The identities of one test's processes; cheap to clone (paths only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identities {
-    /// `None`: the insecure loopback mode.
+    /// `None`: the loopback modes (insecure, or signed only when [`Identities::signing`] is set).
     secured: Option<Secured>,
+    /// The command key of the signed-only mode (the secured mode's is in [`Secured`]).
+    signing: Option<CommandKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,12 +79,19 @@ impl Identities {
             .with_context(|| format!("muster security init {}", security.root().display()))?;
         // `init` writes the command key as `command.nk` in the directory's root.
         let command_key = CommandKey::ensure_in(security.root())?;
-        Ok(Self { secured: Some(Secured { dir: security, command_key }) })
+        Ok(Self { secured: Some(Secured { dir: security, command_key }), signing: None })
     }
 
     /// The insecure loopback mode: `nats/single.conf` / `nats/cluster.conf`, no credentials, unsigned commands.
     pub fn insecure() -> Self {
-        Self { secured: None }
+        Self { secured: None, signing: None }
+    }
+
+    /// The insecure loopback mode with signed commands and registration replies: a command key written to
+    /// `<dir>/command.nk`, the server signing with it (`MUSTER_COMMAND_KEY`), agents checking it
+    /// (`MUSTER_TRUSTED_KEYS`). What signing alone costs, without TLS or credentials.
+    pub fn signed(dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self { secured: None, signing: Some(CommandKey::ensure_in(dir)?) })
     }
 
     /// Whether this is the secured setup.
@@ -93,9 +104,9 @@ impl Identities {
         self.secured.as_ref().map(|s| &s.dir)
     }
 
-    /// The command key the server signs with and the agents trust (secured only).
+    /// The command key the server signs with and the agents trust (secured and signed only).
     pub fn command_key(&self) -> Option<&CommandKey> {
-        self.secured.as_ref().map(|s| &s.command_key)
+        self.secured.as_ref().map(|s| &s.command_key).or(self.signing.as_ref())
     }
 
     /// The CA certificate clients verify nats-server against (secured only).
@@ -148,15 +159,20 @@ impl Identities {
 
     /// The `MUSTER_*` variables (besides the URL) a process connecting as `who` needs. Secured: credentials and
     /// CA; the server's command key (`MUSTER_COMMAND_KEY`); an agent's or the swarm's trusted command key
-    /// (`MUSTER_TRUSTED_KEYS`). Insecure: `MUSTER_INSECURE=true` for the daemons, nothing for the CLI.
+    /// (`MUSTER_TRUSTED_KEYS`). Insecure: `MUSTER_INSECURE=true` for the daemons, nothing for the CLI; signed only:
+    /// the command key as when secured.
     pub fn env(&self, who: Identity<'_>) -> anyhow::Result<Vec<(String, String)>> {
         let Some(secured) = &self.secured else {
-            return Ok(match who {
-                Identity::Server | Identity::Agent(_) | Identity::Swarm => {
-                    vec![(INSECURE_ENV.to_owned(), "true".to_owned())]
-                }
-                Identity::Admin | Identity::Viewer => Vec::new(),
-            });
+            let mut env = Vec::new();
+            if matches!(who, Identity::Server | Identity::Agent(_) | Identity::Swarm) {
+                env.push((INSECURE_ENV.to_owned(), "true".to_owned()));
+            }
+            match (&self.signing, who) {
+                (Some(key), Identity::Server) => env.push(key.server_env()),
+                (Some(key), Identity::Agent(_) | Identity::Swarm) => env.push(key.agent_env()),
+                _ => {}
+            }
+            return Ok(env);
         };
         let creds = self.creds(who)?.context("a secured identity has credentials")?;
         let mut env =

@@ -1,7 +1,8 @@
 //! The processes a benchmark runs against — nats-server (with monitoring), muster-server, swarms, a real agent —
 //! and what the driver reads about them from `/proc` (CPU time, resident memory). Everything runs secured, as the
 //! end-to-end tests do: one security directory per run ([`identities`], written when the [`RunDir`] is made),
-//! nats-server on its `nats-single.conf` (JWT accounts, TLS), every process with its own identity.
+//! nats-server on its `nats-single.conf` (JWT accounts, TLS), every process with its own identity — unless the
+//! run asks for less ([`Security`]) to attribute what security costs.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -37,6 +38,41 @@ impl ServerTiming {
     }
 }
 
+/// How secured a run is (`--security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// JWT credentials, TLS, signed commands: what the product runs (the default).
+    Secured,
+    /// Loopback NATS without TLS or credentials; commands and registration replies signed and checked.
+    Signed,
+    /// Loopback NATS, nothing signed.
+    Insecure,
+}
+
+impl Security {
+    const NAMES: [(&'static str, Self); 3] =
+        [("secured", Self::Secured), ("signed", Self::Signed), ("insecure", Self::Insecure)];
+}
+
+impl std::str::FromStr for Security {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, mode)| *mode)
+            .with_context(|| format!("--security: unknown mode {s:?} (secured, signed or insecure)"))
+    }
+}
+
+impl std::fmt::Display for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = Self::NAMES.iter().find(|(_, mode)| mode == self).map_or("?", |(name, _)| name);
+        f.write_str(name)
+    }
+}
+
 /// The run's identities: its security directory (`<run dir>/security`), made once by [`RunDir::new`].
 static IDENTITIES: OnceLock<Identities> = OnceLock::new();
 
@@ -50,7 +86,7 @@ fn identity_env(who: Identity<'_>) -> anyhow::Result<Vec<(String, OsString)>> {
     Ok(identities()?.env(who)?.into_iter().map(|(k, v)| (k, OsString::from(v))).collect())
 }
 
-/// A secured nats-server (the run's `nats-single.conf`) on random client and monitoring ports, with its store in
+/// A nats-server (secured: the run's `nats-single.conf`; else the repository's loopback one) on random client and monitoring ports, with its store in
 /// `dir`.
 pub struct Nats {
     /// The nats-server process, its output in its log file.
@@ -406,12 +442,17 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates `target/bench/<label>-XXXXXX` (random suffix), removed on drop unless [`RunDir::keep`] is called,
-    /// and the run's security directory in it (see [`identities`]); one run per process.
-    pub fn new(label: &str) -> anyhow::Result<Self> {
+    /// and the run's security directory (or, running `signed`, its command key) in it (see [`identities`]); one
+    /// run per process.
+    pub fn new(label: &str, security: Security) -> anyhow::Result<Self> {
         let base = workspace_root().join("target/bench");
         std::fs::create_dir_all(&base)?;
         let dir = tempfile::Builder::new().prefix(&format!("{label}-")).tempdir_in(&base)?;
-        let identities = Identities::secured(dir.path())?;
+        let identities = match security {
+            Security::Secured => Identities::secured(dir.path())?,
+            Security::Signed => Identities::signed(dir.path())?,
+            Security::Insecure => Identities::insecure(),
+        };
         IDENTITIES.set(identities).map_err(|_| anyhow::anyhow!("a second run directory in one bench process"))?;
         Ok(Self { path: dir.path().to_path_buf(), dir: Some(dir) })
     }

@@ -7,11 +7,14 @@
 //! nothing; its logs are kept under `target/bench/`.
 //!
 //! ```text
-//! bench [--quick] [--fleet N] [--only GROUP[,GROUP…]] [--out FILE | --no-write] [--keep]
+//! bench [--quick] [--fleet N] [--only GROUP[,GROUP…]] [--security MODE] [--out FILE | --no-write] [--keep]
 //! ```
 //!
 //! `--only` runs some of the scenario groups — `fleet` (1, 2 and 4 share one fleet), `failure` (3), `failover`
 //! (5), `footprint` (6), `cli` (7) — and prints the results instead of writing them, unless `--out` names a file.
+//! `--security` takes the run off the secured default, to attribute what security costs: `signed` (loopback NATS
+//! without TLS or credentials, commands and registration replies still signed and checked) or `insecure`
+//! (nothing signed either); such a run also prints instead of writing unless `--out` is given.
 //!
 //! # Layout
 //! - `env`       — processes (nats-server with monitoring, muster-server, swarms, an agent) and `/proc` readings.
@@ -37,7 +40,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use muster_tests::paths::{nats_server_bin, workspace_root};
 
-use crate::env::RunDir;
+use crate::env::{RunDir, Security};
 use crate::report::Run;
 use crate::scenarios::Plan;
 
@@ -50,17 +53,23 @@ struct Options {
     keep: bool,
     /// Scenario groups to run ([`GROUPS`]); all when `None`.
     only: Option<Vec<String>>,
+    /// What runs secured (the default: everything).
+    security: Security,
 }
 
 /// The scenario groups, in the order they run: each starts its own processes.
 const GROUPS: [&str; 5] = ["fleet", "failure", "failover", "footprint", "cli"];
 
-const USAGE: &str = "usage: bench [--quick] [--fleet N] [--only GROUP[,GROUP...]] [--out FILE | --no-write] [--keep]
+const USAGE: &str = "usage: bench [--quick] [--fleet N] [--only GROUP[,GROUP...]] [--security MODE]
+             [--out FILE | --no-write] [--keep]
   --quick        the bench-quick plan: a 10,000-host fleet, short windows (< 5 min)
   --fleet N      the fleet of scenarios 1, 2, 4 and 5 (storm target scaled to 5,000 hosts/s)
   --only GROUPS  run only these groups: fleet (scenarios 1, 2, 4), failure (3), failover (5), footprint (6),
                  cli (7);
                  prints the results unless --out is given
+  --security M   secured (default: JWT credentials, TLS, signed commands), signed (loopback NATS without TLS
+                 or credentials, commands still signed and checked) or insecure (nothing signed either), to
+                 attribute what security costs; other than secured, prints the results unless --out is given
   --out FILE     write the results between the bench:<mode> markers of FILE (default docs/benchmarks.md)
   --no-write     print the results instead
   --keep         keep target/bench/<mode>-XXXXXX (logs, stores) after a successful run";
@@ -78,6 +87,7 @@ fn parse_args() -> anyhow::Result<Options> {
         out: Some(workspace_root().join("docs/benchmarks.md")),
         keep: false,
         only: None,
+        security: Security::Secured,
     };
     let mut out_given = false;
     let mut args = std::env::args().skip(1);
@@ -106,6 +116,9 @@ fn parse_args() -> anyhow::Result<Options> {
                 }
                 options.only = Some(groups);
             }
+            "--security" => {
+                options.security = args.next().context("--security needs a mode")?.parse()?;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -113,8 +126,8 @@ fn parse_args() -> anyhow::Result<Options> {
             other => anyhow::bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    // A partial run must not replace the complete results in docs/benchmarks.md.
-    if options.only.is_some() && !out_given {
+    // A partial or less secured run must not replace the complete results in docs/benchmarks.md.
+    if (options.only.is_some() || options.security != Security::Secured) && !out_given {
         options.out = None;
     }
     Ok(options)
@@ -136,7 +149,7 @@ fn main() -> ExitCode {
         }
     };
     let mode = if options.quick { "quick" } else { "full" };
-    let mut dir = match RunDir::new(mode) {
+    let mut dir = match RunDir::new(mode, options.security) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("bench: {e:#}");
@@ -207,6 +220,9 @@ async fn run(options: &Options, mode: &str, dir: &RunDir) -> anyhow::Result<Run>
     };
     if let Some(only) = &options.only {
         label.push_str(&format!(", only {}", only.join(", ")));
+    }
+    if options.security != Security::Secured {
+        label.push_str(&format!(", security {}", options.security));
     }
     Ok(Run {
         mode: label,
