@@ -119,7 +119,7 @@ const SHUTDOWN_GRACE: Setting = Setting {
     key: "shutdown_grace_ms",
     env: "MUSTER_SHUTDOWN_GRACE_MS",
     default: millis(DEFAULT_SHUTDOWN_GRACE),
-    meaning: "on SIGTERM, how long running commands may still finish and report",
+    meaning: "on SIGTERM (forwarded to running commands), how long they get to end and report before they are killed",
 };
 
 const TRUSTED_KEYS: Setting = Setting {
@@ -193,7 +193,7 @@ pub struct AgentConfig {
     pub status_interval: Duration,
     /// Auto-restart switch and limits.
     pub auto_restart: RestartLimits,
-    /// On shutdown, how long running commands may still finish and report.
+    /// On shutdown, how long running commands get to end (after a forwarded SIGTERM) and report.
     pub shutdown_grace: Duration,
     /// Credentials and TLS of the NATS connection, and `MUSTER_INSECURE` (see [`muster_nats::check_insecure`]).
     pub trust: ClientTrust,

@@ -3,13 +3,19 @@
 //! [`FactSource`] is what a session asks; [`SystemFacts`] answers from the real machine through one long-lived
 //! `sysinfo` state, and [`StaticFacts`] answers with fixed values (simulated hosts, tests). The shaping rules —
 //! which mounts count, how full is too full, how big a report may get — are pure functions tested on their own.
+//!
+//! In a container [`SystemFacts`] reports the container: [`probe_container`] reads the kernel's files (what they
+//! say is decided by the pure [`crate::container`]) and lowers the CPU count and memory to the cgroup's limits.
+//! Addresses and mounts need nothing extra: they are read in the agent's own network and mount namespaces.
 
 use std::net::IpAddr;
 use std::path::Path;
 
-use muster_schemas::host::Mount;
+use muster_schemas::host::{ContainerFacts, Mount};
 use muster_schemas::{Health, HostFacts};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, Networks, System};
+
+use crate::container::{self, CgroupVersion, Level, Markers, Resources};
 
 /// Filesystem types that are not storage: kernel and memory pseudo filesystems. Their sizes are meaningless or
 /// zero, and a full `/dev/shm` is not a full disk.
@@ -122,11 +128,20 @@ impl FactSource for SystemFacts {
             n => n,
         };
         let addresses = self.networks.values().flat_map(|n| n.ip_networks().iter().map(|ip| ip.addr));
+        let host = Resources {
+            cpus: u32::try_from(cpu_count).unwrap_or(u32::MAX),
+            memory_total: self.system.total_memory(),
+            memory_available: self.system.available_memory(),
+        };
+        let (usable, container) = match probe_container(Path::new("/"), Markers::of_this_process(), host) {
+            Some((usable, container)) => (usable, Some(container)),
+            None => (host, None),
+        };
         HostFacts {
             hostname: System::host_name().unwrap_or_default(),
-            cpu_count: u32::try_from(cpu_count).unwrap_or(u32::MAX),
-            memory_total_bytes: self.system.total_memory(),
-            memory_available_bytes: self.system.available_memory(),
+            cpu_count: usable.cpus,
+            memory_total_bytes: usable.memory_total,
+            memory_available_bytes: usable.memory_available,
             mounts: self.mounts(),
             os_name: System::name().unwrap_or_default(),
             os_version: System::os_version().unwrap_or_default(),
@@ -135,6 +150,7 @@ impl FactSource for SystemFacts {
             ip_addresses: shape_addresses(addresses),
             uptime_secs: System::uptime().unwrap_or_default(),
             timezone: read_timezone(Path::new("/etc/timezone"), Path::new("/etc/localtime")),
+            container,
         }
     }
 
@@ -143,6 +159,66 @@ impl FactSource for SystemFacts {
         let mounts = self.mounts();
         disk_health(&mounts, self.disk_full_percent)
     }
+}
+
+impl Markers {
+    /// The markers of the running process: `/.dockerenv`, `/run/.containerenv`, `$container`,
+    /// `$KUBERNETES_SERVICE_HOST`.
+    pub fn of_this_process() -> Self {
+        Self {
+            dockerenv: Path::new("/.dockerenv").exists(),
+            containerenv: Path::new("/run/.containerenv").exists(),
+            container_var: std::env::var_os("container").is_some(),
+            kubernetes_var: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        }
+    }
+}
+
+/// When the process runs in a container (by `markers` or `/proc/self/{cgroup,mountinfo}`): the share of `host`
+/// its cgroup and the cgroup's ancestors allow, and the container's facts. `None` outside a container: a limit
+/// on a host's service (a systemd `MemoryMax`) says nothing about the host. `root` is where the machine's
+/// filesystem is (`/`; tests use a directory tree). Unreadable files count as no limit.
+pub fn probe_container(root: &Path, markers: Markers, host: Resources) -> Option<(Resources, ContainerFacts)> {
+    let read = |path: &Path| {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        std::fs::read_to_string(root.join(relative)).unwrap_or_default()
+    };
+    let cgroup = read(Path::new("/proc/self/cgroup"));
+    let mountinfo = read(Path::new("/proc/self/mountinfo"));
+    if !container::in_container(markers, &cgroup, &mountinfo) {
+        return None;
+    }
+    let dirs = container::cgroup_dirs(&cgroup, &mountinfo);
+    let mut levels = Vec::new();
+    if let Some(dir) = &dirs.memory {
+        let (limit, used) = match dir.version {
+            CgroupVersion::V2 => ("memory.max", "memory.current"),
+            CgroupVersion::V1 => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        };
+        levels.extend(dir.levels().iter().map(|level| Level {
+            memory_limit: container::parse_memory_limit(&read(&level.join(limit))),
+            memory_used: container::parse_count(&read(&level.join(used))),
+            cpu_quota: None,
+        }));
+    }
+    if let Some(dir) = &dirs.cpu {
+        levels.extend(dir.levels().iter().map(|level| Level {
+            cpu_quota: match dir.version {
+                CgroupVersion::V2 => container::parse_cpu_max(&read(&level.join("cpu.max"))),
+                CgroupVersion::V1 => container::parse_cfs(
+                    &read(&level.join("cpu.cfs_quota_us")),
+                    &read(&level.join("cpu.cfs_period_us")),
+                ),
+            },
+            ..Level::default()
+        }));
+    }
+    let facts = ContainerFacts {
+        id: container::container_id(&mountinfo, &cgroup),
+        host_cpu_count: host.cpus,
+        host_memory_total_bytes: host.memory_total,
+    };
+    Some((container::effective_limits(host, &levels), facts))
 }
 
 /// Fixed facts and health: for simulated hosts (`muster-swarm`) and tests.
@@ -351,6 +427,100 @@ mod tests {
         assert_eq!(timezone_from(Some("  \n"), Some(link)), "America/New_York");
         assert_eq!(timezone_from(None, Some(Path::new("/etc/some-file"))), "");
         assert_eq!(timezone_from(None, None), "");
+    }
+
+    /// A machine's files under a temporary root: `(path, contents)`.
+    fn machine(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        root
+    }
+
+    const HOST: Resources = Resources { cpus: 8, memory_total: 32 * GIB, memory_available: 20 * GIB };
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_v2_container_reports_its_cgroup_limits_and_id() {
+        let mountinfo = format!(
+            "1 0 0:1 / / rw - overlay overlay rw\n\
+             2 1 0:2 / /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
+             3 1 8:1 /var/lib/docker/containers/{ID}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n"
+        );
+        let root = machine(&[
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/proc/self/mountinfo", &mountinfo),
+            ("/sys/fs/cgroup/memory.max", "2147483648\n"),
+            ("/sys/fs/cgroup/memory.current", "536870912\n"),
+            ("/sys/fs/cgroup/cpu.max", "150000 100000\n"),
+        ]);
+        let (usable, container) = probe_container(root.path(), Markers::default(), HOST).expect("a container");
+        assert_eq!(usable, Resources { cpus: 2, memory_total: 2 * GIB, memory_available: 3 * GIB / 2 });
+        assert_eq!(
+            container,
+            ContainerFacts { id: Some(ID.into()), host_cpu_count: 8, host_memory_total_bytes: 32 * GIB }
+        );
+    }
+
+    #[test]
+    fn limits_of_ancestors_count_and_unlimited_files_do_not() {
+        // No cgroup namespace: the path leads from the hierarchy's root down to the container; the pod above it
+        // holds the memory limit, the container the CPU quota.
+        let pod = "kubepods.slice/kubepods-pod1.slice";
+        let cgroup = format!("0::/{pod}/cri-containerd-{ID}.scope\n");
+        let dir = format!("/sys/fs/cgroup/{pod}/cri-containerd-{ID}.scope");
+        let root = machine(&[
+            ("/proc/self/cgroup", &cgroup),
+            ("/proc/self/mountinfo", "2 1 0:2 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+            (&format!("{dir}/memory.max"), "max\n"),
+            (&format!("{dir}/memory.current"), "1073741824\n"),
+            (&format!("{dir}/cpu.max"), "100000 100000\n"),
+            (&format!("/sys/fs/cgroup/{pod}/memory.max"), "4294967296\n"),
+            (&format!("/sys/fs/cgroup/{pod}/memory.current"), "3221225472\n"),
+            (&format!("/sys/fs/cgroup/{pod}/cpu.max"), "max 100000\n"),
+        ]);
+        let (usable, container) = probe_container(root.path(), Markers::default(), HOST).expect("a container");
+        assert_eq!(usable, Resources { cpus: 1, memory_total: 4 * GIB, memory_available: GIB });
+        assert_eq!(container.id.as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn a_v1_container_reads_the_v1_files() {
+        let root = machine(&[
+            ("/proc/self/cgroup", "4:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n"),
+            (
+                "/proc/self/mountinfo",
+                "5 1 0:5 /docker/x /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n\
+                 6 1 0:6 /docker/x /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n",
+            ),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "1073741824\n"),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "268435456\n"),
+            ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "250000\n"),
+            ("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"),
+        ]);
+        let markers = Markers { dockerenv: true, ..Markers::default() };
+        let (usable, container) = probe_container(root.path(), markers, HOST).expect("a container");
+        assert_eq!(usable, Resources { cpus: 3, memory_total: GIB, memory_available: 3 * GIB / 4 });
+        assert_eq!(container.id, None, "no id in a path that is not one");
+    }
+
+    #[test]
+    fn outside_a_container_limits_are_not_applied() {
+        // A systemd service with a memory limit on a plain host: the host's facts stay the host's.
+        let root = machine(&[
+            ("/proc/self/cgroup", "0::/system.slice/muster-agent.service\n"),
+            ("/proc/self/mountinfo", "2 1 0:2 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+            ("/sys/fs/cgroup/system.slice/muster-agent.service/memory.max", "1073741824\n"),
+        ]);
+        assert_eq!(probe_container(root.path(), Markers::default(), HOST), None);
+        // In a container whose files cannot be read, the host's totals stand.
+        let empty = machine(&[]);
+        let markers = Markers { containerenv: true, ..Markers::default() };
+        let (usable, container) = probe_container(empty.path(), markers, HOST).expect("a container");
+        assert_eq!((usable, container.id), (HOST, None));
     }
 
     #[test]

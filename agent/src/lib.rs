@@ -20,10 +20,16 @@
 //! - [`status`]     — the component status book: which statuses changed since last reported.
 //! - [`recovery`]   — the auto-restart limiter (per window, minimum gap, lifetime cap).
 //! - [`intake`]     — command checks, catch-up planning, repeat suppression; what delivery hands the runner.
+//! - [`container`]  — whether this is a container, its id, its cgroup's memory and CPU limits, from the kernel's
+//!   files' text.
 //!
 //! I/O shells — perform what the pure parts decide:
-//! - [`facts`]      — [`FactSource`]: host facts for registration and health for heartbeats (sysinfo or static).
-//! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree.
+//! - [`facts`]      — [`FactSource`]: host facts for registration and health for heartbeats (sysinfo or static;
+//!   a container's own limits and id).
+//! - [`reaper`]     — orphans re-parented to the agent (PID 1 or child subreaper) reaped without touching the
+//!   executor's children; as PID 1, the container's other processes stopped at the end.
+//! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree,
+//!   SIGTERM forwarded at shutdown.
 //! - [`reporter`]   — reports out: JetStream publish with `Nats-Msg-Id`, retried with the same id until acked.
 //! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor.
 //! - [`runner`]     — the command path: queue → executor → reports (`task`), status checks and auto-restart
@@ -39,12 +45,13 @@
 //! - [`run`] (here) — one real host's agent.
 //!
 //! The binaries parse arguments, load the config, set up tracing and signals, connect, and call [`run`]
-//! (`src/main.rs`, `muster-agent`) or [`swarm::run_swarm`] (`src/bin/muster-swarm.rs`, `muster-swarm`, with its
-//! own allocator).
+//! (`src/main.rs`, `muster-agent`, which also runs the [`reaper`] and, as PID 1, [`reaper::stop_the_rest`]) or
+//! [`swarm::run_swarm`] (`src/bin/muster-swarm.rs`, `muster-swarm`, with its own allocator).
 #![deny(missing_docs)]
 
 pub mod backoff;
 pub mod config;
+pub mod container;
 pub mod delivery;
 pub mod enroll;
 pub mod executor;
@@ -56,6 +63,7 @@ pub mod params;
 pub mod process;
 pub mod protocol;
 pub mod queue;
+pub mod reaper;
 pub mod recovery;
 pub mod reporter;
 pub mod runner;
@@ -88,17 +96,19 @@ pub enum RunError {
     Session(#[from] SessionError),
 }
 
-/// Runs the agent for the real host described by `config` until `shutdown` is cancelled.
+/// Runs the agent for the real host described by `config` until `shutdown` is cancelled, counting into `stats`
+/// (shared with the [`reaper`]).
 ///
 /// `reconnects` must come from the [`muster_nats::ConnectionEvents`] wired into `client`'s event callback.
 pub async fn run(
     config: &AgentConfig,
+    stats: SessionStats,
     client: Client,
     reconnects: Reconnects,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let facts = SystemFacts::new(config.disk_full_percent)?;
-    let params = config.session_params(muster_nats::unix_millis());
+    let params = SessionParams { stats, ..config.session_params(muster_nats::unix_millis()) };
     run_session(client, params, facts, Arc::new(ProcessExecutor), reconnects, shutdown).await?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `muster-agent`: parse arguments, load the config, set up tracing and signals, connect, run.
+//! `muster-agent`: parse arguments, load the config, set up tracing, signals and the orphan reaper, connect, run;
+//! as a container's PID 1, stop the container's other processes before exiting.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use muster_agent::config::{self, AgentConfig};
-use muster_agent::enroll;
 use muster_agent::process::{handle_signals, init_tracing, runtime};
+use muster_agent::stats::SessionCounter;
+use muster_agent::{enroll, reaper, SessionStats};
 use muster_nats::settings::{self, DefaultValue};
 use muster_nats::{ConnectParams, ConnectionEvents};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,17 +86,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let exit = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracing::info!(host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), "starting");
+    let pid1 = reaper::is_init();
+    tracing::info!(
+        host = %config.host_id, prefix = %config.prefix, version = env!("CARGO_PKG_VERSION"), pid1, "starting"
+    );
     handle_signals(&tracker, &shutdown, &exit)?;
-    if let enroll::Plan::Enroll(token) = &plan {
-        match enroll::enroll(&config, token, &shutdown).await? {
+    let stats = SessionStats::default();
+    start_reaper(&tracker, &stats, &exit);
+    let shutdown_began = tracker.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            Instant::now()
+        }
+    });
+
+    let result = serve(&mut config, &plan, stats.clone(), &shutdown).await;
+
+    shutdown.cancel();
+    if pid1 {
+        // What still runs is the container's (daemons its commands started), and it ends with the agent: in
+        // order, within the same grace, rather than SIGKILLed by the kernel when PID 1 exits.
+        let began = shutdown_began.await.unwrap_or_else(|_| Instant::now());
+        let killed = reaper::stop_the_rest(&stats, began + config.shutdown_grace).await;
+        tracing::info!(killed, "stopped the container's other processes");
+    }
+    exit.cancel();
+    tracker.close();
+    tracker.wait().await;
+
+    result?;
+    tracing::info!(orphans_reaped = stats.get(SessionCounter::OrphansReaped), "stopped");
+    Ok(())
+}
+
+/// Starts reaping orphans (see [`reaper`]): PID 1 is its namespace's reaper already; anywhere else the agent
+/// makes itself its descendants' reaper, so their orphans are its to reap.
+fn start_reaper(tracker: &TaskTracker, stats: &SessionStats, exit: &CancellationToken) {
+    if !reaper::is_init() {
+        if let Err(e) = reaper::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphaned daemons go to init");
+        }
+    }
+    tracker.spawn(reaper::run(stats.clone(), exit.clone()));
+}
+
+/// Enrolls if it must, connects, runs until `shutdown`, flushes.
+async fn serve(
+    config: &mut AgentConfig,
+    plan: &enroll::Plan,
+    stats: SessionStats,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let enroll::Plan::Enroll(token) = plan {
+        match enroll::enroll(config, token, shutdown).await? {
             Some(creds) => config.trust.credentials = Some(creds),
-            None => {
-                exit.cancel();
-                tracker.close();
-                tracker.wait().await;
-                return Ok(());
-            }
+            None => return Ok(()),
         }
     }
 
@@ -110,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = muster_nats::connect(connect).await.context("cannot set up the NATS connection")?;
 
-    let result = muster_agent::run(&config, client.clone(), reconnects, shutdown.clone()).await;
+    let result = muster_agent::run(config, stats, client.clone(), reconnects, shutdown.clone()).await;
 
     shutdown.cancel();
     // Without a connection there is nothing to flush to, and waiting would only delay the exit.
@@ -121,11 +169,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(_) => tracing::debug!("flush on shutdown timed out"),
         }
     }
-    exit.cancel();
-    tracker.close();
-    tracker.wait().await;
-
-    result?;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(result?)
 }

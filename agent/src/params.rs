@@ -87,7 +87,7 @@ pub struct CommandParams {
     pub status_interval: Duration,
     /// When and how often a dead component that should run is restarted.
     pub auto_restart: RestartLimits,
-    /// Time running commands get to finish and report at shutdown.
+    /// Time running commands get at shutdown to end (they get SIGTERM) and report, before they are killed.
     pub shutdown_grace: Duration,
     /// Bytes of each of a command's stdout and stderr kept for its report.
     pub output_limit: usize,

@@ -62,6 +62,10 @@ muster_nats::counters! {
         ReportRetries = "report.retries",
         /// Reports given up on: progress skipped while the reporter was behind, lost at shutdown or past the backlog.
         ReportsDropped = "report.dropped",
+        /// Orphaned processes reaped: descendants whose parent exited before them (a daemon a start script
+        /// double-forked) are re-parented to `muster-agent` (PID 1 in a container, a child subreaper elsewhere),
+        /// which collects their exit so none stays a zombie (`reaper`). Always 0 in `muster-swarm`.
+        OrphansReaped = "process.orphans_reaped",
     }
 }
 

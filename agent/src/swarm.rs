@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, Stop};
 use crate::facts::StaticFacts;
 use crate::feed::{mailbox, Feed, Mailbox};
 use crate::output::OutputCapture;
@@ -171,19 +171,20 @@ pub fn simulated_facts(host: &HostId) -> StaticFacts {
             ip_addresses: Vec::new(),
             uptime_secs: 0,
             timezone: "UTC".to_owned(),
+            container: None,
         },
         health: Default::default(),
     }
 }
 
 /// Runs built-in commands instead of processes: `true` (exit 0), `false` (exit 1), `echo ARGS` (prints them),
-/// `sleep SECS` (honours the timeout and kills); anything else exits 127 with "not a swarm builtin". A path is
+/// `sleep SECS` (honours the timeout, kills and the shutdown's SIGTERM); anything else exits 127 with "not a swarm builtin". A path is
 /// reduced to its last component, so a stack's `/bin/true` works too.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SwarmExecutor;
 
 impl Executor for SwarmExecutor {
-    async fn execute(&self, spec: CommandSpec, kill: CancellationToken, output: OutputCapture) -> Outcome {
+    async fn execute(&self, spec: CommandSpec, stop: Stop, output: OutputCapture) -> Outcome {
         let Some((program, args)) = spec.argv.split_first() else {
             return Outcome::SpawnFailed("the command has an empty argv".to_owned());
         };
@@ -202,7 +203,9 @@ impl Executor for SwarmExecutor {
                 tokio::select! {
                     () = tokio::time::sleep(duration) => Outcome::Exited(0),
                     () = tokio::time::sleep(Duration::from_millis(spec.timeout_ms)) => Outcome::TimedOut,
-                    () = kill.cancelled() => Outcome::Killed,
+                    () = stop.kill.cancelled() => Outcome::Killed,
+                    // A simulated `sleep` ends on SIGTERM as the real one does.
+                    () = stop.terminate.cancelled() => Outcome::Terminated,
                 }
             }
             _ => {
@@ -548,7 +551,7 @@ mod tests {
 
     async fn run(argv: &[&str]) -> (Outcome, String, String) {
         let output = OutputCapture::new(1024);
-        let outcome = SwarmExecutor.execute(spec(argv, 60_000), CancellationToken::new(), output.clone()).await;
+        let outcome = SwarmExecutor.execute(spec(argv, 60_000), Stop::default(), output.clone()).await;
         let (out, err) = output.text();
         (outcome, out, err)
     }
@@ -587,19 +590,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn sleep_honours_time_timeout_and_kill() {
+    async fn sleep_honours_time_timeout_kill_and_sigterm() {
         let started = Instant::now();
         assert_eq!(run(&["sleep", "1.5"]).await.0, Outcome::Exited(0));
         assert_eq!(started.elapsed(), Duration::from_millis(1_500));
 
         let out = OutputCapture::new(64);
-        let timed = SwarmExecutor.execute(spec(&["sleep", "10"], 2_000), CancellationToken::new(), out.clone()).await;
+        let timed = SwarmExecutor.execute(spec(&["sleep", "10"], 2_000), Stop::default(), out.clone()).await;
         assert_eq!(timed, Outcome::TimedOut);
 
-        let kill = CancellationToken::new();
-        let run = tokio::spawn(SwarmExecutor.execute(spec(&["sleep", "10"], 60_000), kill.clone(), out));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        kill.cancel();
-        assert_eq!(run.await.unwrap(), Outcome::Killed);
+        for (signal, outcome) in [("kill", Outcome::Killed), ("terminate", Outcome::Terminated)] {
+            let stop = Stop::default();
+            let run = tokio::spawn(SwarmExecutor.execute(spec(&["sleep", "10"], 60_000), stop.clone(), out.clone()));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match signal {
+                "kill" => stop.kill.cancel(),
+                _ => stop.terminate.cancel(),
+            }
+            assert_eq!(run.await.unwrap(), outcome, "{signal}");
+        }
     }
 }

@@ -102,6 +102,28 @@ pub struct HostFacts {
     pub uptime_secs: u64,
     /// Timezone name, when the host has one configured.
     pub timezone: String,
+    /// Set when the agent runs in a container: then `cpu_count`, `memory_total_bytes` and
+    /// `memory_available_bytes` are the container's (its cgroup limits, where lower than the host's),
+    /// `ip_addresses` its own interfaces' and `mounts` what it sees. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerFacts>,
+}
+
+/// What an agent running in a container knows about that container.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerFacts {
+    /// The container's id as its runtime names it (64 hex digits for Docker, Podman and containerd), when the
+    /// agent could find it (in `/proc/self/mountinfo` or its cgroup path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Logical CPUs of the machine the container runs on (`cpu_count` is lower when a `cpu.max` quota allows
+    /// fewer).
+    #[serde(default)]
+    pub host_cpu_count: u32,
+    /// Memory of the machine the container runs on, in bytes (`memory_total_bytes` is lower when the cgroup's
+    /// memory limit is).
+    #[serde(default)]
+    pub host_memory_total_bytes: u64,
 }
 
 /// The health an agent reports in each heartbeat: HEALTHY vs UNHEALTHY.
@@ -157,5 +179,31 @@ mod tests {
         }
         assert!("healthy".parse::<HostState>().is_err(), "names are case-sensitive, as on the wire");
         assert!("".parse::<HostState>().is_err());
+    }
+
+    #[test]
+    fn container_facts_are_optional_on_the_wire() {
+        use crate::{decode, encode};
+        let bare = HostFacts { hostname: "web-1".into(), cpu_count: 8, ..HostFacts::default() };
+        let bytes = encode(&bare);
+        // Without a container nothing new is sent: an older server or agent sees the facts it always saw.
+        assert!(!bytes.windows(b"container".len()).any(|w| w == b"container"));
+        assert_eq!(decode::<HostFacts>(&bytes, usize::MAX).unwrap(), bare);
+
+        let contained = HostFacts {
+            cpu_count: 2,
+            container: Some(ContainerFacts {
+                id: Some("ab".repeat(32)),
+                host_cpu_count: 8,
+                host_memory_total_bytes: 1 << 34,
+            }),
+            ..bare.clone()
+        };
+        assert_eq!(decode::<HostFacts>(&encode(&contained), usize::MAX).unwrap(), contained);
+        // A container without a known id, and one sent without the host totals, still decode.
+        let mut json = serde_json::to_value(&bare).unwrap();
+        json["container"] = serde_json::json!({"host_cpu_count": 4});
+        let facts: HostFacts = serde_json::from_value(json).unwrap();
+        assert_eq!(facts.container, Some(ContainerFacts { id: None, host_cpu_count: 4, host_memory_total_bytes: 0 }));
     }
 }

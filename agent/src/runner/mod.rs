@@ -15,9 +15,10 @@
 //! - `components`: the component set, status rounds and auto-restart decisions (pure).
 //!
 //! Every decision is made by a pure part: the queue, the component book, the restart limits, the catch-up plan;
-//! this module performs them. Shutdown starts nothing new, gives running commands `shutdown_grace` to finish and
-//! report, then kills their process groups *without* a report: those commands are after the cursor, so the
-//! server re-delivers them when the agent comes back.
+//! this module performs them. Shutdown starts nothing new and forwards the agent's SIGTERM to running commands
+//! (their process groups); a command that still exits 0 within `shutdown_grace` is reported, one that ends on the
+//! signal is not, and the process groups still running when the grace is over are killed, also *without* a
+//! report: those commands are after the cursor, so the server re-delivers them when the agent comes back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, Stop};
 use crate::intake::{CommandKey, RunnerInput, SeenSet};
 use crate::output::OutputCapture;
 use crate::params::{CommandParams, SessionParams};
@@ -140,6 +141,8 @@ pub struct Runner<E> {
     check_slots: Arc<Semaphore>,
     /// Cancelled at shutdown: status checks are killed at once.
     checks_stop: CancellationToken,
+    /// Cancelled at shutdown: running commands are asked to end (SIGTERM to their process groups).
+    terminate: CancellationToken,
     /// Cancelled when the shutdown grace is over: running commands are killed and not reported.
     force_stop: CancellationToken,
     status_reports: u64,
@@ -182,6 +185,7 @@ impl<E: Executor> Runner<E> {
             components: Components::new(params.auto_restart),
             check_slots: Arc::new(Semaphore::new(STATUS_CHECKS_PARALLEL)),
             checks_stop: CancellationToken::new(),
+            terminate: CancellationToken::new(),
             force_stop: CancellationToken::new(),
             status_reports: 0,
             refusal_reports: 0,
@@ -328,6 +332,7 @@ impl<E: Executor> Runner<E> {
                 self.components.job_started(lane);
             }
             let abort = self.force_stop.child_token();
+            let stop = Stop { terminate: self.terminate.child_token(), kill: abort.clone() };
             let executor = self.executor.clone();
             let (handle, spawned) = match job.payload {
                 Work::Task(execution) => {
@@ -338,16 +343,13 @@ impl<E: Executor> Runner<E> {
                     let force_stop = self.force_stop.clone();
                     self.stats.inc(SessionCounter::TasksStarted);
                     let span = tracing::info_span!("task", task = %key, command = %execution.command);
-                    let run = run_task(executor, execution, context, abort.clone(), force_stop).instrument(span);
+                    let run = run_task(executor, execution, context, stop, force_stop).instrument(span);
                     (self.jobs.spawn(run), spawned)
                 }
                 Work::AutoStart(component, mut spec) => {
                     with_muster_env(&mut spec, &self.host, Some(&component), None);
                     let output = OutputCapture::new(STATUS_OUTPUT_BYTES);
-                    let run = {
-                        let abort = abort.clone();
-                        async move { executor.execute(spec, abort, output).await }
-                    };
+                    let run = async move { executor.execute(spec, stop, output).await };
                     (self.jobs.spawn(run), Spawned::AutoStart { job: job.id, component })
                 }
             };
@@ -447,11 +449,11 @@ impl<E: Executor> Runner<E> {
         with_muster_env(&mut spec, &self.host, Some(component), None);
         let executor = self.executor.clone();
         let slots = self.check_slots.clone();
-        let kill = self.checks_stop.child_token();
+        let stop = Stop::kill_only(self.checks_stop.child_token());
         self.stats.inc(SessionCounter::StatusChecks);
         let handle = self.jobs.spawn(async move {
             let _slot: Option<OwnedSemaphorePermit> = slots.acquire_owned().await.ok();
-            executor.execute(spec, kill, OutputCapture::new(STATUS_OUTPUT_BYTES)).await
+            executor.execute(spec, stop, OutputCapture::new(STATUS_OUTPUT_BYTES)).await
         });
         self.spawned.insert(handle.id(), Spawned::Check { component: component.clone(), generation, in_round });
     }
@@ -539,8 +541,13 @@ impl<E: Executor> Runner<E> {
         }
         let running = self.queue.running_len();
         if running > 0 {
-            tracing::info!(running, grace = ?self.params.shutdown_grace, "waiting for running commands to finish");
+            tracing::info!(
+                running,
+                grace = ?self.params.shutdown_grace,
+                "forwarding SIGTERM to running commands; waiting for them to end"
+            );
         }
+        self.terminate.cancel();
         let grace_end = Instant::now() + self.params.shutdown_grace;
         let mut forced = false;
         while !self.jobs.is_empty() {

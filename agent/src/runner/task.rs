@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Executor, Outcome};
+use crate::executor::{Executor, Outcome, Stop};
 use crate::output::OutputCapture;
 use crate::stats::{SessionCounter, SessionStats};
 
@@ -78,12 +78,13 @@ pub fn with_muster_env(
 const FIRST_PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs one task: IN_PROGRESS once it has run for a moment and every `progress_interval` with the output so far, then the final
-/// report. A task killed because the shutdown grace ran out is not reported.
+/// report. A task that ended on the shutdown's SIGTERM, or was killed because the shutdown grace ran out, is not
+/// reported.
 pub async fn run_task<E: Executor>(
     executor: Arc<E>,
     execution: Execution,
     context: Arc<TaskContext>,
-    abort: CancellationToken,
+    stop: Stop,
     force_stop: CancellationToken,
 ) -> Outcome {
     let key = TaskAttempt { task: execution.task, attempt: execution.attempt };
@@ -97,7 +98,7 @@ pub async fn run_task<E: Executor>(
     let timeout_ms = execution.spec.timeout_ms;
     let mut spec = execution.spec;
     with_muster_env(&mut spec, &context.host, execution.component.as_ref(), Some((execution.task, execution.attempt)));
-    let run = executor.execute(spec, abort, output.clone());
+    let run = executor.execute(spec, stop, output.clone());
     tokio::pin!(run);
     let interval = context.progress_interval;
     let mut tick = interval_at(Instant::now() + FIRST_PROGRESS_AFTER.min(interval), interval);
@@ -114,6 +115,10 @@ pub async fn run_task<E: Executor>(
 
     if outcome == Outcome::Killed && force_stop.is_cancelled() {
         tracing::info!("killed at shutdown; not reported (the server re-delivers it)");
+        return outcome;
+    }
+    if outcome == Outcome::Terminated {
+        tracing::info!("ended on the shutdown's SIGTERM; not reported (the server re-delivers it)");
         return outcome;
     }
     let (phase, exit_code) = outcome.phase();

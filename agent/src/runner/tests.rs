@@ -13,7 +13,8 @@ use crate::params::RestartLimits;
 const DEADLOCK: Duration = Duration::from_secs(3_600);
 
 /// An executor of built-in commands, so the runner is tested without processes: `ok`, `exit N`,
-/// `sleep MS`, `block` (until killed), `echo TEXT`, and `status F` / `start F` / `stop F` over named flags.
+/// `sleep MS` (ignoring SIGTERM), `block` (until SIGTERM or killed), `stubborn` (until killed), `echo TEXT`, and
+/// `status F` / `start F` / `stop F` over named flags.
 #[derive(Debug, Default)]
 struct Fake {
     flags: Mutex<HashMap<String, bool>>,
@@ -35,9 +36,10 @@ impl Fake {
 }
 
 impl Executor for Fake {
-    async fn execute(&self, spec: CommandSpec, kill: CancellationToken, output: OutputCapture) -> Outcome {
+    async fn execute(&self, spec: CommandSpec, stop: Stop, output: OutputCapture) -> Outcome {
         self.started.lock().unwrap().push(spec.argv.join(" "));
         let arg = spec.argv.get(1).cloned().unwrap_or_default();
+        let ends_on_sigterm = spec.argv[0] == "block";
         let work = async {
             match spec.argv[0].as_str() {
                 "ok" => Outcome::Exited(0),
@@ -46,7 +48,7 @@ impl Executor for Fake {
                     tokio::time::sleep(Duration::from_millis(arg.parse().unwrap())).await;
                     Outcome::Exited(0)
                 }
-                "block" => std::future::pending().await,
+                "block" | "stubborn" => std::future::pending().await,
                 "echo" => {
                     output.stdout(arg.as_bytes());
                     Outcome::Exited(0)
@@ -67,7 +69,8 @@ impl Executor for Fake {
             outcome = tokio::time::timeout(Duration::from_millis(spec.timeout_ms), work) => {
                 outcome.unwrap_or(Outcome::TimedOut)
             }
-            () = kill.cancelled() => Outcome::Killed,
+            () = stop.kill.cancelled() => Outcome::Killed,
+            () = stop.terminate.cancelled(), if ends_on_sigterm => Outcome::Terminated,
         }
     }
 }
@@ -500,11 +503,11 @@ async fn status_checks_skip_a_component_whose_command_runs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn shutdown_lets_commands_finish_within_the_grace_then_kills_without_report() {
+async fn shutdown_forwards_sigterm_lets_commands_finish_within_the_grace_then_kills_without_report() {
     let mut h = start(CommandParams { shutdown_grace: Duration::from_secs(10), ..params() });
     h.live(execute(1, None, "sleep 3000")).await;
     h.live(execute(2, None, "block")).await;
-    h.live(execute(3, Some("a"), "block")).await;
+    h.live(execute(3, Some("a"), "stubborn")).await;
     h.live(execute(4, Some("a"), "ok")).await;
     for _ in 0..3 {
         assert_eq!(h.task().await.phase, TaskPhase::InProgress);
@@ -520,9 +523,24 @@ async fn shutdown_lets_commands_finish_within_the_grace_then_kills_without_repor
             _ => None,
         })
         .collect();
-    // Task 1 finished within the grace; 2 and 3 were killed unreported; 4 never started.
+    // Task 1 finished within the grace; 2 ended on the SIGTERM and 3 was killed at the end of the grace, both
+    // unreported; 4 never started.
     assert_eq!(finals, [(1, TaskPhase::Completed)]);
     assert_eq!(h_started(&rest), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_as_soon_as_the_commands_end_on_sigterm() {
+    let mut h = start(CommandParams { shutdown_grace: Duration::from_secs(10), ..params() });
+    h.live(execute(1, None, "block")).await;
+    h.live(execute(2, Some("a"), "block")).await;
+    for _ in 0..2 {
+        assert_eq!(h.task().await.phase, TaskPhase::InProgress);
+    }
+    let started = Instant::now();
+    let rest = h.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(1), "waited for the grace: {:?}", started.elapsed());
+    assert!(rest.iter().all(|r| !matches!(&r.body, ReportBody::Task(t) if t.phase.is_final())), "{rest:?}");
 }
 
 fn h_started(reports: &[Report]) -> usize {

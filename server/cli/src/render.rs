@@ -66,6 +66,18 @@ pub fn host(d: &HostDetail, now: UnixMillis) -> String {
         "memory",
         format!("{:.1} GiB total, {:.1} GiB available", gib(f.memory_total_bytes), gib(f.memory_available_bytes)),
     );
+    if let Some(c) = &f.container {
+        // What the container may use is above; what its machine has, here.
+        line(
+            "container",
+            format!(
+                "{} (on a host of {} cpus, {:.1} GiB)",
+                c.id.as_deref().unwrap_or("id unknown"),
+                c.host_cpu_count,
+                gib(c.host_memory_total_bytes)
+            ),
+        );
+    }
     line("uptime", span(f.uptime_secs as f64));
     line("timezone", f.timezone.clone());
     line("addresses", f.ip_addresses.join(", "));
@@ -333,6 +345,7 @@ mod tests {
             ip_addresses: vec!["10.0.0.1".into()],
             uptime_secs: 90_000,
             timezone: "UTC".into(),
+            container: None,
         };
         let record = muster_schemas::HostRecord {
             id: muster_schemas::HostId::new("h1").unwrap(),
@@ -362,6 +375,20 @@ mod tests {
         assert!(out.contains("  first         2026-11-28 19:28:50 UTC (1h00m ago)"), "{out}");
         assert!(out.contains("uptime          1d01h"), "{out}");
         assert!(!out.contains(&NOW.to_string()[..6]), "no epoch milliseconds: {out}");
+        assert!(!out.contains("container"), "not in a container: {out}");
+
+        let mut d = d;
+        let id = "ab".repeat(32);
+        d.record.facts.container = Some(muster_schemas::host::ContainerFacts {
+            id: Some(id.clone()),
+            host_cpu_count: 16,
+            host_memory_total_bytes: 1 << 36,
+        });
+        let out = host(&d, NOW);
+        assert!(out.contains(&format!("container       {id} (on a host of 16 cpus, 64.0 GiB)\n")), "{out}");
+        assert!(out.contains("cpus            2\n"), "{out}");
+        d.record.facts.container.as_mut().unwrap().id = None;
+        assert!(host(&d, NOW).contains("container       id unknown (on a host of 16 cpus"), "{out}");
     }
 
     #[test]
