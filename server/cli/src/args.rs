@@ -247,6 +247,11 @@ pub enum TokenOp {
         /// How long it is valid (`30m`, `24h`, `7d`).
         #[arg(long, value_name = "D", default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
+        /// Write an enrollment bundle into this directory instead of printing the token: `token` (mode 0600), and
+        /// `ca.pem` and `command.pub` from DIR — all an enrolling agent needs (MUSTER_ENROLL_TOKEN=@OUT/token,
+        /// MUSTER_NATS_CA=OUT/ca.pem, MUSTER_TRUSTED_KEYS=@OUT/command.pub), and no key of DIR.
+        #[arg(long, value_name = "OUT")]
+        bundle: Option<PathBuf>,
         /// Print the token and its record as JSON instead.
         #[command(flatten)]
         out: Output,
@@ -361,6 +366,14 @@ mod tests {
         let c = Cli::try_parse_from(["muster", "token", "create", "--dir", "sec", "--hosts", "web-*", "--uses", "3"]);
         assert!(matches!(c.unwrap().command, Command::Token { op: TokenOp::Create { uses: 3, .. } }));
         assert!(Cli::try_parse_from(["muster", "token", "create"]).is_err(), "token create needs --dir");
+        let c = Cli::try_parse_from(["muster", "token", "create", "--dir", "sec", "--bundle", "boot"]).unwrap();
+        assert!(matches!(c.command, Command::Token { op: TokenOp::Create { bundle: Some(_), .. } }));
+        let c = Cli::try_parse_from(["muster", "security", "init", "sec", "--host", "n1", "--if-missing"]).unwrap();
+        assert!(matches!(c.command, Command::Security { op: SecurityOp::Init { if_missing: true, .. } }));
+        assert!(
+            Cli::try_parse_from(["muster", "security", "init", "sec", "--if-missing", "--force"]).is_err(),
+            "--if-missing and --force contradict each other"
+        );
         Cli::try_parse_from(["muster", "token", "revoke", "UABC"]).unwrap();
         let c = Cli::try_parse_from(["muster", "hosts", "accept", "web-1"]).unwrap();
         assert!(matches!(c.command, Command::Hosts { op: Some(HostsOp::Accept { .. }), .. }));
@@ -422,6 +435,10 @@ pub enum SecurityOp {
         /// Overwrite a directory that already holds files (every credential minted from it stops working).
         #[arg(long)]
         force: bool,
+        /// Leave DIR as it is and succeed when it already is a complete security directory (its state file and
+        /// nats-server configs exist): for a deployment's init job, which runs at every start.
+        #[arg(long, conflicts_with = "force")]
+        if_missing: bool,
     },
 }
 

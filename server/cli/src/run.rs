@@ -164,11 +164,16 @@ async fn hosts_op(api: &Api, op: HostsOp, width: Option<usize>) -> Result<(), Cl
 async fn token_op(api: &Api, op: TokenOp, width: Option<usize>) -> Result<(), CliError> {
     let out = &mut std::io::stdout();
     match op {
-        TokenOp::Create { dir, hosts, uses, ttl, out: o } => {
+        TokenOp::Create { dir, hosts, uses, ttl, bundle, out: o } => {
             let new = token::mint(&dir, hosts, uses, ttl, unix_millis()).map_err(std::io::Error::other)?;
             let body = serde_json::to_string(&new.spec)
                 .map_err(|e| CliError::Decode { what: "token spec", detail: e.to_string() })?;
-            let r = api.write::<TokenRecord>(Endpoint::TokenCreate, &body).await?;
+            // The leader records a repeated token.create as the first (same id, same settings), so it is repeated
+            // while no leader answers: a deployment's token job may run just as the first leader is elected.
+            let r = api.write_idempotent::<TokenRecord>(Endpoint::TokenCreate, &body).await?;
+            if let Some(bundle) = &bundle {
+                token::write_bundle(&dir, bundle, &new.token).map_err(std::io::Error::other)?;
+            }
             if o.json {
                 #[derive(Serialize)]
                 struct Created<'a> {
@@ -179,7 +184,10 @@ async fn token_op(api: &Api, op: TokenOp, width: Option<usize>) -> Result<(), Cl
                 return print_json(out, &Created { token: new.token.to_string(), record: &r.reply, seq: r.seq });
             }
             eprint!("{}", token::created(&r.reply));
-            writeln!(out, "{}", new.token)?;
+            match &bundle {
+                Some(b) => writeln!(out, "wrote the enrollment bundle {} (token, ca.pem, command.pub)", b.display())?,
+                None => writeln!(out, "{}", new.token)?,
+            }
             Ok(())
         }
         TokenOp::List { out: o } => {

@@ -27,8 +27,13 @@ fn host_id(host: &str) -> Result<HostId, CliError> {
 
 /// Runs `muster security <op>`.
 pub fn security(cli: &Cli, op: &SecurityOp) -> Result<(), CliError> {
-    let SecurityOp::Init { dir, hosts, force } = op;
+    let SecurityOp::Init { dir, hosts, force, if_missing } = op;
     let sd = SecurityDir::new(dir).map_err(err)?;
+    // Complete: `init` writes the state file and then the configs last.
+    if *if_missing && sd.state_file().is_file() && sd.cluster_conf().is_file() && sd.single_conf().is_file() {
+        writeln!(std::io::stdout(), "{} is a security directory already; left as it is", sd.root().display())?;
+        return Ok(());
+    }
     sd.init(&InitOptions { prefix: cli.prefix.clone(), hosts: hosts.clone(), force: *force, now: now() })
         .map_err(err)?;
     let d = sd.root().display();

@@ -33,6 +33,9 @@ pub enum TokenError {
     /// Signing failed.
     #[error("cannot sign the enroll token's JWT: {0}")]
     Sign(String),
+    /// The enrollment bundle could not be written.
+    #[error("cannot write the enrollment bundle: {0}")]
+    Bundle(String),
     /// `--ttl` is zero or beyond the year 9999.
     #[error("--ttl must be more than 0 s and less than a few thousand years")]
     Ttl,
@@ -78,6 +81,30 @@ pub fn mint(
 fn enroll_jwt(signer: &KeyPair, account: &str, user: &str, expires_at: UnixMillis) -> Result<String, TokenError> {
     let exp = i64::try_from(expires_at / 1000).map_err(|_| TokenError::Ttl)?;
     expiring_user_jwt(signer, account, ENROLL_USER_NAME, user, Some(exp)).map_err(|e| TokenError::Sign(e.to_string()))
+}
+
+/// Writes the enrollment bundle `out`: `token` (0600), and the CA certificate and command key's public key of the
+/// security directory `dir` (`ca.pem`, `command.pub`): what an agent enrolling with the token needs, and nothing
+/// secret of `dir`. Each file is written under a temporary name and renamed, so an agent starting meanwhile reads
+/// the old file or the new one, never half of one.
+pub fn write_bundle(dir: &Path, out: &Path, token: &EnrollToken) -> Result<(), TokenError> {
+    let sd = SecurityDir::new(dir).map_err(|e| TokenError::Dir(e.to_string()))?;
+    let copy = |from: &Path| {
+        std::fs::read_to_string(from).map_err(|e| TokenError::Dir(format!("cannot read {}: {e}", from.display())))
+    };
+    let files = [
+        ("token", format!("{token}\n"), true),
+        ("ca.pem", copy(&sd.ca_cert())?, false),
+        ("command.pub", copy(&sd.command_pub())?, false),
+    ];
+    for (name, contents, secret) in files {
+        let (path, tmp) = (out.join(name), out.join(format!(".{name}.new")));
+        let written = muster_security::dir::write_file(&tmp, &contents, secret).map_err(|e| e.to_string());
+        written
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()))
+            .map_err(|e| TokenError::Bundle(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Where a token stands at `now`.
