@@ -7,6 +7,7 @@
 #   make nemesis    50 leader faults under load on an HA ensemble (release binaries, ~10 min)
 #   make fuzz       every cargo-fuzz target (fuzz/) long enough for >= 1 million executions each (~40 min)
 #   make fuzz-ci    every cargo-fuzz target for 20 s (CI)
+#   make images     container images muster-nats, muster-server, muster-agent from release binaries (docs/deploy.md)
 #   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
 #   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
 #   make clean      demo-stop, cargo clean, remove .demo/ (keeps the downloaded .tools/)
@@ -63,6 +64,14 @@ nemesis: tools
 	nats="$$(scripts/install-nats.sh --path)"; \
 	MUSTER_BIN_DIR="$$PWD/target/release" NEMESIS_FAULTS=50 NEMESIS_SWARM=5000 MUSTER_NATS_SERVER="$$nats" \
 	PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test -p muster-tests --test nemesis -- --include-ignored --nocapture
+
+# Container images for compose.yaml (docs/deploy.md), built locally with no registry: FROM scratch for nats-server and
+# muster-server (+ the CLI), a debootstrapped Debian trixie base for the agent (made once). The deploy test builds
+# the same images from the debug binaries instead.
+.PHONY: images
+images: tools
+	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent
+	scripts/images.sh --profile release
 
 demo:
 	scripts/demo.sh start

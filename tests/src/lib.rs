@@ -23,6 +23,8 @@
 //! - [`load`]        — clients: [`load::Load`] (requests submitted during a fault) and [`load::Sampler`].
 //! - [`cluster`]     — harnesses: [`Muster`]: one nats-server, one muster-server and agents, fast test timing.
 //! - [`ensemble`]    — harnesses: [`Ensemble`]: muster in HA (two voters, one observer) on a [`NatsCluster`].
+//! - [`docker`]      — harnesses: the images (`scripts/images.sh`) and [`docker::Compose`], the repository's
+//!   `compose.yaml` under a project of its own, reached from the host.
 //!
 //! Everything that can outlive a failed test (processes, directories) is cleaned up on Drop; when the test is
 //! panicking, Drop first prints the tail of every log and keeps the test directory (see docs/testing.md).
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod cluster;
 pub mod command_key;
 pub mod descendants;
+pub mod docker;
 pub mod ensemble;
 pub mod identities;
 pub mod load;
