@@ -7,6 +7,7 @@
 #   make nemesis    50 leader faults under load on an HA ensemble (release binaries, ~10 min)
 #   make fuzz       every cargo-fuzz target (fuzz/) long enough for >= 1 million executions each (~40 min)
 #   make fuzz-ci    every cargo-fuzz target for 20 s (CI)
+#   make deb        Debian packages muster-server, muster-agent, muster-cli (release binaries) into target/debian/
 #   make images     container images muster-nats, muster-server, muster-agent from release binaries (docs/deploy.md)
 #   make demo       nats-server, muster-server and three agents under .demo/ with the toy stack deployed, left running
 #   make demo-stop  stop what `make demo` started (agents, toy daemons, server, nats-server)
@@ -16,7 +17,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: tools build lint test bench bench-quick demo demo-stop clean
+.PHONY: tools build lint test bench bench-quick demo demo-stop clean deb cargo-deb
 
 # rustfmt and clippy: the toolchain's default profile has both, a minimal one does not, and `lint` needs them.
 tools:
@@ -37,10 +38,11 @@ lint: tools
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 # The end-to-end tests run the binaries from target/debug, which `cargo test` does not build for another package,
-# hence `build` first. MUSTER_NATS_SERVER and PATH point at the nats-server `tools` chose.
+# hence `build` first. MUSTER_NATS_SERVER and PATH point at the nats-server `tools` chose. tests/tests/packages.rs
+# packages those binaries with cargo-deb (hence `cargo-deb`) and installs them in a Debian container.
 # One test at a time: each end-to-end test runs its own nats-server(s), muster-servers and agents (the HA tests a
 # 3-node NATS cluster and three servers), and on 2 cores two of those at once starve each other's timers.
-test: tools lint build
+test: tools cargo-deb lint build
 	nats="$$(scripts/install-nats.sh --path)"; \
 	MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test --workspace $(FEATURES) -- --test-threads=1
 
@@ -91,3 +93,23 @@ fuzz:
 
 fuzz-ci:
 	scripts/fuzz.sh --ci
+
+# Debian packages (docs/packages.md): cargo-deb, pinned, into .tools/ (crates come through cargo's own configuration),
+# then one .deb per package from the release binaries into target/debian/. The systemd units, default configs and
+# maintainer scripts are in packaging/; each crate's [package.metadata.deb] says what goes in. The tests
+# (tests/tests/packages.rs) package the debug binaries of `make build` instead (`--no-build`).
+CARGO_DEB_VERSION := 3.8.0
+CARGO_DEB := $(CURDIR)/.tools/bin/cargo-deb
+
+# dpkg-shlibdeps (dpkg-dev) is how cargo-deb finds a package's Depends (libc6); without it the packages depend on
+# nothing.
+cargo-deb:
+	@command -v dpkg-shlibdeps >/dev/null 2>&1 || \
+		{ apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y dpkg-dev; }
+	@"$(CARGO_DEB)" --version 2>/dev/null | grep -qx "cargo-deb $(CARGO_DEB_VERSION)" || \
+		$(CARGO) install --root .tools cargo-deb --version "=$(CARGO_DEB_VERSION)" --locked
+
+deb: cargo-deb
+	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent
+	for p in muster-server muster-cli muster-agent; do "$(CARGO_DEB)" -p "$$p" --no-build; done
+	ls -l target/debian/*.deb

@@ -23,6 +23,7 @@
 //! - [`load`]        — clients: [`load::Load`] (requests submitted during a fault) and [`load::Sampler`].
 //! - [`cluster`]     — harnesses: [`Muster`]: one nats-server, one muster-server and agents, fast test timing.
 //! - [`ensemble`]    — harnesses: [`Ensemble`]: muster in HA (two voters, one observer) on a [`NatsCluster`].
+//! - [`debian`]      — packages: muster's `.deb` files (cargo-deb) and a Debian container booting systemd.
 //! - [`docker`]      — harnesses: the images (`scripts/images.sh`) and [`docker::Compose`], the repository's
 //!   `compose.yaml` under a project of its own, reached from the host.
 //!
@@ -33,6 +34,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod command_key;
+pub mod debian;
 pub mod descendants;
 pub mod docker;
 pub mod ensemble;
