@@ -6,9 +6,10 @@
 //! - After `dpkg -i`: the system user `muster`, /var/lib/muster (muster, 0750) and /var/lib/muster-agent (root,
 //!   0700), the binaries, the example configs as conffiles, the units as shipped, enabled, and skipped (not failed)
 //!   while /etc/muster/server.toml and agent.toml do not exist.
-//! - With configs made from the shipped examples and the credentials of `muster security init` in /etc/muster,
-//!   `systemctl start` runs the server as `muster` and the agent as root; the agent registers and is HEALTHY, seen
-//!   by the host's `muster` through the published NATS port and by the packaged `muster` inside.
+//! - With configs made from the shipped examples and the keys of `muster security init` in /etc/muster,
+//!   `systemctl start` runs the server as `muster`; the agent, run as root with only an enrollment token, keeps the
+//!   credentials it gets in its unit's state directory, registers and is HEALTHY, seen by the host's `muster`
+//!   through the published NATS port and by the packaged `muster` inside.
 //! - A daemon a command left running survives a restart of the agent (KillMode=process) and its stop; reinstalling
 //!   the package restarts the agent and leaves the operator's config alone; the agent stops cleanly (exit 0).
 //! - `dpkg --purge muster-agent` removes it and its state; `dpkg -r muster-server` stops it and keeps its data.
@@ -21,11 +22,12 @@ use std::time::{Duration, Instant};
 use muster_schemas::api::HostSummary;
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::HostState;
+use muster_security::roles::Role;
+use muster_tests::cli::CALL_TIMEOUT as CALL;
 use muster_tests::debian::{
     build_packages, check_example, configure, docs_settings, ensure_systemd_image, example_settings, require_docker,
     toml_string, Container,
 };
-use muster_tests::identities::Identity;
 use muster_tests::paths::{nats_server_bin, workspace_root};
 use muster_tests::requests::{describe_request, wait_request_end};
 use muster_tests::wait::{wait_until, Check};
@@ -63,7 +65,6 @@ async fn packages_install_and_run_under_systemd() {
     let dir = TestDir::new().unwrap();
     let identities = Identities::secured(dir.path()).unwrap();
     let sec = identities.security().unwrap().clone();
-    let agent_creds = identities.creds(Identity::Agent(HOST)).unwrap().unwrap();
 
     let t = Instant::now();
     let debs = build_packages(&dir.join("packages")).await.unwrap();
@@ -170,6 +171,8 @@ async fn packages_install_and_run_under_systemd() {
     }
 
     // --- configure as an operator: credentials in /etc/muster, configs from the examples -----------------------------
+    // The server's identity, the command key, and the agent role's signing key with the account key beside it, as
+    // enrollment wants them (readable by the service's user); the CA and the public command key for the agent.
     let install = |from: &Path, to: &str, mode: &str, group: &str| {
         format!("install -m {mode} -o root -g {group} {} {to}", from.display())
     };
@@ -178,7 +181,11 @@ async fn packages_install_and_run_under_systemd() {
         install(&sec.command_seed(), "/etc/muster/command.nk", "0640", "muster"),
         install(&sec.ca_cert(), "/etc/muster/ca.pem", "0644", "root"),
         install(&sec.command_pub(), "/etc/muster/command.pub", "0644", "root"),
-        install(&agent_creds, "/etc/muster/agent.creds", "0600", "root"),
+        "install -d -m 0750 -o root -g muster /etc/muster/security /etc/muster/security/signers \
+         /etc/muster/security/accounts"
+            .to_owned(),
+        install(&sec.signer_seed(Role::Agent), "/etc/muster/security/signers/agent.nk", "0640", "muster"),
+        install(&sec.account_file("MUSTER", "pub"), "/etc/muster/security/accounts/MUSTER.pub", "0644", "root"),
     ]
     .join(" && "))
         .await
@@ -203,47 +210,58 @@ async fn packages_install_and_run_under_systemd() {
             ("nats_creds", toml_string("/etc/muster/server.creds")),
             ("nats_ca", ca.clone()),
             ("command_key", toml_string("/etc/muster/command.nk")),
+            ("agent_signer", toml_string("/etc/muster/security/signers/agent.nk")),
             ("server_id", toml_string("pkg-server")),
         ],
     )
     .unwrap();
+    std::fs::write(dir.join("server.toml"), &server_toml).unwrap();
+    c.sh(&install(&dir.join("server.toml"), "/etc/muster/server.toml", "0640", "muster")).await.unwrap();
+
+    // --- start the server, enroll the agent with a token, start it ------------------------------------------------
+    let t = Instant::now();
+    c.sh("systemctl start muster-server").await.unwrap();
+    let server_pid = main_pid(&c, "muster-server").await;
+    let runs_as = c.sh(&format!("ps -o user= -p {server_pid}")).await.unwrap();
+    assert_eq!(runs_as.trim(), "muster", "muster-server runs as");
+
+    let port = c.published(4222).await.unwrap();
+    let cli = Cli::new(format!("nats://127.0.0.1:{port}"), &identities).unwrap();
+    let security_dir = path(sec.root());
+    let create = ["token", "create", "--dir", security_dir.as_str(), "--hosts", HOST];
+    let token = wait_until(Duration::from_secs(30), "muster token create (the server leads)", async || {
+        let out = cli.output(&create, CALL).await?;
+        Ok(if out.status.success() { Check::Done(out.stdout) } else { Check::NotYet(out.stderr) })
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.join("enroll.token"), token.trim()).unwrap();
+    c.sh(&install(&dir.join("enroll.token"), "/etc/muster/enroll.token", "0600", "root")).await.unwrap();
+
     let example = c.exec(&["cat", "/etc/muster/agent.toml.example"]).await.unwrap().success().unwrap();
     let agent_toml = configure(
         &example,
         &[
             ("nats_url", url),
-            ("nats_creds", toml_string("/etc/muster/agent.creds")),
             ("nats_ca", ca),
             ("trusted_keys", toml_string("@/etc/muster/command.pub")),
+            ("enroll_token", toml_string("@/etc/muster/enroll.token")),
             ("host_id", toml_string(HOST)),
             ("labels", "{ role = \"packaged\" }".to_owned()),
         ],
     )
     .unwrap();
-    std::fs::write(dir.join("server.toml"), &server_toml).unwrap();
     std::fs::write(dir.join("agent.toml"), &agent_toml).unwrap();
-    c.sh(&[
-        install(&dir.join("server.toml"), "/etc/muster/server.toml", "0640", "muster"),
-        install(&dir.join("agent.toml"), "/etc/muster/agent.toml", "0600", "root"),
-    ]
-    .join(" && "))
-        .await
-        .unwrap();
-
-    // --- start -------------------------------------------------------------------------------------------------------
-    let t = Instant::now();
-    c.sh("systemctl start muster-server muster-agent").await.unwrap();
-    let server_pid = main_pid(&c, "muster-server").await;
+    c.sh(&install(&dir.join("agent.toml"), "/etc/muster/agent.toml", "0600", "root")).await.unwrap();
+    c.sh("systemctl start muster-agent").await.unwrap();
     let agent_pid = main_pid(&c, "muster-agent").await;
-    for (pid, user, unit) in [(server_pid, "muster", "muster-server"), (agent_pid, "root", "muster-agent")] {
-        let runs_as = c.sh(&format!("ps -o user= -p {pid}")).await.unwrap();
-        assert_eq!(runs_as.trim(), user, "{unit} runs as");
-    }
-
-    let port = c.published(4222).await.unwrap();
-    let cli = Cli::new(format!("nats://127.0.0.1:{port}"), &identities).unwrap();
-    let registered = wait_registered(&cli, 0, "after the units started").await;
-    eprintln!("started and HEALTHY in {:.1?}", t.elapsed());
+    let runs_as = c.sh(&format!("ps -o user= -p {agent_pid}")).await.unwrap();
+    assert_eq!(runs_as.trim(), "root", "muster-agent runs as");
+    let registered = wait_registered(&cli, 0, "after it enrolled").await;
+    eprintln!("server started, agent enrolled and HEALTHY in {:.1?}", t.elapsed());
+    // Enrollment left the host's own credentials in the unit's state directory, and nothing else.
+    let state = c.sh("cd /var/lib/muster-agent && stat -c '%n %U %a' *").await.unwrap();
+    assert_eq!(state, "agent.creds root 600\n", "/var/lib/muster-agent after enrollment");
 
     // The packaged CLI, inside, with the admin's credentials.
     let admin = sec.creds("admin");
