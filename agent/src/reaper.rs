@@ -327,6 +327,7 @@ mod tests {
         // Not waited for by anyone (std's `Child` does not wait when dropped): a stand-in for an orphan re-parented
         // to this process.
         let orphan_pid = {
+            #[expect(clippy::zombie_processes, reason = "the zombie is the point: the sweep must reap it")]
             let orphan = std::process::Command::new("/bin/sh").args(["-c", "exit 5"]).spawn().unwrap();
             i32::try_from(orphan.id()).unwrap()
         };
