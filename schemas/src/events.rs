@@ -14,7 +14,8 @@ pub struct HostChanged {
     pub from: Option<HostState>,
     /// State after the change, as committed to the log.
     pub to: HostState,
-    /// When the change was committed.
+    /// When the leader made the change: ms since the Unix epoch, on the leader's wall clock, as it stepped the
+    /// batch whose commit records it (the event itself is published only after that commit).
     pub at: UnixMillis,
     /// Why, in words (e.g. "no heartbeat for 9.0 s").
     pub reason: String,

@@ -290,10 +290,22 @@ impl<T: Clone + Send + 'static> Collector<T> {
     }
 }
 
-/// Collects every host's state changes (`muster.events.host.*`) from now on, decoded.
-pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostChanged>> {
+/// A host change with the moment it reached the bench (ms since the Unix epoch, this machine's clock). The leader
+/// publishes change events only after the batch that made them is committed, while `HostChanged.at` is when it
+/// stepped the change, before the commit: arrival is the honest "durable by" time.
+#[derive(Debug, Clone)]
+pub struct HostArrival {
+    /// The event.
+    pub event: HostChanged,
+    /// When it arrived.
+    pub arrived: u64,
+}
+
+/// Collects every host state change (`muster.events.host.*`) from now on, decoded, with its arrival time.
+pub async fn host_events(url: &str) -> anyhow::Result<Collector<HostArrival>> {
     Collector::start(url, &Subjects::default().events_of(EventKind::Host), |m| {
-        muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()
+        let event = muster_schemas::decode(&m.payload, MAX_EVENT_BYTES).ok()?;
+        Some(HostArrival { event, arrived: muster_nats::unix_millis() })
     })
     .await
 }
@@ -315,11 +327,111 @@ pub async fn task_events(url: &str) -> anyhow::Result<Collector<TaskChanged>> {
     .await
 }
 
-/// Hosts whose latest event (of `events`) put them in `state`, with the time of that event.
-pub fn hosts_in(events: &[HostChanged], state: HostState) -> HashMap<String, u64> {
+/// Hosts whose latest event (of `events`) put them in `state`, with the arrival time of that event.
+pub fn hosts_in(events: &[HostArrival], state: HostState) -> HashMap<String, u64> {
     let mut latest: HashMap<String, (HostState, u64)> = HashMap::new();
     for e in events {
-        latest.insert(e.host.to_string(), (e.to, e.at));
+        latest.insert(e.event.host.to_string(), (e.event.to, e.arrived));
     }
     latest.into_iter().filter(|(_, (s, _))| *s == state).map(|(h, (_, at))| (h, at)).collect()
+}
+
+/// The last sequence of some streams, sampled every [`STREAM_SAMPLE`] from a task of its own: when a fan-out's
+/// commands (`MUSTER_COMMANDS`) and final reports (`MUSTER_REPORTS`) were all stored. Only stream info is read
+/// (one small JetStream API call per stream per sample), so the fleet's traffic is not doubled.
+pub struct StreamWatch {
+    samples: Samples,
+    names: Vec<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Each sample: when, and every watched stream's last sequence.
+type Samples = Arc<Mutex<Vec<(Instant, Vec<u64>)>>>;
+
+/// How often [`StreamWatch`] samples.
+const STREAM_SAMPLE: Duration = Duration::from_millis(20);
+
+impl StreamWatch {
+    /// Starts sampling the streams `names`.
+    pub async fn start(url: &str, names: &[String]) -> anyhow::Result<Self> {
+        let js = async_nats::jetstream::new(client(url, "muster bench stream watch").await?);
+        let mut streams = Vec::new();
+        for name in names {
+            streams.push(js.get_stream(name).await.with_context(|| format!("stream {name}"))?);
+        }
+        let samples: Samples = Arc::default();
+        let task = tokio::spawn({
+            let samples = samples.clone();
+            async move {
+                loop {
+                    let mut seqs = Vec::with_capacity(streams.len());
+                    for stream in &mut streams {
+                        match stream.info().await {
+                            Ok(info) => seqs.push(info.state.last_sequence),
+                            // A sample that cannot be read is skipped; the next one counts.
+                            Err(_) => break,
+                        }
+                    }
+                    if seqs.len() == streams.len() {
+                        samples.lock().expect("samples lock").push((Instant::now(), seqs));
+                    }
+                    tokio::time::sleep(STREAM_SAMPLE).await;
+                }
+            }
+        });
+        Ok(Self { samples, names: names.to_vec(), task })
+    }
+
+    /// Waits until no stream has grown for `quiet` (at most `limit`), then, per stream, the first moment its last
+    /// sequence reached its final value: when its last message was stored. `None` for a stream that did not grow
+    /// after `since`.
+    pub async fn settled(
+        &self,
+        since: Instant,
+        quiet: Duration,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<Option<Instant>>> {
+        let started = Instant::now();
+        loop {
+            let stable = {
+                let samples = self.samples.lock().expect("samples lock");
+                let last = samples.last().map(|(_, s)| s.clone());
+                let cut = Instant::now().checked_sub(quiet);
+                match (last, cut) {
+                    (Some(last), Some(cut)) => {
+                        samples.iter().rev().take_while(|(at, _)| *at >= cut).all(|(_, s)| *s == last)
+                            && samples.iter().any(|(at, _)| *at < cut)
+                    }
+                    _ => false,
+                }
+            };
+            if stable {
+                break;
+            }
+            if started.elapsed() > limit {
+                bail!("streams {} still growing after {limit:?}", self.names.join(", "));
+            }
+            tokio::time::sleep(STREAM_SAMPLE).await;
+        }
+        let samples = self.samples.lock().expect("samples lock");
+        let Some(before) =
+            samples.iter().rev().find(|(at, _)| *at <= since).or(samples.first()).map(|(_, s)| s.clone())
+        else {
+            bail!("no stream sample");
+        };
+        let last = samples.last().map(|(_, s)| s.clone()).unwrap_or_default();
+        Ok((0..self.names.len())
+            .map(|i| {
+                (last[i] > before[i])
+                    .then(|| samples.iter().find(|(at, s)| *at >= since && s[i] >= last[i]).map(|(at, _)| *at))
+                    .flatten()
+            })
+            .collect())
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

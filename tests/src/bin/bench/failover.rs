@@ -233,10 +233,10 @@ pub async fn failover(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
     host_events.ensure_complete("failover")?;
     let after: Vec<_> = host_events.snapshot().split_off(events_before);
     let lost: Vec<String> =
-        after.iter().filter(|e| e.to == HostState::HeartbeatLost).map(|e| e.host.to_string()).collect();
+        after.iter().filter(|e| e.event.to == HostState::HeartbeatLost).map(|e| e.event.host.to_string()).collect();
     let mut changes: BTreeMap<String, usize> = BTreeMap::new();
     for e in &after {
-        *changes.entry(format!("{:?}", e.to)).or_default() += 1;
+        *changes.entry(format!("{:?}", e.event.to)).or_default() += 1;
     }
     let summary = api.summary().await?;
     let rows_after = wait_caught_up(&api, &mut instances).await?;
@@ -314,14 +314,14 @@ pub async fn failover(run: &RunDir, plan: &Plan) -> anyhow::Result<Scenario> {
             },
             "0",
             String::new(),
-            Verdict::of(lost.is_empty()),
+            Verdict::guarantee(lost.is_empty()),
         ),
         Row::new(
             "hosts HEALTHY at the end",
             format!("{} of {}", thousands(summary.healthy as f64), thousands(n as f64)),
             &thousands(n as f64),
             String::new(),
-            Verdict::of(summary.healthy == n as u64),
+            Verdict::guarantee(summary.healthy == n as u64),
         ),
         Row::new(
             &format!("heartbeats received by {new} over the {watched:.0} s after the takeover"),

@@ -14,7 +14,11 @@
 //! (5), `footprint` (6), `cli` (7) — and prints the results instead of writing them, unless `--out` names a file.
 //! `--security` takes the run off the secured default, to attribute what security costs: `signed` (loopback NATS
 //! without TLS or credentials, commands and registration replies still signed and checked) or `insecure`
-//! (nothing signed either); such a run also prints instead of writing unless `--out` is given.
+//! (nothing signed either); such a run also prints instead of writing unless `--out` is given. A partial run
+//! writes a block of its own name (`full-only-fleet`, …), never a complete run's.
+//!
+//! A missed target is a result: written, marked **missed**. A broken guarantee — a host falsely declared lost, a
+//! killed host not detected within its bound, a slow-consumer drop — is written too, and the run exits non-zero.
 //!
 //! # Layout
 //! - `env`       — processes (nats-server with monitoring, muster-server, swarms, an agent) and `/proc` readings.
@@ -63,14 +67,16 @@ const GROUPS: [&str; 5] = ["fleet", "failure", "failover", "footprint", "cli"];
 const USAGE: &str = "usage: bench [--quick] [--fleet N] [--only GROUP[,GROUP...]] [--security MODE]
              [--out FILE | --no-write] [--keep]
   --quick        the bench-quick plan: a 10,000-host fleet, short windows (< 5 min)
-  --fleet N      the fleet of scenarios 1, 2, 4 and 5 (storm target scaled to 5,000 hosts/s)
+  --fleet N      the fleet of scenarios 1, 2, 4 and 5 (storm target scaled to 5,000 hosts/s); prints the
+                 results unless --out is given
   --only GROUPS  run only these groups: fleet (scenarios 1, 2, 4), failure (3), failover (5), footprint (6),
                  cli (7);
                  prints the results unless --out is given
   --security M   secured (default: JWT credentials, TLS, signed commands), signed (loopback NATS without TLS
                  or credentials, commands still signed and checked) or insecure (nothing signed either), to
                  attribute what security costs; other than secured, prints the results unless --out is given
-  --out FILE     write the results between the bench:<mode> markers of FILE (default docs/benchmarks.md)
+  --out FILE     write the results between the bench:<block> markers of FILE (default docs/benchmarks.md);
+                 <block> is quick or full, or a partial run's own name (full-only-fleet, ...)
   --no-write     print the results instead
   --keep         keep target/bench/<mode>-XXXXXX (logs, stores) after a successful run";
 
@@ -127,10 +133,33 @@ fn parse_args() -> anyhow::Result<Options> {
         }
     }
     // A partial or less secured run must not replace the complete results in docs/benchmarks.md.
-    if (options.only.is_some() || options.security != Security::Secured) && !out_given {
+    if options.is_partial() && !out_given {
         options.out = None;
     }
     Ok(options)
+}
+
+impl Options {
+    /// Some groups only, another fleet, or less than secured.
+    fn is_partial(&self) -> bool {
+        self.only.is_some() || self.fleet.is_some() || self.security != Security::Secured
+    }
+
+    /// The name of the block this run writes: `quick` or `full` for a complete run; a partial run's own name
+    /// (`full-fleet-20000`, `full-only-fleet`, `quick-security-signed`, …), so that `--out` never replaces a complete run's results.
+    fn block(&self) -> String {
+        let mut name = if self.quick { "quick" } else { "full" }.to_owned();
+        if let Some(fleet) = self.fleet {
+            name.push_str(&format!("-fleet-{fleet}"));
+        }
+        if let Some(only) = &self.only {
+            name.push_str(&format!("-only-{}", only.join("-")));
+        }
+        if self.security != Security::Secured {
+            name.push_str(&format!("-security-{}", self.security));
+        }
+        name
+    }
 }
 
 fn main() -> ExitCode {
@@ -160,7 +189,7 @@ fn main() -> ExitCode {
         Ok(run) => {
             let block = report::render(&run);
             if let Some(out) = &options.out {
-                if let Err(e) = report::write_block(out, mode, &block) {
+                if let Err(e) = report::write_block(out, &options.block(), &block) {
                     eprintln!("bench: {e:#}");
                     return ExitCode::FAILURE;
                 }
@@ -171,10 +200,18 @@ fn main() -> ExitCode {
             for missed in run.missed() {
                 eprintln!("bench: target missed: {missed}");
             }
-            if options.keep {
+            let broken = run.broken();
+            for b in &broken {
+                eprintln!("bench: GUARANTEE BROKEN: {b}");
+            }
+            if options.keep || !broken.is_empty() {
                 eprintln!("bench: logs kept in {}", dir.keep().display());
             }
-            ExitCode::SUCCESS
+            if broken.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("bench: FAILED, nothing written: {e:#}");

@@ -9,13 +9,17 @@ use anyhow::Context as _;
 
 use crate::ceilings::Ceilings;
 
-/// Whether a figure met its target.
+/// Whether a figure met its target, or held its guarantee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Within the target.
     Met,
-    /// Outside the target.
+    /// Outside the target: a result, written as such.
     Missed,
+    /// A guarantee (nothing lost, no false positive, detection within its bound) held.
+    Held,
+    /// A guarantee broken: written, and the run exits non-zero.
+    Broken,
     /// A figure with no target.
     Info,
 }
@@ -30,10 +34,21 @@ impl Verdict {
         }
     }
 
+    /// `Held` when `ok`, else `Broken`: for what muster promises rather than aims at.
+    pub fn guarantee(ok: bool) -> Self {
+        if ok {
+            Self::Held
+        } else {
+            Self::Broken
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Met => "met",
             Self::Missed => "**missed**",
+            Self::Held => "held (guarantee)",
+            Self::Broken => "**BROKEN** (guarantee)",
             Self::Info => "",
         }
     }
@@ -101,12 +116,21 @@ pub struct Run {
 impl Run {
     /// Rows that missed their target.
     pub fn missed(&self) -> Vec<String> {
+        self.with_verdict(Verdict::Missed)
+    }
+
+    /// Rows whose guarantee was broken: the run fails.
+    pub fn broken(&self) -> Vec<String> {
+        self.with_verdict(Verdict::Broken)
+    }
+
+    fn with_verdict(&self, verdict: Verdict) -> Vec<String> {
         self.scenarios
             .iter()
             .flat_map(|s| {
                 s.rows
                     .iter()
-                    .filter(|r| r.verdict == Verdict::Missed)
+                    .filter(move |r| r.verdict == verdict)
                     .map(move |r| format!("{}: {} = {} (target {})", s.title, r.metric, r.result, r.target))
             })
             .collect()
