@@ -109,7 +109,9 @@ cargo-deb:
 	@"$(CARGO_DEB)" --version 2>/dev/null | grep -qx "cargo-deb $(CARGO_DEB_VERSION)" || \
 		$(CARGO) install --root .tools cargo-deb --version "=$(CARGO_DEB_VERSION)" --locked
 
+# --dbgsym: the binaries go stripped (the agent's 37 MB, line tables of `debug = 1` included, become 6 MB), and their
+# debug info into a -dbgsym .ddeb beside each, as Debian's own packages do, to install where a backtrace needs it.
 deb: cargo-deb
 	$(CARGO) build --release -p muster-server -p muster-cli -p muster-agent
-	for p in muster-server muster-cli muster-agent; do "$(CARGO_DEB)" -p "$$p" --no-build; done
-	ls -l target/debian/*.deb
+	for p in muster-server muster-cli muster-agent; do "$(CARGO_DEB)" -p "$$p" --no-build --dbgsym; done
+	ls -l target/debian/*.deb target/debian/*.ddeb
