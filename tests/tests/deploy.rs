@@ -42,6 +42,15 @@ async fn compose_brings_up_a_secured_ha_deployment_whose_agents_enroll_and_run_c
 
     let dir = TestDir::new()?;
     let compose = Compose::new("musterdeploy");
+    let checked = deploy_and_check(&compose, &dir).await;
+    if checked.is_err() {
+        // Drop takes the project down; what its containers said is the only trace left.
+        eprintln!("--- docker-compose logs of project {} ---\n{}", compose.project(), compose.logs(60));
+    }
+    checked
+}
+
+async fn deploy_and_check(compose: &Compose, dir: &TestDir) -> anyhow::Result<()> {
     let started = Instant::now();
     let scale = format!("agent={AGENTS}");
     compose.up(&["--scale", &scale], UP).await.context("docker-compose up")?;
