@@ -138,6 +138,15 @@ const STATE_DIR: Setting = Setting {
     default: DefaultValue::Text("/var/lib/muster-agent"),
     meaning: "where enrollment keeps the agent's credentials (agent.creds, 0600); nothing else is written",
 };
+const EXEC_JOURNAL: Setting = Setting {
+    key: "exec_journal",
+    env: "MUSTER_EXEC_JOURNAL",
+    default: DefaultValue::Unset,
+    meaning: concat!(
+        "append-only journal of every task attempt started (`<task>-a<attempt> <unix ms>`, fsync'd before the ",
+        "command runs; a command that cannot be journaled fails unrun), for audits; unset: none"
+    ),
+};
 const ENROLL_TOKEN: Setting = Setting {
     key: "enroll_token",
     env: "MUSTER_ENROLL_TOKEN",
@@ -163,6 +172,7 @@ const AGENT: &[Setting] = &[
     TRUSTED_KEYS,
     STATE_DIR,
     ENROLL_TOKEN,
+    EXEC_JOURNAL,
 ];
 
 /// Every setting the agent reads, and the variables its binary reads itself (the config file, the log filter):
@@ -203,6 +213,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The enrollment token, if one is configured (`MUSTER_ENROLL_TOKEN`).
     pub enroll_token: Option<EnrollTokenSource>,
+    /// The execution journal's path (`MUSTER_EXEC_JOURNAL`), if any.
+    pub exec_journal: Option<PathBuf>,
 }
 
 /// Where the enrollment token comes from.
@@ -282,6 +294,7 @@ impl AgentConfig {
             trust: ClientTrust::from_values(values)?,
             state_dir: PathBuf::from(values.string(&STATE_DIR)?),
             enroll_token: enroll_token(values)?,
+            exec_journal: values.optional_string(&EXEC_JOURNAL)?.map(PathBuf::from),
             trusted_keys: Arc::new(trusted_keys(values.optional_string(&TRUSTED_KEYS)?.as_deref())?),
         })
     }
@@ -308,6 +321,7 @@ impl AgentConfig {
             commands: self.command_params(),
             stats: SessionStats::default(),
             trust: self.command_trust(),
+            exec_journal: self.exec_journal.clone(),
         }
     }
 

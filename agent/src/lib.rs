@@ -30,6 +30,8 @@
 //!   executor's children; as PID 1, the container's other processes stopped at the end.
 //! - [`executor`]   — [`Executor`] and the real [`ProcessExecutor`]: process groups, timeouts that kill the tree,
 //!   SIGTERM forwarded at shutdown.
+//! - [`journal`]    — the execution journal (`MUSTER_EXEC_JOURNAL`): every task attempt appended and fsync'd
+//!   before its command starts, for audits.
 //! - [`reporter`]   — reports out: JetStream publish with `Nats-Msg-Id`, retried with the same id until acked.
 //! - [`delivery`]   — commands in: live subscription, catch-up from the stream after the cursor.
 //! - [`runner`]     — the command path: queue → executor → reports (`task`), status checks and auto-restart
@@ -58,6 +60,7 @@ pub mod executor;
 pub mod facts;
 pub mod feed;
 pub mod intake;
+pub mod journal;
 pub mod output;
 pub mod params;
 pub mod process;

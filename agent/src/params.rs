@@ -3,6 +3,7 @@
 //! from the operator's settings.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +128,8 @@ pub struct SessionParams {
     pub stats: SessionStats,
     /// Which commands (and registration replies) the session acts on.
     pub trust: CommandTrust,
+    /// The execution journal's path (`MUSTER_EXEC_JOURNAL`; see [`crate::journal`]); none: no journal.
+    pub exec_journal: Option<PathBuf>,
 }
 
 /// Which messages from the server an agent acts on (`MUSTER_TRUSTED_KEYS`, `MUSTER_INSECURE`).

@@ -41,6 +41,7 @@ use tracing::Instrument as _;
 
 use crate::executor::{Executor, Outcome, Stop};
 use crate::intake::{CommandKey, RunnerInput, SeenSet};
+use crate::journal::Journal;
 use crate::output::OutputCapture;
 use crate::params::{CommandParams, SessionParams};
 use crate::queue::{ActionQueue, Cancelled, JobId};
@@ -87,7 +88,8 @@ pub async fn run_command_path<E: Executor>(
     let stats = session.stats.clone();
     let (reports, queued) = mpsc::channel(REPORT_QUEUE);
     let reporter = Reporter::new(jetstream, &session.subjects, &session.host, stats.clone(), reconnects);
-    let runner = Runner::new(executor, session.host.clone(), session.agent_started_at, params, stats, reports);
+    let runner = Runner::new(executor, session.host.clone(), session.agent_started_at, params, stats, reports)
+        .with_journal(session.exec_journal.as_deref().map(Journal::new));
     let reporting = async {
         tokio::select! {
             () = reporter.run(queued) => {}
@@ -152,6 +154,17 @@ pub struct Runner<E> {
 }
 
 impl<E: Executor> Runner<E> {
+    /// Every task attempt recorded in `journal` before its command starts (see [`crate::journal`]). Set before
+    /// the runner runs (no task holds its context yet).
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        let context = Arc::get_mut(&mut self.task_context);
+        debug_assert!(context.is_some(), "with_journal after tasks started");
+        if let Some(context) = context {
+            context.set_journal(journal);
+        }
+        self
+    }
+
     /// A runner with no components and nothing queued, reporting into `reports`.
     pub fn new(
         executor: Arc<E>,

@@ -13,6 +13,7 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, Outcome, Stop};
+use crate::journal::Journal;
 use crate::output::OutputCapture;
 use crate::stats::{SessionCounter, SessionStats};
 
@@ -24,6 +25,7 @@ pub struct TaskContext {
     progress_interval: Duration,
     output_limit: usize,
     stats: SessionStats,
+    journal: Option<Arc<Journal>>,
 }
 
 impl TaskContext {
@@ -36,7 +38,12 @@ impl TaskContext {
         output_limit: usize,
         stats: SessionStats,
     ) -> Self {
-        Self { host, reports, progress_interval, output_limit, stats }
+        Self { host, reports, progress_interval, output_limit, stats, journal: None }
+    }
+
+    /// Records every task attempt in `journal` before its command starts ([`Journal`]).
+    pub fn set_journal(&mut self, journal: Option<Arc<Journal>>) {
+        self.journal = journal;
     }
 
     /// Queues an IN_PROGRESS report unless the reporter is behind: the next one carries all the output anyway.
@@ -98,17 +105,29 @@ pub async fn run_task<E: Executor>(
     let timeout_ms = execution.spec.timeout_ms;
     let mut spec = execution.spec;
     with_muster_env(&mut spec, &context.host, execution.component.as_ref(), Some((execution.task, execution.attempt)));
-    let run = executor.execute(spec, stop, output.clone());
-    tokio::pin!(run);
-    let interval = context.progress_interval;
-    let mut tick = interval_at(Instant::now() + FIRST_PROGRESS_AFTER.min(interval), interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut run => break outcome,
-            _ = tick.tick() => {
-                context.progress(key, seq, started_at, &output);
-                seq += 1;
+    // On disk before the process exists: a run the journal does not show never happened.
+    let unrecorded = match &context.journal {
+        Some(journal) => journal.record(key, started_at).await.err().map(|e| {
+            tracing::error!(journal = %journal.path().display(), error = %e, "execution not journaled; not run");
+            format!("muster-agent: not run: cannot write the execution journal {}: {e}", journal.path().display())
+        }),
+        None => None,
+    };
+    let outcome = if let Some(why) = unrecorded {
+        Outcome::SpawnFailed(why)
+    } else {
+        let run = executor.execute(spec, stop, output.clone());
+        tokio::pin!(run);
+        let interval = context.progress_interval;
+        let mut tick = interval_at(Instant::now() + FIRST_PROGRESS_AFTER.min(interval), interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = tick.tick() => {
+                    context.progress(key, seq, started_at, &output);
+                    seq += 1;
+                }
             }
         }
     };
