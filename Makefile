@@ -5,6 +5,7 @@
 #   make lint       cargo fmt --check, clippy and rustdoc (intra-doc links) with warnings as errors
 #   make test       tools + lint + build + the whole test suite against a real nats-server
 #   make nemesis    50 leader faults under load on an HA ensemble (release binaries, ~10 min)
+#   make chaos      FAULTS=100 random faults under load on the Docker deployment; writes docs/reliability.md
 #   make fuzz       every cargo-fuzz target (fuzz/) long enough for >= 1 million executions each (~40 min)
 #   make fuzz-ci    every cargo-fuzz target for 20 s (CI)
 #   make deb        Debian packages muster-server, muster-agent, muster-cli (release binaries) into target/debian/
@@ -66,6 +67,18 @@ nemesis: tools
 	nats="$$(scripts/install-nats.sh --path)"; \
 	MUSTER_BIN_DIR="$$PWD/target/release" NEMESIS_FAULTS=50 NEMESIS_SWARM=5000 MUSTER_NATS_SERVER="$$nats" \
 	PATH="$$(dirname "$$nats"):$$PATH" $(CARGO) test -p muster-tests --test nemesis -- --include-ignored --nocapture
+
+# The Docker nemesis (tests/tests/chaos.rs, nemesis_writes_the_reliability_report): compose.yaml with
+# tests/chaos/compose.chaos.yaml, FAULTS faults picked at random (SIGKILL, freeze or cut-off of the leader, the
+# follower, the observer, an agent; a NATS node stopped) under request load, then the checker; writes
+# docs/reliability.md (history and summary). Debug binaries, as `make test` builds them; about 25 s a fault on 2
+# cores. CHAOS_SEED=N repeats a run's picks. `make test` runs a short one (4 faults) in the same test binary.
+FAULTS ?= 100
+.PHONY: chaos
+chaos: tools build
+	nats="$$(scripts/install-nats.sh --path)"; \
+	CHAOS_FAULTS=$(FAULTS) MUSTER_NATS_SERVER="$$nats" PATH="$$(dirname "$$nats"):$$PATH" \
+	$(CARGO) test -p muster-tests --test chaos nemesis_writes_the_reliability_report -- --include-ignored --nocapture
 
 # Container images for compose.yaml (docs/deploy.md), built locally with no registry: FROM scratch for nats-server and
 # muster-server (+ the CLI), a debootstrapped Debian trixie base for the agent (made once). The deploy test builds

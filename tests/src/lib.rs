@@ -26,11 +26,14 @@
 //! - [`debian`]      — packages: muster's `.deb` files (cargo-deb) and a Debian container booting systemd.
 //! - [`docker`]      — harnesses: the images (`scripts/images.sh`) and [`docker::Compose`], the repository's
 //!   `compose.yaml` under a project of its own, reached from the host.
+//! - [`chaos`]       — harnesses: faults on that deployment (with `tests/chaos/compose.chaos.yaml`): partitions,
+//!   SIGKILL, freezes, NATS nodes stopped; the load and the checker of tests/tests/chaos.rs.
 //!
 //! Everything that can outlive a failed test (processes, directories) is cleaned up on Drop; when the test is
 //! panicking, Drop first prints the tail of every log and keeps the test directory (see docs/testing.md).
 #![deny(missing_docs)]
 
+pub mod chaos;
 pub mod cli;
 pub mod cluster;
 pub mod command_key;
