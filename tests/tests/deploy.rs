@@ -7,7 +7,9 @@
 //! copied out of its security volume): every agent enrolls and is HEALTHY under its container's hostname; a
 //! command run on all of them answers from each container; `muster servers` shows one leader, one follower and
 //! one observer; every stream and bucket of muster has three replicas (read through the NATS protocol with the
-//! deployment's server credentials). Everything is taken down with its volumes at the end, also on failure.
+//! deployment's server credentials). Then `up` again with one agent more, as an operator scales: the init job
+//! leaves the security directory as it is, the token job makes a fresh token, the new agent enrolls with it.
+//! Everything is taken down with its volumes at the end, also on failure.
 //!
 //! Needs Docker and docker-compose: without them the test fails, saying so.
 
@@ -15,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use muster_schemas::api::{HostSummary, RequestView, ServerRole, ServerStatus};
+use muster_schemas::api::{HostSummary, RequestView, ServerRole, ServerStatus, TokenRecord};
 use muster_schemas::cluster::TaskStatus;
 use muster_schemas::{HostState, Subjects};
 use muster_tests::docker::{self, Compose, HostCli};
@@ -136,6 +138,35 @@ async fn deploy_and_check(compose: &Compose, dir: &TestDir) -> anyhow::Result<()
         nodes.extend(cluster.leader.clone());
         ensure!(nodes.len() == 3, "stream {name} is on {nodes:?}, not on three nodes");
     }
+
+    // `up` again, one agent more, as an operator scales: the init job finds its directory and leaves it (the
+    // agents' credentials stay valid), the token job makes a fresh token, and the new agent enrolls with it.
+    let again = Instant::now();
+    let more = format!("agent={}", AGENTS + 1);
+    compose.up(&["--scale", &more], UP).await.context("docker-compose up again, one agent more")?;
+    let init_log = compose.compose(&["logs", "--no-color", "init"], docker::DOCKER_TIMEOUT).await?.success()?;
+    ensure!(
+        init_log.matches("left as it is").count() == 1,
+        "the second run of the init job did not leave the security directory as it was:\n{init_log}"
+    );
+    let agents = compose.containers("agent").await?;
+    let expected: BTreeSet<String> = agents.iter().map(|c| c.hostname.clone()).collect();
+    ensure!(expected.len() == AGENTS + 1, "{} agent containers after scaling up: {agents:?}", expected.len());
+    wait_until(ENROLLED, "every agent HEALTHY after scaling up", async || {
+        let hosts: Vec<HostSummary> = cli.json(&["hosts"], Duration::from_secs(10)).await?;
+        let healthy: BTreeSet<String> =
+            hosts.iter().filter(|h| h.state == HostState::Healthy).map(|h| h.id.clone()).collect();
+        Ok(if healthy == expected { Check::Done(()) } else { Check::NotYet(format!("HEALTHY: {healthy:?}")) })
+    })
+    .await?;
+    let tokens: Vec<TokenRecord> = cli.json(&["token", "list"], Duration::from_secs(10)).await?;
+    let used: Vec<u32> = tokens.iter().map(|t| t.used).collect();
+    ensure!(
+        tokens.len() == 2 && used.iter().sum::<u32>() == (AGENTS + 1) as u32,
+        "tokens after two runs of the token job, their uses: {used:?} (want two, {} uses in all)",
+        AGENTS + 1
+    );
+    eprintln!("scaled to {} agents in {:.1} s", AGENTS + 1, again.elapsed().as_secs_f64());
     eprintln!("deployment checked in {:.1} s after up began", started.elapsed().as_secs_f64());
     Ok(())
 }

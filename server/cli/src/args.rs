@@ -170,6 +170,10 @@ pub enum Command {
     },
     /// Every server instance: role, epoch, applied log sequence, lag, uptime and state digest.
     Servers {
+        /// Only the instance with this MUSTER_SERVER_ID, and fail unless it answers (a health check of one
+        /// instance: it answers once its streams are set up and its API serves).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
         /// Text or JSON.
         #[command(flatten)]
         out: Output,
@@ -362,6 +366,8 @@ mod tests {
         Cli::try_parse_from(["muster", "stack", "apply", "toy.toml"]).unwrap();
         Cli::try_parse_from(["muster", "request", "3", "--watch"]).unwrap();
         Cli::try_parse_from(["muster", "servers", "--json"]).unwrap();
+        let c = Cli::try_parse_from(["muster", "servers", "--id", "server-1"]).unwrap();
+        assert!(matches!(c.command, Command::Servers { id: Some(ref id), .. } if id == "server-1"));
         Cli::try_parse_from(["muster", "custom", "hello", "worker", "--hosts", "h1"]).unwrap();
         let c = Cli::try_parse_from(["muster", "token", "create", "--dir", "sec", "--hosts", "web-*", "--uses", "3"]);
         assert!(matches!(c.unwrap().command, Command::Token { op: TokenOp::Create { uses: 3, .. } }));

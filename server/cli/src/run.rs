@@ -84,8 +84,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let view = watch::follow(&api, feed, id, None, shows_progress(o)).await?;
             ended(out, o, view, width)
         }
-        Command::Servers { out: o } => {
-            let rows = api.servers().await?;
+        Command::Servers { id, out: o } => {
+            let mut rows = api.servers().await?;
+            if let Some(id) = id {
+                let others = rows.len();
+                rows.retain(|r| r.id == id);
+                if rows.is_empty() {
+                    return Err(CliError::NoServer {
+                        subject: muster_schemas::Subjects::new(cli.prefix.as_str()).servers(),
+                        detail: format!("instance {id} did not answer ({others} other instance(s) did)"),
+                    });
+                }
+            }
             print(out, o, &rows, || render::servers(&rows, width))
         }
         Command::Cancel { id, out: o } => {
