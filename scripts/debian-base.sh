@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Makes the Docker image muster-base:trixie unless it exists: a Debian trixie root filesystem made with
 # `debootstrap --variant=minbase` from the Debian mirror the machine's own apt sources name (scripts/debian-mirror.sh;
-# MUSTER_DEBIAN_MIRROR overrides it), imported with `docker import`. The same image, by the same recipe, as
-# scripts/images.sh makes for the agent's image; the package test (tests/tests/packages.rs) installs muster's Debian
-# packages on it, and needs none of the other images.
+# MUSTER_DEBIAN_MIRROR overrides it), imported with `docker import`: the base of the agent's image
+# (scripts/images.sh), and where the package test (tests/tests/packages.rs) installs muster's Debian packages.
 #
 #   scripts/debian-base.sh            (idempotent: a second run returns at once)
 #
@@ -50,7 +49,7 @@ rm -rf "$DIR/rootfs"/var/cache/apt/archives/*.deb "$DIR/rootfs"/var/lib/apt/list
 # Docker provides these at run time.
 : >"$DIR/rootfs/etc/hostname"
 : >"$DIR/rootfs/etc/resolv.conf"
-tar --numeric-owner -C "$DIR/rootfs" -c . |
+tar --numeric-owner --one-file-system -C "$DIR/rootfs" -c . |
     docker import -c 'CMD ["/bin/bash"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         -m "Debian trixie minbase (debootstrap) for muster's images" - "$IMAGE" >/dev/null
 log "made $IMAGE"

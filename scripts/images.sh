@@ -47,7 +47,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/target/$PROFILE"
 STAGE="$ROOT/target/images/$PROFILE"
 BASE_IMAGE=muster-base:trixie
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # The legacy builder: this Docker has no buildx, and FROM scratch / FROM a local image need no BuildKit.
 export DOCKER_BUILDKIT=0
 
@@ -119,41 +118,9 @@ build() {
         die "docker build of $image failed: $out"
 }
 
-# --- the agent's base: Debian trixie, minbase --------------------------------------------------------------------
+# --- the agent's base: Debian trixie, minbase (scripts/debian-base.sh, made once) ---------------------------------
 make_base() {
-    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
-    if ! command -v debootstrap >/dev/null 2>&1; then
-        log "installing debootstrap"
-        apt-get -qq update >&2
-        DEBIAN_FRONTEND=noninteractive apt-get -qq install -y debootstrap >&2
-    fi
-    [[ -e /usr/share/keyrings/debian-archive-trixie-stable.gpg ]] || {
-        log "the Debian archive keyring lacks trixie's keys; upgrading debian-archive-keyring"
-        DEBIAN_FRONTEND=noninteractive apt-get -qq install -y debian-archive-keyring >&2
-    }
-    # shellcheck source=scripts/debian-mirror.sh
-    source "$ROOT/scripts/debian-mirror.sh"
-    local mirror dir
-    mirror="$(debian_mirror)" || die "no Debian archive found in the machine's apt sources; set MUSTER_DEBIAN_MIRROR"
-    dir="$(mktemp -d "$ROOT/target/images/base.XXXXXX")"
-    # shellcheck disable=SC2064
-    trap "rm -rf '$dir'" EXIT
-    log "making $BASE_IMAGE with debootstrap --variant=minbase from $mirror (a minute or two)"
-    debootstrap --variant=minbase --keyring="$KEYRING" trixie "$dir/rootfs" "$mirror" >"$dir/debootstrap.log" 2>&1 ||
-        die "debootstrap failed; its log: $(tail -n 20 "$dir/debootstrap.log")"
-    # What a container does not need: package caches and lists (apt-get update fetches them), docs, man pages.
-    rm -rf "$dir/rootfs"/var/cache/apt/archives/*.deb "$dir/rootfs"/var/lib/apt/lists/* \
-        "$dir/rootfs"/usr/share/doc/* "$dir/rootfs"/usr/share/man/* "$dir/rootfs"/usr/share/info/* \
-        "$dir/rootfs"/var/log/*.log "$dir/rootfs"/var/cache/debconf/*-old
-    # Docker provides these at run time.
-    : >"$dir/rootfs/etc/hostname"
-    : >"$dir/rootfs/etc/resolv.conf"
-    tar --numeric-owner --one-file-system -C "$dir/rootfs" -c . |
-        docker import -c 'CMD ["/bin/bash"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            -m "Debian trixie minbase (debootstrap) for muster's images" - "$BASE_IMAGE" >/dev/null
-    rm -rf "$dir"
-    trap - EXIT
-    log "made $BASE_IMAGE"
+    "$ROOT/scripts/debian-base.sh"
 }
 
 mkdir -p "$STAGE"
