@@ -857,11 +857,20 @@ pub async fn inflict(
     let at = t0.elapsed().as_secs_f64();
     let agents = d.containers("agent").await?;
     let pick_agent = |rng: &mut Rng| agents[rng.below(agents.len() as u64) as usize].clone();
-    // A server by its role now: its container, and its id (= its compose service) for the history.
+    // A server by its role: its container, and its id (= its compose service) for the history. Waited for: a
+    // lease can change hands after the last fault settled (a leader starved of CPU for a moment steps down).
     let by_role = async |role: ServerRole| -> anyhow::Result<(Container, String)> {
-        let rows = cli.servers().await?;
-        let row = rows.iter().find(|r| r.role == role).with_context(|| format!("no {role:?} in {rows:?}"))?;
-        Ok((d.container(&row.id).await?, row.id.clone()))
+        let id = wait_until(settle, &format!("a {role:?} to strike"), async || {
+            Ok(match cli.servers().await {
+                Ok(rows) => match rows.iter().find(|r| r.role == role) {
+                    Some(row) => Check::Done(row.id.clone()),
+                    None => Check::NotYet(format!("{:?}", rows.iter().map(|r| (&r.id, r.role)).collect::<Vec<_>>())),
+                },
+                Err(e) => Check::NotYet(format!("{e:#}")),
+            })
+        })
+        .await?;
+        Ok((d.container(&id).await?, id))
     };
     let (target, name) = match fault {
         Fault::KillLeader | Fault::PauseLeader | Fault::PartitionLeader => by_role(ServerRole::Leader).await?,

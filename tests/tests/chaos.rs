@@ -504,12 +504,13 @@ fn reliability_report(
     let _ = writeln!(out, "## Outcome\n");
     let _ = writeln!(out, "| measure | value |\n|---|---|");
     let _ = writeln!(out, "| faults | {} |", history.len());
-    let _ = writeln!(out, "| submissions | {attempts} |");
+    let _ = writeln!(out, "| submissions by the nemesis's load | {attempts} |");
     let _ = writeln!(out, "| requests acknowledged (whole test) | {} |", v.acked);
     let _ = writeln!(out, "| acknowledged and COMPLETED | {} |", v.completed);
     let _ = writeln!(out, "| requests in the log | {} |", v.requests);
     let _ = writeln!(out, "| tasks | {} |", v.tasks);
     let _ = writeln!(out, "| runs recorded by the commands | {} ({} tasks retried by attempt) |", v.runs, v.retried);
+    let _ = writeln!(out, "| task attempts in the agents' execution journals | {} |", v.journaled);
     let _ = writeln!(out, "| instances' common applied_seq | {} |", v.applied_seq);
     let _ = writeln!(out, "| **invariant violations** | **{}** |", v.violations.len());
     let _ =
@@ -522,6 +523,15 @@ fn reliability_report(
         heals.sort_by(f64::total_cmp);
         let _ = writeln!(out, "| {kind} | {n} | {:.1} / {:.1} |", heals[heals.len() / 2], heals[heals.len() - 1]);
     }
+    let _ = writeln!(
+        out,
+        "\nThe checker, after the last fault healed: every acknowledged request known and COMPLETED, every request \
+         and task at a final status; each (task, attempt) started once and on its own host by both the commands' \
+         own records and the agents' execution journals (MUSTER_EXEC_JOURNAL), none unrecorded; the three \
+         instances at the same applied_seq and digest; every agent HEALTHY; no \"panicked\" in any container's \
+         log. Submissions not acknowledged (no leader at that moment, a NATS node down under the CLI) are not \
+         requests: a client retries them."
+    );
     if !v.violations.is_empty() {
         let _ = writeln!(out, "\n## Violations\n");
         for w in &v.violations {
