@@ -598,7 +598,7 @@ pub async fn check(
     let mut v = Verdict { acked: acked.len(), ..Verdict::default() };
     let mut last = String::new();
     let ended = wait_until(limit, "every request has ended", async || {
-        let rows: Vec<RequestSummary> = match cli.json(&["requests"]).await {
+        let rows: Vec<RequestSummary> = match cli.json::<Vec<RequestSummary>>(&["requests"]).await {
             Ok(rows) => rows,
             Err(e) => return Ok(Check::NotYet(format!("{e:#}"))),
         };
@@ -625,6 +625,12 @@ pub async fn check(
         Ok(seq) => v.applied_seq = seq,
         Err(e) => v.violations.push(format!("{e:#}")),
     }
+    // The listing again, now that every instance has applied everything: the one above may have come from an
+    // instance behind the others, which does not know the newest requests yet.
+    let rows: Vec<RequestSummary> = match cli.json::<Vec<RequestSummary>>(&["requests"]).await {
+        Ok(again) if again.len() >= rows.len() => again,
+        _ => rows,
+    };
     let mut views = BTreeMap::new();
     for row in &rows {
         let id = row.id.to_string();
