@@ -289,14 +289,25 @@ async fn leader_partition(s: &mut Setup) -> anyhow::Result<()> {
     let new = chaos::leader(&s.cli, Duration::from_secs(15)).await?;
     ensure!(new.id == writer && new.epoch == epoch, "muster servers shows {new:?}, the log {writer} at {epoch}");
 
-    // Requests go through the new leader while the old one is away, then the old one comes back.
+    // Requests go through the new leader while the old one is away, then the old one comes back. A submission
+    // that gets no answer is tried again, as a client would (it is not acknowledged, so not counted).
     let args = chaos::chaos_run("*");
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    s.acked.push(s.cli.submit(&argv).await?);
+    let submit = async || {
+        wait_until(Duration::from_secs(60), "a request acknowledged", async || {
+            Ok(match s.cli.submit(&argv).await {
+                Ok(id) => Check::Done(id),
+                Err(e) => Check::NotYet(format!("{e:#}")),
+            })
+        })
+        .await
+    };
+    let first = submit().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     connect(&s.d, &container, None).await?;
     chaos::settled(&s.cli, &s.agents, SETTLE).await?;
-    s.acked.push(s.cli.submit(&argv).await?);
+    let second = submit().await?;
+    s.acked.extend([first, second]);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let log = chaos::txn_log(&client).await?;
