@@ -329,7 +329,9 @@ impl Container {
 /// only when told to accept v1; on a v2 host it needs nothing.
 fn systemd_args() -> Vec<String> {
     let unified = std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok();
-    let mut args = vec!["/sbin/init".to_owned()];
+    // trixie's systemd mounts a tmpfs on /tmp at boot, which would hide the test directory when the workspace is
+    // under /tmp (its bind mount keeps the host's path).
+    let mut args = vec!["/sbin/init".to_owned(), "systemd.mask=tmp.mount".to_owned()];
     if !unified {
         args.extend(["systemd.unified_cgroup_hierarchy=0", "SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1"].map(str::to_owned));
     }
