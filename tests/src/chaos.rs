@@ -171,19 +171,7 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- docker-compose logs of project {} ---\n{}", self.project, self.logs(40));
-        }
-        let args = self.args(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
-        match Command::new("docker-compose").args(&args).envs(self.env.iter().cloned()).stdin(Stdio::null()).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "WARNING: `docker-compose -p {} down -v` failed: {}",
-                self.project,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!("WARNING: cannot run docker-compose down for project {}: {e}", self.project),
-        }
+        crate::docker::tear_down(&self.project, &self.args(&[]), &self.env);
     }
 }
 

@@ -230,19 +230,33 @@ impl Compose {
 
 impl Drop for Compose {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- docker-compose logs of project {} ---\n{}", self.project, self.logs(40));
-        }
-        let args = self.args(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
-        match Command::new("docker-compose").args(&args).envs(self.env.iter().cloned()).stdin(Stdio::null()).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "WARNING: `docker-compose -p {} down -v` failed: {}",
-                self.project,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!("WARNING: cannot run docker-compose down for project {}: {e}", self.project),
-        }
+        tear_down(&self.project, &self.args(&[]), &self.env);
+    }
+}
+
+/// What a compose project's Drop does (this module's [`Compose`], the fault tests' deployment): the tail of every
+/// container's log when the test is panicking, then `down -v`. `base` is the `docker-compose` arguments naming the
+/// project and its files. A failed teardown is printed, not asserted: Drop may run while the test is already
+/// unwinding, where a second panic aborts the whole test binary and hides the first failure; and each run's project
+/// has a name of its own, so what is left behind never collides with the next run.
+pub fn tear_down(project: &str, base: &[&str], env: &[(String, String)]) {
+    let compose = |args: &[&str]| {
+        Command::new("docker-compose").args(base).args(args).envs(env.iter().cloned()).stdin(Stdio::null()).output()
+    };
+    if std::thread::panicking() {
+        let logs = match compose(&["logs", "--no-color", "--tail", "40"]) {
+            Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            Err(e) => format!("(docker-compose logs: {e})"),
+        };
+        eprintln!("--- docker-compose logs of project {project} ---\n{logs}");
+    }
+    match compose(&["down", "-v", "--remove-orphans", "--timeout", "5"]) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "WARNING: `docker-compose -p {project} down -v` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("WARNING: cannot run docker-compose down for project {project}: {e}"),
     }
 }
 
